@@ -1,0 +1,54 @@
+#include <fmt/format.h>
+
+#include <csignal>
+#include <cstdio>
+
+#include "app/cli.hpp"
+#include "app/serve.hpp"
+#include "common/config.hpp"
+#include "common/log.hpp"
+
+int main(int argc, char** argv) {
+    using namespace llama_pool;
+    const auto loaded = load_config_from_process(argc, argv);
+    switch (loaded.action) {
+        case CliAction::help:
+            fmt::print("{}", help_text());
+            return 0;
+        case CliAction::version:
+            fmt::print("llama-pool {}\n", LLAMA_POOL_VERSION);
+            return 0;
+        default:
+            break;
+    }
+    if (!loaded.ok()) {
+        for (const auto& e : loaded.errors) {
+            fmt::print(stderr, "llama-pool: error: {}\n", e);
+        }
+        return 2;
+    }
+    if (loaded.action == CliAction::check_config) {
+        fmt::print("{}\n", config_to_json(loaded.config).dump(2));
+        return 0;
+    }
+
+    // Block the signals we handle before any thread exists, so every thread inherits the
+    // mask and they are delivered only to serve()'s sigwait. Children get a clean mask back.
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    std::signal(SIGPIPE, SIG_IGN);
+
+    Logger log(loaded.config.log_format == "json" ? LogFormat::json : LogFormat::text);
+    log.set_min_level(loaded.config.log_level == "debug"   ? LogLevel::debug
+                      : loaded.config.log_level == "warn"  ? LogLevel::warn
+                      : loaded.config.log_level == "error" ? LogLevel::error
+                                                           : LogLevel::info);
+    if (!loaded.config_file.empty()) {
+        log.info("pool", "config_loaded", {{"file", loaded.config_file}});
+    }
+    return serve(loaded.config, log, signals);
+}

@@ -1,0 +1,201 @@
+#include "common/config.hpp"
+
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <variant>
+
+#include "common/config_fields.hpp"
+
+namespace llama_pool {
+
+namespace {
+
+std::string describe(const nlohmann::json& v) {
+    return v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+const FieldSpec* find_field(std::string_view key) {
+    for (const auto& f : config_fields()) {
+        if (f.key == key) {
+            return &f;
+        }
+    }
+    return nullptr;
+}
+
+void apply_json_value(const FieldSpec& f, const nlohmann::json& v, const std::string& origin,
+                      PoolConfig& config, std::vector<std::string>& errors) {
+    auto error = [&](const std::string& why) {
+        errors.push_back(fmt::format("{}: key \"{}\": {}", origin, f.key, why));
+    };
+    std::visit(
+        [&](auto member) {
+            using T = std::remove_reference_t<decltype(config.*member)>;
+            if constexpr (std::is_same_v<T, bool>) {
+                if (!v.is_boolean()) {
+                    return error(
+                        fmt::format("{} is not a boolean (use true or false)", describe(v)));
+                }
+                config.*member = v.get<bool>();
+            } else if constexpr (std::is_same_v<T, int>) {
+                if (f.auto_zero && v.is_string() && v.get<std::string>() == "auto") {
+                    config.*member = 0;
+                    return;
+                }
+                if (!v.is_number_integer()) {
+                    return error(fmt::format("{} is not an integer{}", describe(v),
+                                             f.auto_zero ? " or \"auto\"" : ""));
+                }
+                const auto n = v.get<long long>();
+                if (n < f.min || n > f.max) {
+                    return error(fmt::format("{} is out of range (allowed: {}..{})", n,
+                                             static_cast<long long>(f.min),
+                                             static_cast<long long>(f.max)));
+                }
+                config.*member = static_cast<int>(n);
+            } else if constexpr (std::is_same_v<T, double>) {
+                if (!v.is_number()) {
+                    return error(fmt::format("{} is not a number of {}", describe(v), f.unit));
+                }
+                const auto d = v.get<double>();
+                if (!std::isfinite(d) || d < f.min || d > f.max) {
+                    return error(fmt::format("{} is out of range (allowed: {}..{} {})", d, f.min,
+                                             f.max, f.unit));
+                }
+                config.*member = d;
+            } else if constexpr (std::is_same_v<T, std::string>) {
+                if (!v.is_string()) {
+                    return error(fmt::format("{} is not a string", describe(v)));
+                }
+                const auto s = v.get<std::string>();
+                if (!f.choices.empty()) {
+                    bool allowed = false;
+                    for (const auto c : f.choices) {
+                        allowed = allowed || s == c;
+                    }
+                    if (!allowed) {
+                        return error(fmt::format("\"{}\" is not allowed (allowed: {})", s,
+                                                 fmt::join(f.choices, ", ")));
+                    }
+                }
+                config.*member = s;
+            } else {
+                if (!v.is_array()) {
+                    return error(fmt::format("{} is not an array of strings", describe(v)));
+                }
+                std::vector<std::string> items;
+                for (const auto& item : v) {
+                    if (!item.is_string()) {
+                        return error(fmt::format("element {} is not a string", describe(item)));
+                    }
+                    items.push_back(item.get<std::string>());
+                }
+                config.*member = std::move(items);
+            }
+        },
+        f.member);
+}
+
+}  // namespace
+
+void apply_config_json(const std::string& text, const std::string& origin, PoolConfig& config,
+                       std::vector<std::string>& errors) {
+    nlohmann::json doc;
+    try {
+        doc = nlohmann::json::parse(text, nullptr, true, /*ignore_comments=*/true);
+    } catch (const nlohmann::json::parse_error& e) {
+        errors.push_back(fmt::format("{}: not valid JSON: {}", origin, e.what()));
+        return;
+    }
+    if (!doc.is_object()) {
+        errors.push_back(fmt::format("{}: the top level must be a JSON object", origin));
+        return;
+    }
+    for (const auto& [section, body] : doc.items()) {
+        if (!body.is_object()) {
+            errors.push_back(fmt::format(
+                "{}: key \"{}\": must be an object of settings (sections: listen, workers, "
+                "proxy, log)",
+                origin, section));
+            continue;
+        }
+        for (const auto& [name, value] : body.items()) {
+            const auto key = section + "." + name;
+            const auto* f = find_field(key);
+            if (f == nullptr) {
+                errors.push_back(
+                    fmt::format("{}: unknown key \"{}\"{}", origin, key, suggest_key(key)));
+                continue;
+            }
+            apply_json_value(*f, value, origin, config, errors);
+        }
+    }
+}
+
+std::string resolve_executable(const std::string& name) {
+    if (name.empty() || name.find('/') != std::string::npos) {
+        return name;
+    }
+    const char* path = std::getenv("PATH");
+    std::string_view dirs = path ? path : "/usr/local/bin:/usr/bin:/bin";
+    while (!dirs.empty()) {
+        const auto colon = dirs.find(':');
+        const auto dir = dirs.substr(0, colon);
+        auto candidate = std::string(dir.empty() ? "." : dir) + "/" + name;
+        if (::access(candidate.c_str(), X_OK) == 0) {
+            return candidate;
+        }
+        if (colon == std::string_view::npos) {
+            break;
+        }
+        dirs.remove_prefix(colon + 1);
+    }
+    return name;
+}
+
+void validate_config(const PoolConfig& c, std::vector<std::string>& errors) {
+    if (c.workers > 0) {
+        const auto exe = resolve_executable(c.llama_server);
+        struct stat st {};
+        if (::stat(exe.c_str(), &st) != 0 || !S_ISREG(st.st_mode) ||
+            ::access(exe.c_str(), X_OK) != 0) {
+            errors.push_back(fmt::format(
+                "key \"workers.llama_server\": \"{}\" is not an executable file (set "
+                "--llama-server PATH or LLAMA_SERVER; `make -s llama-server-path` builds one)",
+                c.llama_server));
+        }
+        if (c.model.empty()) {
+            errors.push_back(
+                "key \"workers.model\": no model given (set --model PATH or LLAMA_POOL_MODEL; "
+                "`make -s demo-model-path` builds a small demo model)");
+        } else if (struct stat ms{}; ::stat(c.model.c_str(), &ms) != 0 || !S_ISREG(ms.st_mode)) {
+            errors.push_back(fmt::format(
+                "key \"workers.model\": \"{}\" does not exist or is not a file", c.model));
+        }
+    }
+    if (c.restart_backoff_cap < c.restart_backoff_base) {
+        errors.push_back(fmt::format(
+            "key \"workers.restart_backoff_cap\": {} is below restart_backoff_base {} (the cap "
+            "must be at least the base)",
+            c.restart_backoff_cap, c.restart_backoff_base));
+    }
+}
+
+nlohmann::ordered_json config_to_json(const PoolConfig& config) {
+    nlohmann::ordered_json out = nlohmann::ordered_json::object();
+    for (const auto& f : config_fields()) {
+        const auto dot = f.key.find('.');
+        const std::string section(f.key.substr(0, dot));
+        const std::string name(f.key.substr(dot + 1));
+        std::visit([&](auto member) { out[section][name] = config.*member; }, f.member);
+        if (f.auto_zero && out[section][name] == 0) {
+            out[section][name] = "auto";
+        }
+    }
+    return out;
+}
+
+}  // namespace llama_pool

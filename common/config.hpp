@@ -1,0 +1,92 @@
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace llama_pool {
+
+// The whole configuration as plain values with their defaults in place. Durations are
+// seconds. Compared with == on reload to see what changed.
+struct PoolConfig {
+    // listen
+    std::string host = "127.0.0.1";
+    int port = 8081;
+    int max_connections = 1024;
+    double shutdown_grace = 30;
+
+    // workers
+    int workers = 2;
+    std::string llama_server = "llama-server";
+    std::string model;
+    int threads = 0;  // 0 = auto: the machine's cores divided among the workers
+    int ctx_size = 4096;
+    int parallel = 2;  // slots per worker
+    std::vector<std::string> worker_args;
+    bool legacy_flags = false;  // avoid flags that older forks (BitNet's) reject
+    double startup_timeout = 300;
+    double warmup_timeout = 120;
+    double health_interval = 2;
+    double health_timeout = 3;
+    int health_failures = 3;
+    double idle_probe_interval = 60;
+    double restart_backoff_base = 1;
+    double restart_backoff_cap = 60;
+    int crash_loop_restarts = 5;
+    double crash_loop_window = 300;
+    double stop_grace = 10;
+
+    // proxy
+    double connect_timeout = 5;
+    double response_timeout = 600;
+    double stream_idle_timeout = 300;
+    double total_timeout = 3600;
+    double queue_timeout = 300;
+    int max_body_bytes = 32 * 1024 * 1024;
+    int max_header_bytes = 16 * 1024;
+    double head_timeout = 10;
+    double body_timeout = 60;
+    double keep_alive_timeout = 60;
+
+    // log
+    std::string log_format = "text";
+    std::string log_level = "info";
+
+    bool operator==(const PoolConfig&) const = default;
+};
+
+// What the command line asked for besides configuration.
+enum class CliAction { run, help, version, check_config };
+
+struct ConfigResult {
+    PoolConfig config;
+    CliAction action = CliAction::run;
+    std::string config_file;          // empty when none was used
+    std::vector<std::string> errors;  // every problem found, each one line; empty when valid
+    bool ok() const { return errors.empty(); }
+};
+
+using EnvLookup = std::function<std::optional<std::string>(const std::string& name)>;
+
+// Reads defaults, then the config file (--config or LLAMA_POOL_CONFIG), then environment
+// variables, then flags: later sources win. All errors are collected, none stops the scan.
+ConfigResult load_config(const std::vector<std::string>& args, const EnvLookup& env);
+
+// Parses a JSON-with-comments document onto `config`, appending errors that name `origin`.
+void apply_config_json(const std::string& text, const std::string& origin, PoolConfig& config,
+                       std::vector<std::string>& errors);
+
+// Cross-field and filesystem checks (model exists, llama-server executable, ranges that
+// depend on each other).
+void validate_config(const PoolConfig& config, std::vector<std::string>& errors);
+
+nlohmann::ordered_json config_to_json(const PoolConfig& config);
+std::string help_text();
+
+// Resolves a program name through PATH; returns it unchanged when it contains a slash.
+std::string resolve_executable(const std::string& name);
+
+}  // namespace llama_pool

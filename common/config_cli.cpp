@@ -1,0 +1,351 @@
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "common/config.hpp"
+#include "common/config_fields.hpp"
+
+namespace llama_pool {
+
+std::span<const FieldSpec> config_fields() {
+    using P = PoolConfig;
+    constexpr double day = 86400;
+    static const std::vector<FieldSpec> fields = {
+        {"listen.host", "--host", "LLAMA_POOL_HOST",
+         "address to listen on (127.0.0.1 keeps the pool private; 0.0.0.0 for all)", &P::host},
+        {"listen.port", "--port", "LLAMA_POOL_PORT", "port to listen on", &P::port, 0, 65535},
+        {"listen.max_connections", "--max-connections", "LLAMA_POOL_MAX_CONNECTIONS",
+         "client connections held at once; more get 503", &P::max_connections, 1, 100000},
+        {"listen.shutdown_grace", "--shutdown-grace", "LLAMA_POOL_SHUTDOWN_GRACE",
+         "on SIGTERM, how long in-flight requests may finish", &P::shutdown_grace, 0, day,
+         "seconds"},
+        {"workers.count", "--workers", "LLAMA_POOL_WORKERS", "llama-server workers to run",
+         &P::workers, 0, 256},
+        {"workers.llama_server", "--llama-server", "LLAMA_SERVER",
+         "llama-server binary (path, or a name on PATH)", &P::llama_server},
+        {"workers.model", "--model", "LLAMA_POOL_MODEL", "GGUF model file every worker loads",
+         &P::model},
+        {"workers.threads",
+         "--threads",
+         "LLAMA_POOL_THREADS",
+         "threads per worker; auto divides the cores among the workers",
+         &P::threads,
+         0,
+         1024,
+         "",
+         {},
+         true},
+        {"workers.ctx_size", "--ctx-size", "LLAMA_POOL_CTX_SIZE",
+         "context tokens per worker, shared by its slots (0 = the model's)", &P::ctx_size, 0,
+         16 * 1024 * 1024},
+        {"workers.parallel", "--parallel", "LLAMA_POOL_PARALLEL", "slots per worker", &P::parallel,
+         1, 256},
+        {"workers.args", "--worker-arg", "",
+         "extra argument passed to every worker (repeat the flag for several)", &P::worker_args},
+        {"workers.legacy_flags", "--legacy-flags", "LLAMA_POOL_LEGACY_FLAGS",
+         "avoid flags older llama.cpp forks (BitNet's) reject", &P::legacy_flags},
+        {"workers.startup_timeout", "--startup-timeout", "LLAMA_POOL_STARTUP_TIMEOUT",
+         "how long a worker may take to load its model", &P::startup_timeout, 1, day, "seconds"},
+        {"workers.warmup_timeout", "--warmup-timeout", "",
+         "how long the warm-up completion may take", &P::warmup_timeout, 1, day, "seconds"},
+        {"workers.health_interval", "--health-interval", "",
+         "time between /health probes of a ready worker", &P::health_interval, 0.05, 3600,
+         "seconds"},
+        {"workers.health_timeout", "--health-timeout", "", "timeout of one /health probe",
+         &P::health_timeout, 0.05, 3600, "seconds"},
+        {"workers.health_failures", "--health-failures", "",
+         "consecutive failed probes that take a worker out and replace it", &P::health_failures, 1,
+         100},
+        {"workers.idle_probe_interval", "--idle-probe-interval", "",
+         "an idle worker gets a one-token completion this often (keeps it warm, catches hangs)",
+         &P::idle_probe_interval, 1, day, "seconds"},
+        {"workers.restart_backoff_base", "--restart-backoff-base", "",
+         "first restart delay; doubles per consecutive failure", &P::restart_backoff_base, 0.01,
+         day, "seconds"},
+        {"workers.restart_backoff_cap", "--restart-backoff-cap", "", "longest restart delay",
+         &P::restart_backoff_cap, 0.01, day, "seconds"},
+        {"workers.crash_loop_restarts", "--crash-loop-restarts", "",
+         "failures within crash_loop_window that mark a worker failed", &P::crash_loop_restarts, 1,
+         1000},
+        {"workers.crash_loop_window", "--crash-loop-window", "", "window for counting a crash loop",
+         &P::crash_loop_window, 1, day, "seconds"},
+        {"workers.stop_grace", "--stop-grace", "",
+         "between SIGTERM and SIGKILL when stopping a worker", &P::stop_grace, 0, 3600, "seconds"},
+        {"proxy.connect_timeout", "--connect-timeout", "", "connecting to a worker",
+         &P::connect_timeout, 0.01, 3600, "seconds"},
+        {"proxy.response_timeout", "--response-timeout", "",
+         "waiting for a worker's response head (prompt processing included)", &P::response_timeout,
+         0.1, day, "seconds"},
+        {"proxy.stream_idle_timeout", "--stream-idle-timeout", "",
+         "longest silence between two pieces of a streamed response", &P::stream_idle_timeout, 0.1,
+         day, "seconds"},
+        {"proxy.total_timeout", "--total-timeout", "", "whole request, streams included",
+         &P::total_timeout, 0.1, 7 * day, "seconds"},
+        {"proxy.queue_timeout", "--queue-timeout", "LLAMA_POOL_QUEUE_TIMEOUT",
+         "how long a request may wait for a free worker slot", &P::queue_timeout, 0, day,
+         "seconds"},
+        {"proxy.max_body_bytes", "--max-body-bytes", "", "largest request body (413 above)",
+         &P::max_body_bytes, 1024, 1 << 30},
+        {"proxy.max_header_bytes", "--max-header-bytes", "", "largest request head (431 above)",
+         &P::max_header_bytes, 1024, 1 << 20},
+        {"proxy.head_timeout", "--head-timeout", "",
+         "a client must send its whole request head within this", &P::head_timeout, 0.1, 3600,
+         "seconds"},
+        {"proxy.body_timeout", "--body-timeout", "",
+         "a client must send its whole request body within this", &P::body_timeout, 0.1, day,
+         "seconds"},
+        {"proxy.keep_alive_timeout", "--keep-alive-timeout", "",
+         "idle client connections are closed after this", &P::keep_alive_timeout, 0.1, day,
+         "seconds"},
+        {"log.format",
+         "--log-format",
+         "LLAMA_POOL_LOG_FORMAT",
+         "text (key=value) or json",
+         &P::log_format,
+         0,
+         0,
+         "",
+         {"text", "json"}},
+        {"log.level",
+         "--log-level",
+         "LLAMA_POOL_LOG_LEVEL",
+         "least severe level logged",
+         &P::log_level,
+         0,
+         0,
+         "",
+         {"debug", "info", "warn", "error"}},
+    };
+    return fields;
+}
+
+namespace {
+
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+    std::vector<std::size_t> row(b.size() + 1);
+    for (std::size_t j = 0; j <= b.size(); ++j) {
+        row[j] = j;
+    }
+    for (std::size_t i = 1; i <= a.size(); ++i) {
+        std::size_t diag = row[0];
+        row[0] = i;
+        for (std::size_t j = 1; j <= b.size(); ++j) {
+            const auto up = row[j];
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] != b[j - 1])});
+            diag = up;
+        }
+    }
+    return row[b.size()];
+}
+
+// Converts a command-line or environment string into the JSON value the field expects, so
+// every source goes through the same typed validation.
+nlohmann::json text_to_json(const FieldSpec& f, const std::string& text) {
+    return std::visit(
+        [&](auto member) -> nlohmann::json {
+            using T = std::remove_reference_t<decltype(PoolConfig{}.*member)>;
+            if constexpr (std::is_same_v<T, bool>) {
+                if (text == "true" || text == "1" || text == "yes" || text == "on") {
+                    return true;
+                }
+                if (text == "false" || text == "0" || text == "no" || text == "off") {
+                    return false;
+                }
+                return text;
+            } else if constexpr (std::is_same_v<T, int>) {
+                long long n = 0;
+                const auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+                if (ec == std::errc() && p == text.data() + text.size()) {
+                    return n;
+                }
+                return text;
+            } else if constexpr (std::is_same_v<T, double>) {
+                try {
+                    std::size_t used = 0;
+                    const double d = std::stod(text, &used);
+                    if (used == text.size()) {
+                        return d;
+                    }
+                } catch (const std::exception&) {
+                }
+                return text;
+            } else if constexpr (std::is_same_v<T, std::string>) {
+                return text;
+            } else {
+                return nlohmann::json::array({text});
+            }
+        },
+        f.member);
+}
+
+void apply_text(const FieldSpec& f, const std::string& text, const std::string& origin,
+                PoolConfig& config, std::vector<std::string>& errors) {
+    const auto dot = f.key.find('.');
+    nlohmann::json doc;
+    doc[std::string(f.key.substr(0, dot))][std::string(f.key.substr(dot + 1))] =
+        text_to_json(f, text);
+    std::vector<std::string> local;
+    apply_config_json(doc.dump(), origin, config, local);
+    for (auto& e : local) {
+        errors.push_back(std::move(e));
+    }
+}
+
+}  // namespace
+
+std::string suggest_key(std::string_view key) {
+    std::string_view best;
+    std::size_t best_d = 4;
+    for (const auto& f : config_fields()) {
+        const auto d = edit_distance(key, f.key);
+        if (d < best_d) {
+            best_d = d;
+            best = f.key;
+        }
+    }
+    return best.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", best);
+}
+
+std::string help_text() {
+    std::string out =
+        "usage: llama-pool [--config FILE] [options]\n"
+        "\n"
+        "One URL in front of a supervised pool of llama-server workers. Precedence: flags over\n"
+        "environment variables over the config file over built-in defaults.\n"
+        "\n"
+        "  --config FILE          JSON config file, comments allowed (env LLAMA_POOL_CONFIG)\n"
+        "  --check-config         validate, print the effective config as JSON, exit\n"
+        "  --help                 this text\n"
+        "  --version              print the version\n"
+        "\n";
+    for (const auto& f : config_fields()) {
+        if (f.flag.empty()) {
+            continue;
+        }
+        std::string left(f.flag);
+        const bool is_bool = std::holds_alternative<bool PoolConfig::*>(f.member);
+        if (!is_bool) {
+            left += f.unit == "seconds" ? " SECONDS" : " VALUE";
+        }
+        const auto defaults = config_to_json(PoolConfig{});
+        const auto dot = f.key.find('.');
+        const auto& def =
+            defaults[std::string(f.key.substr(0, dot))][std::string(f.key.substr(dot + 1))];
+        std::string def_text = def.is_string() ? def.get<std::string>() : def.dump();
+        out += fmt::format("  {:<30} {}", left, f.help);
+        if (!def_text.empty() && def_text != "[]" && def_text != "\"\"") {
+            out += fmt::format(" [default: {}]", def_text);
+        }
+        if (!f.env.empty()) {
+            out += fmt::format(" (env {})", f.env);
+        }
+        out += fmt::format(" (config {})\n", f.key);
+    }
+    return out;
+}
+
+ConfigResult load_config(const std::vector<std::string>& args, const EnvLookup& env) {
+    ConfigResult result;
+    // First pass: find actions and the config file, so the file applies before flags.
+    for (std::size_t i = 0; i < args.size(); ++i) {
+        const auto& a = args[i];
+        if (a == "--help" || a == "-h") {
+            result.action = CliAction::help;
+            return result;
+        }
+        if (a == "--version") {
+            result.action = CliAction::version;
+            return result;
+        }
+        if (a == "--check-config") {
+            result.action = CliAction::check_config;
+        } else if (a == "--config" && i + 1 < args.size()) {
+            result.config_file = args[++i];
+        } else if (a.rfind("--config=", 0) == 0) {
+            result.config_file = a.substr(9);
+        }
+    }
+    if (result.config_file.empty()) {
+        if (auto from_env = env("LLAMA_POOL_CONFIG"); from_env && !from_env->empty()) {
+            result.config_file = *from_env;
+        }
+    }
+    if (!result.config_file.empty()) {
+        std::ifstream in(result.config_file);
+        if (!in) {
+            result.errors.push_back(
+                fmt::format("{}: cannot read the config file", result.config_file));
+        } else {
+            std::stringstream text;
+            text << in.rdbuf();
+            apply_config_json(text.str(), result.config_file, result.config, result.errors);
+        }
+    }
+    for (const auto& f : config_fields()) {
+        if (f.env.empty()) {
+            continue;
+        }
+        if (auto value = env(std::string(f.env)); value && !value->empty()) {
+            apply_text(f, *value, fmt::format("environment {}", f.env), result.config,
+                       result.errors);
+        }
+    }
+    bool worker_args_from_flags = false;
+    for (std::size_t i = 0; i < args.size(); ++i) {
+        std::string a = args[i];
+        std::optional<std::string> inline_value;
+        if (const auto eq = a.find('='); a.rfind("--", 0) == 0 && eq != std::string::npos) {
+            inline_value = a.substr(eq + 1);
+            a = a.substr(0, eq);
+        }
+        if (a == "--config") {
+            i += inline_value ? 0 : 1;
+            continue;
+        }
+        if (a == "--check-config") {
+            continue;
+        }
+        const FieldSpec* field = nullptr;
+        for (const auto& f : config_fields()) {
+            if (!f.flag.empty() && f.flag == a) {
+                field = &f;
+            }
+        }
+        if (field == nullptr) {
+            result.errors.push_back(
+                fmt::format("unknown option \"{}\" (see llama-pool --help)", args[i]));
+            continue;
+        }
+        std::string value;
+        if (std::holds_alternative<bool PoolConfig::*>(field->member) && !inline_value) {
+            value = "true";
+        } else if (inline_value) {
+            value = *inline_value;
+        } else if (i + 1 < args.size()) {
+            value = args[++i];
+        } else {
+            result.errors.push_back(fmt::format("option {} needs a value", a));
+            continue;
+        }
+        if (field->key == "workers.args") {
+            // Repeated flags accumulate and replace what the file or environment gave.
+            if (!worker_args_from_flags) {
+                result.config.worker_args.clear();
+                worker_args_from_flags = true;
+            }
+            result.config.worker_args.push_back(value);
+            continue;
+        }
+        apply_text(*field, value, fmt::format("option {}", a), result.config, result.errors);
+    }
+    if (result.errors.empty()) {
+        validate_config(result.config, result.errors);
+    }
+    return result;
+}
+
+}  // namespace llama_pool

@@ -1,0 +1,73 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "common/clock.hpp"
+#include "common/http_message.hpp"
+#include "common/http_parser.hpp"
+#include "common/socket.hpp"
+
+namespace llama_pool {
+
+// One client-side HTTP/1.1 connection: send a request, read the response head, then the
+// body piece by piece as it arrives (a chunked body yields each chunk as soon as it is
+// decoded, so SSE events pass through one by one). Every blocking step takes a deadline and
+// an IoWatch, so a relay can abort the moment its client hangs up. Not thread-safe.
+class HttpClientConnection {
+  public:
+    HttpClientConnection() = default;
+    explicit HttpClientConnection(Fd fd) : fd_(std::move(fd)) {}
+
+    static HttpClientConnection connect(const std::string& host, std::uint16_t port,
+                                        TimePoint deadline, std::string& error);
+
+    bool connected() const { return fd_.valid(); }
+    int fd() const { return fd_.get(); }
+
+    // `headers` must not carry framing fields; Content-Length is added for the body.
+    IoStatus send_request(std::string_view method, std::string_view target,
+                          std::string_view host_header, const Headers& headers,
+                          std::string_view body, TimePoint deadline, const IoWatch& watch = {});
+    // On a malformed head returns IoStatus::error with `error` set.
+    IoStatus read_head(HttpResponseHead& head, bool request_was_head, TimePoint deadline,
+                       std::string& error, const IoWatch& watch = {});
+    // Appends the next available piece of the body to `out`; sets `done` at its end.
+    IoStatus read_body(std::string& out, bool& done, TimePoint deadline, std::string& error,
+                       const IoWatch& watch = {});
+
+    // True when the last response was read completely and both sides allow keep-alive.
+    bool reusable() const { return reusable_; }
+    // An idle pooled connection the server closed (or sent garbage on) must not be reused.
+    bool stale() const;
+
+  private:
+    IoStatus fill(TimePoint deadline, const IoWatch& watch);
+
+    Fd fd_;
+    std::string buffer_;
+    BodyFraming framing_;
+    std::size_t remaining_ = 0;
+    ChunkedDecoder decoder_;
+    bool keep_alive_ = false;
+    bool reusable_ = false;
+    bool body_done_ = true;
+};
+
+// A whole request/response exchange on a fresh connection, for probes, admin calls and
+// tests. `status` is 0 when no response head arrived; `error` then says why.
+struct FetchResult {
+    int status = 0;
+    Headers headers;
+    std::string body;
+    std::string error;
+    IoStatus io = IoStatus::ok;
+};
+
+FetchResult http_fetch(const std::string& host, std::uint16_t port, std::string_view method,
+                       std::string_view target, const Headers& headers, std::string_view body,
+                       milliseconds timeout, std::size_t max_body_bytes = 16 * 1024 * 1024,
+                       const IoWatch& watch = {});
+
+}  // namespace llama_pool

@@ -1,0 +1,76 @@
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include "common/http_message.hpp"
+
+namespace llama_pool {
+
+// Pure HTTP/1.1 parsing: no sockets, no allocation beyond the output, so it is unit-tested
+// and fuzzed directly. It is strict where leniency enables request smuggling (RFC 9112
+// §6.1, §6.3, §5.2) and lenient where real peers differ harmlessly (bare LF line ends).
+
+enum class ParseStatus { incomplete, complete, error };
+
+struct ParseResult {
+    ParseStatus status = ParseStatus::incomplete;
+    std::size_t consumed = 0;  // bytes of the head, including the blank line
+    int error_status = 0;      // the HTTP status to answer with (400, 414, 431, 505, 501)
+    std::string error;         // why, for the error body and the log
+};
+
+struct HeadLimits {
+    std::size_t max_head_bytes = 16 * 1024;
+    std::size_t max_line_bytes = 8 * 1024;
+    std::size_t max_fields = 100;
+};
+
+ParseResult parse_request_head(std::string_view buffer, const HeadLimits& limits, HttpRequest& out);
+ParseResult parse_response_head(std::string_view buffer, const HeadLimits& limits,
+                                HttpResponseHead& out);
+
+struct BodyFraming {
+    enum class Kind { none, length, chunked, until_close };
+    Kind kind = Kind::none;
+    std::size_t length = 0;
+};
+
+struct FramingResult {
+    BodyFraming framing;
+    int error_status = 0;  // 0 when valid
+    std::string error;
+};
+
+// Requests: Content-Length together with Transfer-Encoding, differing Content-Lengths, a
+// non-numeric length or a coding other than a final "chunked" are refused, not guessed.
+FramingResult request_framing(const HttpRequest& request);
+// Responses to HEAD, 1xx, 204 and 304 have no body; otherwise chunked, length or close.
+FramingResult response_framing(const HttpResponseHead& head, bool request_was_head);
+
+// Incremental chunked-coding decoder. Feed it whatever bytes arrived; it appends the
+// decoded payload to `out` and reports how many input bytes it used. Trailers are read and
+// dropped.
+class ChunkedDecoder {
+  public:
+    enum class Status { need_more, done, error };
+
+    explicit ChunkedDecoder(std::size_t max_line_bytes = 4096) : max_line_(max_line_bytes) {}
+    Status feed(std::string_view in, std::size_t& consumed, std::string& out);
+    const std::string& error() const { return error_; }
+
+  private:
+    enum class State { size_line, data, data_crlf, trailer_line, done, failed };
+    State state_ = State::size_line;
+    std::size_t remaining_ = 0;
+    std::string line_;
+    std::size_t max_line_;
+    std::string error_;
+};
+
+// Collapses repeated slashes and resolves "." and ".." segments in the path part of a
+// target (the query is kept verbatim). Returns false for targets that are not origin-form.
+bool normalize_target(std::string_view target, std::string& out);
+
+}  // namespace llama_pool

@@ -1,0 +1,82 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "common/clock.hpp"
+
+namespace llama_pool {
+
+// Owns one file descriptor; closes it on destruction. Move-only.
+class Fd {
+  public:
+    Fd() = default;
+    explicit Fd(int fd) : fd_(fd) {}
+    Fd(Fd&& other) noexcept : fd_(other.release()) {}
+    Fd& operator=(Fd&& other) noexcept;
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
+    ~Fd() { reset(); }
+
+    int get() const { return fd_; }
+    bool valid() const { return fd_ >= 0; }
+    int release() {
+        const int fd = fd_;
+        fd_ = -1;
+        return fd;
+    }
+    void reset(int fd = -1);
+
+  private:
+    int fd_ = -1;
+};
+
+enum class IoStatus {
+    ok,
+    eof,        // orderly close by the peer
+    timeout,    // the deadline passed
+    error,      // reset or another socket error
+    woken,      // the wake fd became readable (shutdown)
+    peer_gone,  // the watched fd's peer went away (client disconnect during a relay)
+};
+
+const char* to_string(IoStatus status);
+
+// Extra descriptors a blocking operation watches besides its own: `wake_fd` (an eventfd
+// that signals shutdown) and `watch_fd` (another socket whose peer hanging up should abort
+// the operation, e.g. the client while we wait on a worker).
+struct IoWatch {
+    int wake_fd = -1;
+    int watch_fd = -1;
+};
+
+IoStatus read_some(int fd, char* buf, std::size_t cap, std::size_t& n, TimePoint deadline,
+                   const IoWatch& watch = {});
+IoStatus write_all(int fd, std::string_view data, TimePoint deadline, const IoWatch& watch = {});
+
+// Non-blocking check whether the peer of a connected socket has closed or reset it.
+bool peer_closed(int fd);
+
+Fd listen_tcp(const std::string& host, std::uint16_t port, int backlog, std::string& error);
+Fd connect_tcp(const std::string& host, std::uint16_t port, TimePoint deadline, std::string& error);
+std::uint16_t local_port(int fd);
+std::string peer_address(int fd);
+
+// An unused loopback port, verified free by binding it (the bind is released at once, so
+// the caller must still cope with losing a race for it).
+std::uint16_t pick_free_port(const std::string& host = "127.0.0.1");
+
+// An eventfd used to wake every blocked operation at shutdown. Stays readable once set.
+class WakeSignal {
+  public:
+    WakeSignal();
+    void notify();
+    bool notified() const;
+    int fd() const { return fd_.get(); }
+
+  private:
+    Fd fd_;
+};
+
+}  // namespace llama_pool

@@ -1,0 +1,201 @@
+#include "proxy/pool_routes.hpp"
+
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+
+#include "common/error_body.hpp"
+
+namespace llama_pool {
+
+void respond_json(HttpExchange& exchange, int status, const std::string& body,
+                  const std::string& request_id) {
+    Headers headers;
+    headers.add("Content-Type", "application/json; charset=utf-8");
+    headers.add("X-Request-Id", request_id);
+    exchange.respond(status, std::move(headers), body);
+}
+
+namespace {
+
+std::string iso_time(std::chrono::system_clock::time_point t) {
+    return fmt::format("{:%Y-%m-%dT%H:%M:%S}Z",
+                       fmt::gmtime(std::chrono::system_clock::to_time_t(t)));
+}
+
+std::string html_escape(std::string_view s) {
+    std::string out;
+    for (const char c : s) {
+        switch (c) {
+            case '<':
+                out += "&lt;";
+                break;
+            case '>':
+                out += "&gt;";
+                break;
+            case '&':
+                out += "&amp;";
+                break;
+            case '"':
+                out += "&quot;";
+                break;
+            default:
+                out += c;
+        }
+    }
+    return out;
+}
+
+}  // namespace
+
+nlohmann::json PoolRoutes::status_json() const {
+    const auto backends = registry_.snapshot();
+    auto find_backend = [&](const std::string& id) -> const BackendSnapshot* {
+        for (const auto& b : backends) {
+            if (b.id == id) {
+                return &b;
+            }
+        }
+        return nullptr;
+    };
+    nlohmann::ordered_json workers = nlohmann::ordered_json::array();
+    int ready = 0, inflight = 0, slots = 0;
+    if (supervisor_ != nullptr) {
+        for (const auto& w : supervisor_->status()) {
+            const auto* b = find_backend(w.id);
+            const int in = b ? b->inflight : 0;
+            nlohmann::ordered_json j;
+            j["id"] = w.id;
+            j["pid"] = w.pid;
+            j["port"] = w.port;
+            j["state"] = to_string(w.state);
+            j["since"] = iso_time(w.since);
+            j["restarts"] = w.restarts;
+            j["last_exit_reason"] = w.last_exit_reason;
+            j["inflight"] = in;
+            j["slots"] = w.capacity;
+            j["available"] = b && b->available;
+            j["upstream_connections_opened"] = b ? b->connections_opened : 0;
+            j["detail"] = w.detail;
+            if (!w.last_output.empty()) {
+                j["last_output"] = w.last_output;
+            }
+            workers.push_back(std::move(j));
+            ready += w.state == WorkerState::ready ? 1 : 0;
+            inflight += in;
+            slots += w.state == WorkerState::ready ? w.capacity : 0;
+        }
+    }
+    nlohmann::ordered_json out;
+    out["version"] = version_;
+    out["workers"] = std::move(workers);
+    out["totals"] = {{"workers", out["workers"].size()},
+                     {"ready", ready},
+                     {"available", registry_.available_count()},
+                     {"inflight", inflight},
+                     {"slots", slots},
+                     {"queued", registry_.waiting()}};
+    return nlohmann::json::parse(out.dump());
+}
+
+void PoolRoutes::health(HttpExchange& exchange, const std::string& request_id) {
+    const int available = registry_.available_count();
+    const auto backends = registry_.snapshot();
+    nlohmann::ordered_json body;
+    if (available > 0) {
+        body["status"] = "ok";
+        body["workers_ready"] = available;
+        body["workers_total"] = supervisor_ ? supervisor_->status().size() : backends.size();
+        respond_json(exchange, 200, body.dump(), request_id);
+        return;
+    }
+    body["status"] = "unavailable";
+    body["workers_ready"] = 0;
+    body["workers_total"] = supervisor_ ? supervisor_->status().size() : backends.size();
+    body["error"] = {{"code", 503},
+                     {"message", "no worker is ready"},
+                     {"type", "unavailable_error"},
+                     {"source", "llama-pool"}};
+    respond_json(exchange, 503, body.dump(), request_id);
+}
+
+void PoolRoutes::index_page(HttpExchange& exchange, const std::string& request_id) {
+    const auto status = status_json();
+    std::string rows;
+    for (const auto& w : status["workers"]) {
+        rows += fmt::format(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td></tr>\n",
+            html_escape(w["id"].get<std::string>()), html_escape(w["state"].get<std::string>()),
+            w["pid"].get<int>(), w["inflight"].get<int>(), w["slots"].get<int>(),
+            w["restarts"].get<int>(), html_escape(w["detail"].get<std::string>()));
+    }
+    const auto& t = status["totals"];
+    const auto page = fmt::format(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>llama-pool</title></head>\n"
+        "<body><h1>llama-pool {}</h1>\n"
+        "<p>{} of {} workers ready; {} requests in flight on {} slots; {} queued.</p>\n"
+        "<table border=\"1\" cellpadding=\"4\"><tr><th>worker</th><th>state</th><th>pid</th>"
+        "<th>in flight/slots</th><th>restarts</th><th>detail</th></tr>\n{}</table>\n"
+        "<p>JSON: <a href=\"/pool/status\">/pool/status</a>, health: <a href=\"/health\">/health"
+        "</a>, metrics: <a href=\"/metrics\">/metrics</a></p></body></html>\n",
+        html_escape(version_), t["ready"].get<int>(), t["workers"].get<int>(),
+        t["inflight"].get<int>(), t["slots"].get<int>(), t["queued"].get<int>(), rows);
+    Headers headers;
+    headers.add("Content-Type", "text/html; charset=utf-8");
+    headers.add("X-Request-Id", request_id);
+    exchange.respond(200, std::move(headers), page);
+}
+
+bool PoolRoutes::handle(HttpExchange& exchange, const std::string& path,
+                        const std::string& request_id) {
+    const auto& method = exchange.request().method;
+    if (path == "/health") {
+        health(exchange, request_id);
+        return true;
+    }
+    if (path == "/" && (method == "GET" || method == "HEAD")) {
+        index_page(exchange, request_id);
+        return true;
+    }
+    if (path.rfind("/pool/", 0) != 0 && path != "/pool") {
+        return false;
+    }
+    if (path == "/pool/status" && method == "GET") {
+        respond_json(exchange, 200, status_json().dump(), request_id);
+        return true;
+    }
+    constexpr std::string_view prefix = "/pool/workers/";
+    if (path.rfind(prefix, 0) == 0 && supervisor_ != nullptr) {
+        const auto rest = path.substr(prefix.size());
+        const auto slash = rest.find('/');
+        const auto id = rest.substr(0, slash);
+        const auto action = slash == std::string::npos ? std::string() : rest.substr(slash + 1);
+        if (action == "log" && method == "GET") {
+            if (const auto lines = supervisor_->worker_output(id)) {
+                respond_json(exchange, 200,
+                             nlohmann::json{{"id", id}, {"lines", *lines}}.dump(
+                                 -1, ' ', false, nlohmann::json::error_handler_t::replace),
+                             request_id);
+            } else {
+                respond_json(exchange, 404, make_error_body(404, "no worker with id " + id),
+                             request_id);
+            }
+            return true;
+        }
+        if (action == "restart" && method == "POST") {
+            if (supervisor_->restart_worker(id)) {
+                respond_json(exchange, 202,
+                             nlohmann::json{{"id", id}, {"restart", "requested"}}.dump(),
+                             request_id);
+            } else {
+                respond_json(exchange, 404, make_error_body(404, "no worker with id " + id),
+                             request_id);
+            }
+            return true;
+        }
+    }
+    respond_json(exchange, 404, make_error_body(404, "File Not Found", "not_found_error"),
+                 request_id);
+    return true;
+}
+
+}  // namespace llama_pool

@@ -1,0 +1,36 @@
+#pragma once
+
+#include <string>
+
+#include "common/http_server.hpp"
+#include "proxy/backend_registry.hpp"
+#include "supervisor/supervisor.hpp"
+
+namespace llama_pool {
+
+// The endpoints the pool answers itself: GET /health, GET /, /pool/status,
+// /pool/workers/{id}/log, POST /pool/workers/{id}/restart. `supervisor` may be null (a pool
+// of unmanaged upstreams).
+class PoolRoutes {
+  public:
+    PoolRoutes(BackendRegistry& registry, Supervisor* supervisor, std::string version)
+        : registry_(registry), supervisor_(supervisor), version_(std::move(version)) {}
+
+    // True when the path belongs to the pool (then the exchange has been answered).
+    bool handle(HttpExchange& exchange, const std::string& path, const std::string& request_id);
+
+    nlohmann::json status_json() const;
+
+  private:
+    void health(HttpExchange& exchange, const std::string& request_id);
+    void index_page(HttpExchange& exchange, const std::string& request_id);
+
+    BackendRegistry& registry_;
+    Supervisor* supervisor_;
+    std::string version_;
+};
+
+void respond_json(HttpExchange& exchange, int status, const std::string& body,
+                  const std::string& request_id);
+
+}  // namespace llama_pool

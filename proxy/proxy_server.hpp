@@ -1,0 +1,43 @@
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "common/config.hpp"
+#include "common/http_server.hpp"
+#include "common/log.hpp"
+#include "common/random.hpp"
+#include "proxy/backend_registry.hpp"
+#include "proxy/pool_routes.hpp"
+#include "proxy/relay.hpp"
+
+namespace llama_pool {
+
+// The client-facing side: the HTTP server, the pool's own routes and the relay for
+// everything else.
+class ProxyServer {
+  public:
+    ProxyServer(const PoolConfig& config, BackendRegistry& registry, Supervisor* supervisor,
+                Logger& log, RandomSource& random, std::string version);
+    ~ProxyServer();
+
+    bool start(std::string& error);
+    std::uint16_t port() const { return server_->port(); }
+    // Graceful: stop accepting, let requests finish until `deadline`, then stop.
+    void shutdown(TimePoint deadline);
+    // Cuts every running request short (second signal); shutdown() then returns at once.
+    void abort() { server_->abort(); }
+    HttpServer& http() { return *server_; }
+
+  private:
+    void handle(HttpExchange& exchange);
+
+    const PoolConfig& config_;
+    BackendRegistry& registry_;
+    Logger& log_;
+    PoolRoutes routes_;
+    Relay relay_;
+    std::unique_ptr<HttpServer> server_;
+};
+
+}  // namespace llama_pool

@@ -1,0 +1,46 @@
+#pragma once
+
+#include <string>
+
+#include "common/config.hpp"
+#include "common/http_server.hpp"
+#include "common/log.hpp"
+#include "common/random.hpp"
+#include "proxy/backend_registry.hpp"
+
+namespace llama_pool {
+
+// What happened to one relayed request, for the access log and metrics.
+struct RelayOutcome {
+    int status = 0;
+    std::string worker;
+    int attempts = 0;
+    double queue_seconds = 0;
+    bool client_gone = false;
+    bool upstream_broke = false;  // the worker failed after the response had started
+};
+
+// Forwards one client request to a worker and the worker's response back, faithfully:
+// status, end-to-end headers and body bytes as they come (SSE events pass one by one).
+// Until the response head is forwarded, failures are retried on another worker; after it,
+// never (a retried generation would corrupt what the client already has).
+class Relay {
+  public:
+    Relay(const PoolConfig& config, BackendRegistry& registry, Logger& log, RandomSource& random)
+        : config_(config), registry_(registry), log_(log), random_(random) {}
+
+    RelayOutcome forward(HttpExchange& exchange, const std::string& target,
+                         const std::string& request_id);
+
+  private:
+    const PoolConfig& config_;
+    BackendRegistry& registry_;
+    Logger& log_;
+    RandomSource& random_;
+};
+
+Headers upstream_request_headers(const HttpRequest& request, const std::string& request_id,
+                                 const std::string& worker_key, const std::string& client_addr);
+Headers client_response_headers(const Headers& upstream, const std::string& request_id);
+
+}  // namespace llama_pool

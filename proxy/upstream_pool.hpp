@@ -1,0 +1,41 @@
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/http_client.hpp"
+
+namespace llama_pool {
+
+// Keep-alive connections to one backend. Connections are taken for one exchange and given
+// back only when the response was read completely; since the registry never leases more
+// requests than the backend's capacity, the pool never holds more connections than that.
+class UpstreamPool {
+  public:
+    UpstreamPool(std::string host, std::uint16_t port, std::size_t max_idle)
+        : host_(std::move(host)), port_(port), max_idle_(max_idle) {}
+
+    // An idle connection when one is still good, else a new one (`reused` tells which: a
+    // reused connection that fails before any reply byte may just have been closed by the
+    // server's keep-alive timer, and deserves an immediate second try).
+    HttpClientConnection take(TimePoint connect_deadline, bool& reused, std::string& error);
+    void give_back(HttpClientConnection connection);
+
+    std::uint64_t connections_opened() const { return opened_.load(); }
+    std::size_t idle_count() const;
+    const std::string& host() const { return host_; }
+    std::uint16_t port() const { return port_; }
+
+  private:
+    std::string host_;
+    std::uint16_t port_;
+    std::size_t max_idle_;
+    mutable std::mutex mutex_;
+    std::vector<HttpClientConnection> idle_;
+    std::atomic<std::uint64_t> opened_{0};
+};
+
+}  // namespace llama_pool

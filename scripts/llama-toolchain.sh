@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Builds (once per machine) the real llama-server that tests, benchmarks and `make run`
+# use, and a small random-weight demo model, entirely offline: the llama.cpp source comes
+# from the npm package node-llama-cpp, which ships the whole tree as a git bundle.
+#
+#   llama-toolchain.sh server-path   print the llama-server binary (build if needed)
+#   llama-toolchain.sh model-path    print the demo GGUF model (build if needed)
+#   llama-toolchain.sh tool NAME     print another built tool (llama-quantize, ...)
+#
+# Only the chosen path goes to stdout; progress goes to stderr and to a build log.
+# LLAMA_SERVER and MODEL, when they name existing files, win and nothing is built.
+set -euo pipefail
+
+readonly NODE_LLAMA_CPP_VERSION="3.22.1"
+readonly cache_root="${LLAMA_POOL_CACHE:-$HOME/.cache/llama-pool}"
+# -march=native is used, so the key carries the CPU's feature flags too: a cache copied to
+# another CPU must not hand out a binary that dies with SIGILL.
+cpu_key=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-8)
+readonly cache_dir="$cache_root/node-llama-cpp-$NODE_LLAMA_CPP_VERSION-$cpu_key"
+readonly bin_dir="$cache_dir/bin"
+readonly lock_file="$cache_root/.lock"
+
+log() { printf 'llama-toolchain: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+fetch_source() {
+  local src="$cache_dir/src"
+  [ -f "$src/CMakeLists.txt" ] && return 0
+  command -v npm >/dev/null || die "npm is required to fetch node-llama-cpp@$NODE_LLAMA_CPP_VERSION (apt-get install npm)"
+  local tmp
+  tmp=$(mktemp -d)
+  log "fetching node-llama-cpp@$NODE_LLAMA_CPP_VERSION from the npm registry"
+  (cd "$tmp" && npm pack --silent "node-llama-cpp@$NODE_LLAMA_CPP_VERSION" >/dev/null 2>&1) ||
+    die "npm pack node-llama-cpp@$NODE_LLAMA_CPP_VERSION failed"
+  tar -xzf "$tmp/node-llama-cpp-$NODE_LLAMA_CPP_VERSION.tgz" -C "$tmp" package/llama/gitRelease.bundle
+  rm -rf "$src.tmp"
+  git clone --quiet "$tmp/package/llama/gitRelease.bundle" "$src.tmp" 2>/dev/null ||
+    die "could not clone the llama.cpp bundle shipped in node-llama-cpp"
+  mv "$src.tmp" "$src"
+  rm -rf "$tmp"
+}
+
+build_tools() {
+  [ -x "$bin_dir/llama-server" ] && [ -x "$bin_dir/llama-convert-llama2c-to-ggml" ] &&
+    [ -x "$bin_dir/llama-quantize" ] && return 0
+  fetch_source
+  local build="$cache_dir/build" jobs
+  jobs=$(nproc 2>/dev/null || echo 2)
+  log "building llama-server (CPU, -j$jobs; about 5 minutes on 2 cores, once per machine); log: $cache_dir/build.log"
+  {
+    cmake -S "$cache_dir/src" -B "$build" -DCMAKE_BUILD_TYPE=Release \
+      -DBUILD_SHARED_LIBS=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
+      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON &&
+      cmake --build "$build" -j"$jobs" --target llama-server llama-convert-llama2c-to-ggml llama-quantize
+  } >"$cache_dir/build.log" 2>&1 || die "llama.cpp build failed; see $cache_dir/build.log"
+  mkdir -p "$bin_dir"
+  for t in llama-server llama-convert-llama2c-to-ggml llama-quantize; do
+    install -m 0755 "$build/bin/$t" "$bin_dir/$t"
+  done
+  # The build tree is large and only needed again for a new version.
+  rm -rf "$build"
+}
+
+build_model() {
+  local model="$cache_dir/models/demo-q8_0.gguf"
+  [ -f "$model" ] && { echo "$model"; return 0; }
+  build_tools
+  local here tmp
+  here=$(cd "$(dirname "$0")" && pwd)
+  tmp=$(mktemp -d)
+  mkdir -p "$cache_dir/models"
+  log "writing a random-weight demo model (llama2.c checkpoint -> GGUF -> Q8_0)"
+  python3 "$here/make_random_llama2c.py" --out "$tmp/random.bin" --dim 288 --layers 6 --seed 1234 >&2
+  "$bin_dir/llama-convert-llama2c-to-ggml" \
+    --copy-vocab-from-model "$cache_dir/src/models/ggml-vocab-llama-spm.gguf" \
+    --llama2c-model "$tmp/random.bin" --llama2c-output-model "$tmp/random-f32.gguf" >"$tmp/convert.log" 2>&1 ||
+    die "model conversion failed: $(tail -n 5 "$tmp/convert.log")"
+  python3 "$here/gguf_set_context_length.py" "$tmp/random-f32.gguf" 4096 >&2
+  "$bin_dir/llama-quantize" "$tmp/random-f32.gguf" "$tmp/demo.gguf" Q8_0 >"$tmp/quantize.log" 2>&1 ||
+    die "quantize failed: $(tail -n 5 "$tmp/quantize.log")"
+  mv "$tmp/demo.gguf" "$model"
+  rm -rf "$tmp"
+  echo "$model"
+}
+
+with_lock() {
+  mkdir -p "$cache_root"
+  exec 9>"$lock_file"
+  flock 9
+  "$@"
+}
+
+case "${1:-}" in
+  server-path)
+    if [ -n "${LLAMA_SERVER:-}" ]; then
+      [ -x "$LLAMA_SERVER" ] || die "LLAMA_SERVER=$LLAMA_SERVER is not an executable file"
+      readlink -f "$LLAMA_SERVER"
+      exit 0
+    fi
+    with_lock build_tools
+    echo "$bin_dir/llama-server"
+    ;;
+  model-path)
+    if [ -n "${MODEL:-}" ]; then
+      [ -f "$MODEL" ] || die "MODEL=$MODEL does not exist"
+      readlink -f "$MODEL"
+      exit 0
+    fi
+    with_lock build_model
+    ;;
+  tool)
+    [ -n "${2:-}" ] || die "usage: $0 tool NAME"
+    with_lock build_tools
+    [ -x "$bin_dir/$2" ] || die "no tool named $2 in $bin_dir"
+    echo "$bin_dir/$2"
+    ;;
+  *)
+    die "usage: $0 server-path | model-path | tool NAME"
+    ;;
+esac

@@ -1,0 +1,58 @@
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/config.hpp"
+#include "common/log.hpp"
+#include "common/random.hpp"
+#include "supervisor/worker.hpp"
+#include "supervisor/worker_listener.hpp"
+
+namespace llama_pool {
+
+// Owns the pool's workers: creates them from the config, hands out their ports, answers
+// status questions and stops them all. Thread-safe.
+class Supervisor {
+  public:
+    Supervisor(PoolConfig config, Logger& log, WorkerListener& listener, RandomSource& random);
+    ~Supervisor();
+    Supervisor(const Supervisor&) = delete;
+    Supervisor& operator=(const Supervisor&) = delete;
+
+    void start();
+    // Drains every worker (in parallel, up to `drain_grace`), stops them, joins their threads.
+    void stop(Duration drain_grace);
+    // Asks every worker to stop now, without waiting; a stop() running elsewhere then ends
+    // quickly.
+    void hurry();
+
+    std::vector<WorkerStatus> status() const;
+    std::optional<std::vector<std::string>> worker_output(const std::string& id) const;
+    bool restart_worker(const std::string& id);
+    int threads_per_worker() const { return threads_; }
+
+  private:
+    std::uint16_t pick_port();
+
+    PoolConfig config_;
+    Logger& log_;
+    WorkerListener& listener_;
+    RandomSource& random_;
+    int threads_ = 1;
+    std::string api_key_;
+
+    mutable std::mutex mutex_;
+    std::vector<std::unique_ptr<Worker>> workers_;
+    std::set<std::uint16_t> recent_ports_;
+};
+
+// 128 random bits as hex, from the kernel's CSPRNG.
+std::string random_key();
+
+}  // namespace llama_pool

@@ -1,0 +1,124 @@
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/clock.hpp"
+#include "common/config.hpp"
+#include "common/log.hpp"
+#include "common/random.hpp"
+#include "common/socket.hpp"
+#include "supervisor/child_process.hpp"
+#include "supervisor/restart_policy.hpp"
+#include "supervisor/worker_listener.hpp"
+#include "supervisor/worker_state.hpp"
+
+namespace llama_pool {
+
+struct WorkerStatus {
+    std::string id;
+    pid_t pid = 0;
+    std::uint16_t port = 0;
+    WorkerState state = WorkerState::starting;
+    std::chrono::system_clock::time_point since;
+    int restarts = 0;
+    std::string last_exit_reason;
+    std::vector<std::string> last_output;  // the lines that explain the last failure
+    int capacity = 0;
+    std::string detail;  // e.g. loading progress, backoff delay
+};
+
+struct WorkerSettings {
+    std::string id;
+    PoolConfig config;
+    int threads = 1;
+    std::string api_key;
+    std::function<std::uint16_t()> pick_port;  // returns a free loopback port
+};
+
+// One supervised llama-server. A single owner thread runs the whole lifecycle and is the
+// only writer of the state; other threads read snapshots (status()) and send requests
+// (request_restart(), request_stop()) that the owner acts on at its next step.
+class Worker {
+  public:
+    static constexpr std::size_t kOutputLines = 200;
+
+    Worker(WorkerSettings settings, Logger& log, WorkerListener& listener, RandomSource& random);
+    ~Worker();
+    Worker(const Worker&) = delete;
+    Worker& operator=(const Worker&) = delete;
+
+    void start();
+    // Restarts a failed worker, or replaces a running one (drains it first).
+    void request_restart();
+    // Drains (up to `drain_grace` for in-flight requests), stops the process, ends the owner
+    // thread. Returns at once; join() waits.
+    void request_stop(Duration drain_grace);
+    void join();
+
+    WorkerStatus status() const;
+    std::vector<std::string> recent_output() const;
+    const std::string& id() const { return settings_.id; }
+
+  private:
+    void run();
+    void spawn();
+    void step_starting();
+    void step_warming();
+    void step_ready();
+    void step_backoff();
+    void fail(const std::string& reason);
+    void drain_and_stop();
+    bool set_state(WorkerState next, std::string detail = {});
+    bool warm_up(std::string& error, int& capacity);
+    bool probe_health(std::string& error);
+    bool probe_inference(Duration timeout, std::string& error);
+    void on_output(std::string_view line);
+    std::vector<std::string> tail_output(std::size_t n) const;
+    void wait_tick(Duration tick);
+
+    WorkerSettings settings_;
+    Logger& log_;
+    WorkerListener& listener_;
+    RandomSource& random_;
+    RestartPolicy restart_policy_;
+    WakeSignal wake_;  // interrupts blocking probes at stop
+
+    // Owned by the owner thread only.
+    std::unique_ptr<ChildProcess> child_;
+    TimePoint spawned_at_{};
+    TimePoint state_entered_{};
+    TimePoint backoff_until_{};
+    TimePoint next_health_{};
+    TimePoint last_inference_probe_{};
+    TimePoint last_progress_log_{};
+    int probe_failures_ = 0;
+    bool published_ = false;
+    bool port_verified_ = false;
+
+    // Guarded by mutex_: the snapshot others read, and requests for the owner.
+    mutable std::mutex mutex_;
+    std::condition_variable cv_;
+    WorkerStatus status_;
+    bool stop_requested_ = false;
+    bool restart_requested_ = false;
+    Duration drain_grace_{};
+
+    mutable std::mutex output_mutex_;
+    std::deque<std::string> output_;
+
+    std::thread thread_;
+};
+
+}  // namespace llama_pool

@@ -1,0 +1,30 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace llama_pool {
+
+struct WorkerEndpoint {
+    std::string id;
+    std::string host;
+    std::uint16_t port = 0;
+    int capacity = 1;     // concurrent requests it can serve: its slot count
+    std::string api_key;  // what the pool must send it; empty when none
+};
+
+// How the supervisor tells the data plane which workers may take traffic. Implemented by
+// the proxy's backend registry; the supervisor does not know the proxy. Called from worker
+// owner threads; implementations must be thread-safe.
+class WorkerListener {
+  public:
+    virtual ~WorkerListener() = default;
+    // The worker may now take up to `capacity` concurrent requests.
+    virtual void worker_ready(const WorkerEndpoint& endpoint) = 0;
+    // No new requests for this worker; those in flight go on.
+    virtual void worker_unavailable(const std::string& id) = 0;
+    // Requests in flight on this worker (for draining and for idle probes).
+    virtual int worker_inflight(const std::string& id) const = 0;
+};
+
+}  // namespace llama_pool

@@ -1,0 +1,484 @@
+// A stand-in for llama-server with fault knobs, for the faults a real worker cannot be made
+// to show on demand. It mimics the endpoints and response shapes the pool relies on and
+// accepts llama-server's own flags, so the supervisor can launch it as a worker.
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <csignal>
+#include <cstdio>
+#include <deque>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/error_body.hpp"
+#include "common/http_server.hpp"
+
+namespace {
+
+using namespace llama_pool;
+using json = nlohmann::json;
+
+struct Options {
+    std::string host = "127.0.0.1";
+    int port = 8080;
+    int slots = 4;
+    int ctx = 4096;
+    int load_delay_ms = 0;
+    int latency_ms = 0;
+    double tokens_per_second = 500;
+    int fail_status = 0;
+    bool hang = false;
+    int crash_after = 0;
+    int stall_after_events = -1;
+    bool garbage = false;
+    std::string model = "fake-model.gguf";
+    std::string api_key;
+};
+
+void usage() {
+    std::fprintf(stderr,
+                 "usage: fake-llama-server [--host H] [--port P] [--parallel N]\n"
+                 "  [--load-delay-ms MS] [--latency-ms MS] [--tokens-per-second N]\n"
+                 "  [--fail-status CODE] [--hang] [--crash-after N] [--stall-after-events N]\n"
+                 "  [--garbage] [--api-key K] [--model PATH] [llama-server flags are accepted]\n");
+}
+
+// Slots with a FIFO wait, like llama-server's deferred queue.
+class Slots {
+  public:
+    explicit Slots(int n) : free_(n), total_(n) {}
+    int acquire() {
+        std::unique_lock lock(mutex_);
+        const auto ticket = next_ticket_++;
+        ++deferred_;
+        cv_.wait(lock, [&] { return free_ > 0 && ticket == serving_; });
+        --deferred_;
+        ++serving_;
+        --free_;
+        cv_.notify_all();
+        return total_ - free_ - 1;
+    }
+    void release() {
+        {
+            std::lock_guard lock(mutex_);
+            ++free_;
+        }
+        cv_.notify_all();
+    }
+    int busy() const {
+        std::lock_guard lock(mutex_);
+        return total_ - free_;
+    }
+    int deferred() const {
+        std::lock_guard lock(mutex_);
+        return deferred_;
+    }
+    int total() const { return total_; }
+
+  private:
+    mutable std::mutex mutex_;
+    std::condition_variable cv_;
+    int free_;
+    int total_;
+    int deferred_ = 0;
+    unsigned long long next_ticket_ = 0;
+    unsigned long long serving_ = 0;
+};
+
+class FakeServer {
+  public:
+    explicit FakeServer(Options o) : opt_(std::move(o)), slots_(opt_.slots) {
+        started_ = std::chrono::steady_clock::now();
+    }
+
+    void handle(HttpExchange& ex) {
+        const auto& req = ex.request();
+        const std::string path(req.path());
+        if (opt_.garbage && path != "/health") {
+            ex.write_raw("HTTP/1.1 2x0 Garbage\r\nContent-Length: nope\r\n\r\n{\"trunc");
+            ex.close_after_response();
+            ex.abort();
+            return;
+        }
+        if (loading()) {
+            return error(ex, 503, "Loading model", "unavailable_error");
+        }
+        if (path == "/health") {
+            return reply(ex, 200, json{{"status", "ok"}});
+        }
+        if (!opt_.api_key.empty() && !authorized(req)) {
+            return error(ex, 401, "Invalid API Key", "authentication_error");
+        }
+        if (path == "/props") {
+            return reply(ex, 200,
+                         json{{"total_slots", opt_.slots},
+                              {"model_path", opt_.model},
+                              {"build_info", "fake-llama-server"},
+                              {"default_generation_settings", {{"n_ctx", opt_.ctx / opt_.slots}}}});
+        }
+        if (path == "/slots") {
+            json arr = json::array();
+            const int busy = slots_.busy();
+            for (int i = 0; i < opt_.slots; ++i) {
+                arr.push_back(
+                    {{"id", i}, {"n_ctx", opt_.ctx / opt_.slots}, {"is_processing", i < busy}});
+            }
+            return reply(ex, 200, arr);
+        }
+        if (path == "/metrics") {
+            const auto text = fmt::format(
+                "# HELP llamacpp:requests_processing Number of requests processing.\n"
+                "# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing {}\n"
+                "# HELP llamacpp:requests_deferred Number of requests deferred.\n"
+                "# TYPE llamacpp:requests_deferred gauge\nllamacpp:requests_deferred {}\n"
+                "# HELP llamacpp:tokens_predicted_total Number of generation tokens processed.\n"
+                "# TYPE llamacpp:tokens_predicted_total counter\nllamacpp:tokens_predicted_total "
+                "{}\n",
+                slots_.busy(), slots_.deferred(), tokens_total_.load());
+            Headers h;
+            h.add("Content-Type", "text/plain; version=0.0.4");
+            ex.respond(200, h, text);
+            return;
+        }
+        if (path == "/v1/models") {
+            return reply(
+                ex, 200,
+                json{{"object", "list"},
+                     {"data",
+                      json::array(
+                          {{{"id", opt_.model}, {"object", "model"}, {"owned_by", "llamacpp"}}})}});
+        }
+        if (path == "/tokenize") {
+            const auto body = parse(ex);
+            if (!body) {
+                return;
+            }
+            json tokens = json::array();
+            for (const char c : body->value("content", std::string())) {
+                tokens.push_back(static_cast<unsigned char>(c));
+            }
+            return reply(ex, 200, json{{"tokens", tokens}});
+        }
+        if (path == "/detokenize") {
+            const auto body = parse(ex);
+            if (!body) {
+                return;
+            }
+            std::string content;
+            for (const auto& t : body->value("tokens", json::array())) {
+                content += static_cast<char>(t.get<int>());
+            }
+            return reply(ex, 200, json{{"content", content}});
+        }
+        if (path == "/completion" || path == "/completions" || path == "/v1/completions") {
+            return completion(ex, path != "/completion" && path != "/completions"
+                                      ? Shape::openai_text
+                                      : Shape::native);
+        }
+        if (path == "/v1/chat/completions" || path == "/chat/completions") {
+            return completion(ex, Shape::openai_chat);
+        }
+        error(ex, 404, "File Not Found", "not_found_error");
+    }
+
+  private:
+    enum class Shape { native, openai_text, openai_chat };
+
+    bool loading() const {
+        return std::chrono::steady_clock::now() - started_ <
+               std::chrono::milliseconds(opt_.load_delay_ms);
+    }
+
+    bool authorized(const HttpRequest& req) const {
+        const auto auth = req.headers.get("Authorization");
+        const auto key = req.headers.get("X-Api-Key");
+        return (auth && *auth == "Bearer " + opt_.api_key) || (key && *key == opt_.api_key);
+    }
+
+    static void reply(HttpExchange& ex, int status, const json& body) {
+        Headers h;
+        h.add("Content-Type", "application/json; charset=utf-8");
+        h.add("Server", "fake-llama-server");
+        ex.respond(status, h, body.dump());
+    }
+
+    static void error(HttpExchange& ex, int status, const std::string& message,
+                      const std::string& type) {
+        reply(ex, status,
+              json{{"error", {{"code", status}, {"message", message}, {"type", type}}}});
+    }
+
+    std::optional<json> parse(HttpExchange& ex) {
+        auto body = json::parse(ex.request().body, nullptr, false);
+        if (body.is_discarded() || !body.is_object()) {
+            error(ex, 500, "[json.exception.parse_error] invalid JSON", "server_error");
+            return std::nullopt;
+        }
+        return body;
+    }
+
+    void completion(HttpExchange& ex, Shape shape) {
+        const auto body = parse(ex);
+        if (!body) {
+            return;
+        }
+        if (shape != Shape::openai_chat && !body->contains("prompt")) {
+            return error(ex, 400, "\"prompt\" must be provided", "invalid_request_error");
+        }
+        if (shape == Shape::openai_chat && !body->contains("messages")) {
+            return error(ex, 400, "'messages' is required", "invalid_request_error");
+        }
+        const auto served = ++served_;
+        if (opt_.crash_after > 0 && served > opt_.crash_after) {
+            std::fprintf(stderr, "fake-llama-server: crashing after %d requests\n",
+                         opt_.crash_after);
+            std::fflush(stderr);
+            ::_exit(3);
+        }
+        if (opt_.fail_status != 0) {
+            return error(ex, opt_.fail_status, "injected failure", "server_error");
+        }
+        const int n = body->value("n_predict", body->value("max_tokens", 16));
+        const bool stream = body->value("stream", false);
+        const int slot = slots_.acquire();
+        struct Release {
+            Slots& s;
+            ~Release() { s.release(); }
+        } release{slots_};
+        if (opt_.hang) {
+            while (!ex.client_gone()) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            }
+            ex.abort();
+            return;
+        }
+        sleep_watching(ex, std::chrono::milliseconds(opt_.latency_ms));
+        const auto per_token =
+            std::chrono::microseconds(static_cast<long long>(1e6 / opt_.tokens_per_second));
+        const auto id = fmt::format("cmpl-fake-{}", served);
+        if (!stream) {
+            std::string content;
+            for (int i = 0; i < n; ++i) {
+                if (!sleep_watching(ex, per_token)) {
+                    ex.abort();
+                    return;
+                }
+                content += fmt::format(" tok{}", i);
+            }
+            tokens_total_ += n;
+            return reply(ex, 200, final_object(shape, content, n, slot, id));
+        }
+        Headers h;
+        h.add("Content-Type", "text/event-stream");
+        h.add("X-Accel-Buffering", "no");
+        h.add("Server", "fake-llama-server");
+        ex.begin(200, h, std::nullopt);
+        for (int i = 0; i < n; ++i) {
+            if (opt_.stall_after_events >= 0 && i >= opt_.stall_after_events) {
+                while (!ex.client_gone()) {
+                    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+                }
+                ex.abort();
+                return;
+            }
+            if (!sleep_watching(ex, per_token)) {
+                ex.abort();
+                return;
+            }
+            const auto piece = fmt::format(" tok{}", i);
+            json event;
+            if (shape == Shape::native) {
+                event = {{"index", 0},    {"content", piece},          {"stop", false},
+                         {"id_slot", -1}, {"tokens_predicted", i + 1}, {"tokens_evaluated", 2}};
+            } else if (shape == Shape::openai_chat) {
+                event = {{"id", id},
+                         {"object", "chat.completion.chunk"},
+                         {"model", opt_.model},
+                         {"choices", json::array({{{"index", 0},
+                                                   {"finish_reason", nullptr},
+                                                   {"delta", {{"content", piece}}}}})}};
+            } else {
+                event = {
+                    {"id", id},
+                    {"object", "text_completion"},
+                    {"model", opt_.model},
+                    {"choices",
+                     json::array({{{"index", 0}, {"finish_reason", nullptr}, {"text", piece}}})}};
+            }
+            if (!ex.write("data: " + event.dump() + "\n\n")) {
+                return;
+            }
+            ++tokens_total_;
+        }
+        json last = final_object(shape, "", n, slot, id);
+        if (shape == Shape::openai_chat) {
+            last = {{"id", id},
+                    {"object", "chat.completion.chunk"},
+                    {"model", opt_.model},
+                    {"choices",
+                     json::array(
+                         {{{"index", 0}, {"finish_reason", "length"}, {"delta", json::object()}}})},
+                    {"usage",
+                     {{"completion_tokens", n}, {"prompt_tokens", 2}, {"total_tokens", n + 2}}}};
+        } else if (shape == Shape::openai_text) {
+            last["choices"][0]["text"] = "";
+        }
+        ex.write("data: " + last.dump() + "\n\n");
+        if (shape != Shape::native) {
+            ex.write("data: [DONE]\n\n");
+        }
+        ex.finish();
+    }
+
+    json final_object(Shape shape, const std::string& content, int n, int slot,
+                      const std::string& id) const {
+        const json timings = {{"prompt_n", 2},
+                              {"prompt_ms", 1.0},
+                              {"predicted_n", n},
+                              {"predicted_ms", n * 1000.0 / opt_.tokens_per_second},
+                              {"predicted_per_second", opt_.tokens_per_second}};
+        const json usage = {
+            {"completion_tokens", n}, {"prompt_tokens", 2}, {"total_tokens", n + 2}};
+        if (shape == Shape::native) {
+            return {{"index", 0},
+                    {"content", content},
+                    {"id_slot", slot},
+                    {"stop", true},
+                    {"model", opt_.model},
+                    {"tokens_predicted", n},
+                    {"tokens_evaluated", 2},
+                    {"stop_type", "limit"},
+                    {"timings", timings}};
+        }
+        if (shape == Shape::openai_chat) {
+            return {{"id", id},
+                    {"object", "chat.completion"},
+                    {"model", opt_.model},
+                    {"choices",
+                     json::array({{{"index", 0},
+                                   {"finish_reason", "length"},
+                                   {"message", {{"role", "assistant"}, {"content", content}}}}})},
+                    {"usage", usage},
+                    {"timings", timings}};
+        }
+        return {{"id", id},
+                {"object", "text_completion"},
+                {"model", opt_.model},
+                {"choices",
+                 json::array({{{"index", 0}, {"finish_reason", "length"}, {"text", content}}})},
+                {"usage", usage},
+                {"timings", timings}};
+    }
+
+    static bool sleep_watching(HttpExchange& ex, std::chrono::microseconds d) {
+        const auto until = std::chrono::steady_clock::now() + d;
+        while (std::chrono::steady_clock::now() < until) {
+            if (ex.client_gone()) {
+                return false;
+            }
+            std::this_thread::sleep_for(std::min<std::chrono::microseconds>(
+                std::chrono::milliseconds(10),
+                std::chrono::duration_cast<std::chrono::microseconds>(
+                    until - std::chrono::steady_clock::now())));
+        }
+        return true;
+    }
+
+    Options opt_;
+    Slots slots_;
+    std::chrono::steady_clock::time_point started_;
+    std::atomic<int> served_{0};
+    std::atomic<long long> tokens_total_{0};
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Options o;
+    std::vector<std::string> args(argv + 1, argv + argc);
+    auto next = [&](std::size_t& i) -> std::string {
+        if (i + 1 >= args.size()) {
+            usage();
+            std::exit(2);
+        }
+        return args[++i];
+    };
+    for (std::size_t i = 0; i < args.size(); ++i) {
+        const auto& a = args[i];
+        if (a == "--host")
+            o.host = next(i);
+        else if (a == "--port")
+            o.port = std::stoi(next(i));
+        else if (a == "--parallel" || a == "-np")
+            o.slots = std::stoi(next(i));
+        else if (a == "--ctx-size" || a == "-c")
+            o.ctx = std::stoi(next(i));
+        else if (a == "--load-delay-ms")
+            o.load_delay_ms = std::stoi(next(i));
+        else if (a == "--latency-ms")
+            o.latency_ms = std::stoi(next(i));
+        else if (a == "--tokens-per-second")
+            o.tokens_per_second = std::stod(next(i));
+        else if (a == "--fail-status")
+            o.fail_status = std::stoi(next(i));
+        else if (a == "--hang")
+            o.hang = true;
+        else if (a == "--crash-after")
+            o.crash_after = std::stoi(next(i));
+        else if (a == "--stall-after-events")
+            o.stall_after_events = std::stoi(next(i));
+        else if (a == "--garbage")
+            o.garbage = true;
+        else if (a == "--api-key")
+            o.api_key = next(i);
+        else if (a == "--model" || a == "-m")
+            o.model = next(i);
+        else if (a == "--exit-at-start") {
+            std::fprintf(stderr, "fake-llama-server: error: told to fail at start\n");
+            return 1;
+        } else if (a == "--threads" || a == "-t")
+            next(i);
+        else if (a == "--metrics" || a == "--slots") {
+        } else if (a == "--help") {
+            usage();
+            return 0;
+        } else if (a.rfind("--", 0) == 0 && i + 1 < args.size() && args[i + 1].rfind("-", 0) != 0) {
+            std::fprintf(stderr, "fake-llama-server: ignoring %s %s\n", a.c_str(),
+                         args[i + 1].c_str());
+            ++i;
+        } else {
+            std::fprintf(stderr, "fake-llama-server: ignoring %s\n", a.c_str());
+        }
+    }
+    if (o.slots < 1)
+        o.slots = 1;
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    std::signal(SIGPIPE, SIG_IGN);
+
+    FakeServer fake(o);
+    HttpServerOptions options;
+    options.host = o.host;
+    options.port = static_cast<std::uint16_t>(o.port);
+    HttpServer server(options, [&](HttpExchange& ex) { fake.handle(ex); });
+    std::string error;
+    if (!server.start(error)) {
+        std::fprintf(stderr, "fake-llama-server: error: %s\n", error.c_str());
+        return 1;
+    }
+    std::fprintf(stderr, "fake-llama-server: listening on %s:%u\n", o.host.c_str(), server.port());
+    std::fflush(stderr);
+    int sig = 0;
+    sigwait(&signals, &sig);
+    server.abort();
+    server.stop();
+    return 0;
+}

@@ -1,0 +1,70 @@
+#include "test/support/pool_fixture.hpp"
+
+#include <catch2/catch.hpp>
+
+namespace llama_pool::test {
+
+PoolProcess::PoolProcess(std::vector<std::string> args) : port_(free_port()) {
+    args.insert(args.begin(), {"--port", std::to_string(port_)});
+    process_ = std::make_unique<TestProcess>(LLAMA_POOL_BINARY, args);
+}
+
+PoolProcess::~PoolProcess() {
+    if (process_->running()) {
+        process_->signal(SIGTERM);
+        if (!process_->wait_exit(std::chrono::seconds(20))) {
+            process_->signal(SIGKILL);
+        }
+    }
+}
+
+httplib::Client PoolProcess::client(std::chrono::seconds read_timeout) const {
+    httplib::Client c("127.0.0.1", port_);
+    c.set_read_timeout(read_timeout);
+    c.set_connection_timeout(std::chrono::seconds(5));
+    return c;
+}
+
+nlohmann::json PoolProcess::status() const {
+    auto c = client(std::chrono::seconds(5));
+    const auto r = c.Get("/pool/status");
+    if (!r || r->status != 200) {
+        return nlohmann::json::object();
+    }
+    return nlohmann::json::parse(r->body, nullptr, false);
+}
+
+bool PoolProcess::wait_ready(int n, std::chrono::milliseconds timeout) {
+    const bool ok = wait_until(
+        [&] {
+            const auto s = status();
+            return s.contains("totals") && s["totals"]["ready"].get<int>() >= n;
+        },
+        timeout, std::chrono::milliseconds(50));
+    if (!ok) {
+        UNSCOPED_INFO("pool output:\n" << process_->output());
+    }
+    return ok;
+}
+
+bool PoolProcess::wait_listening(std::chrono::milliseconds timeout) {
+    return wait_until(
+        [&] { return static_cast<bool>(client(std::chrono::seconds(2)).Get("/health")); }, timeout,
+        std::chrono::milliseconds(20));
+}
+
+std::vector<int> PoolProcess::worker_pids() const {
+    std::vector<int> pids;
+    for (const auto& w : status().value("workers", nlohmann::json::array())) {
+        if (w["pid"].get<int>() > 0) {
+            pids.push_back(w["pid"].get<int>());
+        }
+    }
+    return pids;
+}
+
+std::string dummy_model_path() {
+    return LLAMA_POOL_BINARY;
+}
+
+}  // namespace llama_pool::test

@@ -1,0 +1,38 @@
+#pragma once
+
+#include <httplib.h>
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "test/support/test_process.hpp"
+
+namespace llama_pool::test {
+
+// A llama-pool process on a free port, with helpers to talk to it.
+class PoolProcess {
+  public:
+    explicit PoolProcess(std::vector<std::string> args);
+    ~PoolProcess();
+
+    std::uint16_t port() const { return port_; }
+    TestProcess& process() { return *process_; }
+    httplib::Client client(std::chrono::seconds read_timeout = std::chrono::seconds(60)) const;
+    nlohmann::json status() const;
+    // Waits until `n` workers are ready; fails the test with the pool's output otherwise.
+    bool wait_ready(int n, std::chrono::milliseconds timeout);
+    // Waits until the pool answers HTTP at all (whatever its workers are doing).
+    bool wait_listening(std::chrono::milliseconds timeout);
+    std::vector<int> worker_pids() const;
+
+  private:
+    std::uint16_t port_;
+    std::unique_ptr<TestProcess> process_;
+};
+
+// A file that exists, for --model when the workers are fakes that do not read it.
+std::string dummy_model_path();
+
+}  // namespace llama_pool::test

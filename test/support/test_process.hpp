@@ -1,0 +1,50 @@
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace llama_pool::test {
+
+using namespace std::chrono_literals;
+
+// A child process for tests: output goes to a temporary file, the destructor kills it.
+class TestProcess {
+  public:
+    TestProcess(const std::string& program, const std::vector<std::string>& args,
+                const std::vector<std::pair<std::string, std::string>>& env = {});
+    ~TestProcess();
+    TestProcess(const TestProcess&) = delete;
+    TestProcess& operator=(const TestProcess&) = delete;
+
+    pid_t pid() const { return pid_; }
+    bool running();
+    void signal(int sig);
+    // The exit code (128+signal when killed), or nullopt when still running at the timeout.
+    std::optional<int> wait_exit(std::chrono::milliseconds timeout);
+    std::string output() const;
+
+  private:
+    pid_t pid_ = -1;
+    std::string log_path_;
+    std::optional<int> exit_code_;
+};
+
+// Polls `condition` until it holds or `timeout` passes; never sleeps longer than `poll`.
+bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds timeout,
+                std::chrono::milliseconds poll = 20ms);
+
+std::uint16_t free_port();
+// Whether a process with this pid exists and is not a zombie.
+bool process_alive(pid_t pid);
+// The command line of a live process, empty when gone.
+std::string process_cmdline(pid_t pid);
+std::string env_or_empty(const char* name);
+
+}  // namespace llama_pool::test
