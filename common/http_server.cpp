@@ -1,6 +1,8 @@
 #include "common/http_server.hpp"
 
 #include <fmt/format.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -162,6 +164,10 @@ void HttpServer::accept_loop() {
         if (!client.valid()) {
             continue;
         }
+        // A relay writes pieces as they arrive; Nagle would hold each small write back until
+        // the client's delayed ACK (40 ms), once per response.
+        const int one = 1;
+        ::setsockopt(client.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         std::lock_guard lock(mutex_);
         if (connections_.size() >= options_.max_connections) {
             // Over the connection limit: a clean 503 is better than a silent backlog.

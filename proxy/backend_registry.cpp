@@ -150,9 +150,10 @@ std::vector<BackendSnapshot> BackendRegistry::snapshot() const {
     std::lock_guard lock(mutex_);
     std::vector<BackendSnapshot> out;
     for (const auto& [id, e] : entries_) {
-        out.push_back({id, e.host, e.port, e.available, e.capacity, e.inflight,
-                       e.opened_by_earlier_processes +
-                           (e.backend ? e.backend->pool.connections_opened() : 0)});
+        out.push_back(
+            {id, e.host, e.port, e.available, e.capacity, e.inflight,
+             e.opened_by_earlier_processes + (e.backend ? e.backend->pool.connections_opened() : 0),
+             e.backend ? e.backend->api_key : std::string()});
     }
     return out;
 }

@@ -60,6 +60,7 @@ struct BackendSnapshot {
     int capacity = 0;
     int inflight = 0;
     std::uint64_t connections_opened = 0;
+    std::string api_key;  // for the pool's own calls to the worker; never shown or logged
 };
 
 // Which backends can take traffic now and how much. Admission is FIFO: a request waits in

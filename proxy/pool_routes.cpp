@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include "common/error_body.hpp"
+#include "common/http_client.hpp"
 
 namespace llama_pool {
 
@@ -145,9 +146,97 @@ void PoolRoutes::index_page(HttpExchange& exchange, const std::string& request_i
     exchange.respond(200, std::move(headers), page);
 }
 
+namespace {
+
+// One metadata call to a worker, with the pool's key for it. Short timeout: these endpoints
+// are answered by the worker's HTTP threads, not its slots.
+FetchResult worker_get(const BackendSnapshot& b, std::string_view target) {
+    Headers headers;
+    if (!b.api_key.empty()) {
+        headers.add("Authorization", "Bearer " + b.api_key);
+    }
+    return http_fetch(b.host, b.port, "GET", target, headers, {}, milliseconds(5000), 8 << 20);
+}
+
+}  // namespace
+
+void PoolRoutes::slots(HttpExchange& exchange, const std::string& request_id) {
+    // Every available worker's slots, renumbered pool-wide, each saying which worker and
+    // which of its slots it is.
+    nlohmann::json all = nlohmann::json::array();
+    bool any_idle = false;
+    for (const auto& b : registry_.snapshot()) {
+        if (!b.available) {
+            continue;
+        }
+        const auto r = worker_get(b, "/slots");
+        const auto doc = nlohmann::json::parse(r.body, nullptr, false);
+        if (r.status != 200 || !doc.is_array()) {
+            continue;
+        }
+        for (auto slot : doc) {
+            if (!slot.is_object()) {
+                continue;
+            }
+            slot["worker"] = b.id;
+            slot["worker_slot_id"] = slot.value("id", -1);
+            slot["id"] = all.size();
+            any_idle = any_idle || !slot.value("is_processing", false);
+            all.push_back(std::move(slot));
+        }
+    }
+    const auto query = exchange.request().query();
+    if (query.find("fail_on_no_slot=1") != std::string_view::npos && !any_idle) {
+        respond_json(exchange, 503, make_error_body(503, "no slot available"), request_id);
+        return;
+    }
+    respond_json(exchange, 200, all.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                 request_id);
+}
+
+void PoolRoutes::props(HttpExchange& exchange, const std::string& request_id) {
+    // One worker's properties (they share model and settings), with total_slots the sum over
+    // the available workers and the per-worker breakdown.
+    nlohmann::json props;
+    nlohmann::json workers = nlohmann::json::array();
+    int total = 0;
+    for (const auto& b : registry_.snapshot()) {
+        if (!b.available) {
+            continue;
+        }
+        const auto r = worker_get(b, "/props");
+        auto doc = nlohmann::json::parse(r.body, nullptr, false);
+        if (r.status != 200 || !doc.is_object()) {
+            continue;
+        }
+        const int slots = doc.value("total_slots", b.capacity);
+        total += slots;
+        workers.push_back({{"id", b.id}, {"total_slots", slots}});
+        if (props.is_null()) {
+            props = std::move(doc);
+        }
+    }
+    if (props.is_null()) {
+        respond_json(exchange, 503, make_error_body(503, "no worker is ready"), request_id);
+        return;
+    }
+    props["total_slots"] = total;
+    props["workers"] = std::move(workers);
+    respond_json(exchange, 200,
+                 props.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), request_id);
+}
+
 bool PoolRoutes::handle(HttpExchange& exchange, const std::string& path,
                         const std::string& request_id) {
     const auto& method = exchange.request().method;
+    if (path == "/slots" && method == "GET") {
+        slots(exchange, request_id);
+        return true;
+    }
+    if (path == "/props" && method == "GET") {
+        props(exchange, request_id);
+        return true;
+    }
     if (path == "/health") {
         health(exchange, request_id);
         return true;

@@ -16,7 +16,8 @@ class PoolRoutes {
     PoolRoutes(BackendRegistry& registry, Supervisor* supervisor, std::string version)
         : registry_(registry), supervisor_(supervisor), version_(std::move(version)) {}
 
-    // True when the path belongs to the pool (then the exchange has been answered).
+    // True when the path belongs to the pool (then the exchange has been answered). GET /slots
+    // and GET /props are answered from the workers' own replies, aggregated.
     bool handle(HttpExchange& exchange, const std::string& path, const std::string& request_id);
 
     nlohmann::json status_json() const;
@@ -24,6 +25,8 @@ class PoolRoutes {
   private:
     void health(HttpExchange& exchange, const std::string& request_id);
     void index_page(HttpExchange& exchange, const std::string& request_id);
+    void slots(HttpExchange& exchange, const std::string& request_id);
+    void props(HttpExchange& exchange, const std::string& request_id);
 
     BackendRegistry& registry_;
     Supervisor* supervisor_;

@@ -198,6 +198,7 @@ void Worker::spawn() {
         output_.clear();
     }
     probe_failures_ = 0;
+    completion_suspect_ = false;
     port_verified_ = false;
     try {
         child_ = std::make_unique<ChildProcess>(
@@ -392,14 +393,17 @@ void Worker::step_ready() {
     std::string error;
     bool healthy = probe_health(error);
     const auto idle_interval = from_seconds(settings_.config.idle_probe_interval);
-    if (healthy && now - last_inference_probe_ >= idle_interval &&
-        listener_.worker_inflight(settings_.id) == 0) {
-        // /health stays green on a server whose decode loop is stuck; only a real
-        // completion shows it. Doing it when idle also keeps the model's pages warm.
+    const bool idle_probe_due = now - last_inference_probe_ >= idle_interval &&
+                                listener_.worker_inflight(settings_.id) == 0;
+    // /health stays green on a server whose decode loop is stuck; only a real completion
+    // shows it. Once a completion probe failed, only a completion probe can clear the
+    // worker: a green /health proves nothing about it.
+    if (healthy && (idle_probe_due || completion_suspect_)) {
         last_inference_probe_ = now;
         const auto timeout =
             std::max<Duration>(seconds(5), from_seconds(settings_.config.health_timeout * 5));
         healthy = probe_inference(timeout, error);
+        completion_suspect_ = !healthy;
         if (!healthy) {
             error = "inference probe failed: " + error;
         }

@@ -106,6 +106,7 @@ class Worker {
     int probe_failures_ = 0;
     bool published_ = false;
     bool port_verified_ = false;
+    bool completion_suspect_ = false;  // the last completion probe failed
 
     // Guarded by mutex_: the snapshot others read, and requests for the owner.
     mutable std::mutex mutex_;

@@ -32,6 +32,7 @@ struct Options {
     int latency_ms = 0;
     double tokens_per_second = 500;
     int fail_status = 0;
+    int fail_after = 0;  // --fail-status applies after this many good completions
     bool hang = false;
     int crash_after = 0;
     int stall_after_events = -1;
@@ -44,7 +45,8 @@ void usage() {
     std::fprintf(stderr,
                  "usage: fake-llama-server [--host H] [--port P] [--parallel N]\n"
                  "  [--load-delay-ms MS] [--latency-ms MS] [--tokens-per-second N]\n"
-                 "  [--fail-status CODE] [--hang] [--crash-after N] [--stall-after-events N]\n"
+                 "  [--fail-status CODE [--fail-after N]] [--hang] [--crash-after N] "
+                 "[--stall-after-events N]\n"
                  "  [--garbage] [--api-key K] [--model PATH] [llama-server flags are accepted]\n");
 }
 
@@ -240,7 +242,7 @@ class FakeServer {
             std::fflush(stderr);
             ::_exit(3);
         }
-        if (opt_.fail_status != 0) {
+        if (opt_.fail_status != 0 && served > opt_.fail_after) {
             return error(ex, opt_.fail_status, "injected failure", "server_error");
         }
         const int n = body->value("n_predict", body->value("max_tokens", 16));
@@ -426,6 +428,8 @@ int main(int argc, char** argv) {
             o.tokens_per_second = std::stod(next(i));
         else if (a == "--fail-status")
             o.fail_status = std::stoi(next(i));
+        else if (a == "--fail-after")
+            o.fail_after = std::stoi(next(i));
         else if (a == "--hang")
             o.hang = true;
         else if (a == "--crash-after")

@@ -118,6 +118,34 @@ std::string process_cmdline(pid_t pid) {
     return s;
 }
 
+std::string raw_exchange(std::uint16_t port, const std::string& bytes,
+                         std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    std::string error;
+    auto fd = connect_tcp("127.0.0.1", port, deadline, error);
+    if (!fd.valid()) {
+        return {};
+    }
+    write_all(fd.get(), bytes, deadline);
+    std::string out;
+    char buf[4096];
+    while (true) {
+        std::size_t n = 0;
+        if (read_some(fd.get(), buf, sizeof buf, n, deadline) != IoStatus::ok) {
+            break;
+        }
+        out.append(buf, n);
+    }
+    return out;
+}
+
+int raw_status(const std::string& response) {
+    if (response.rfind("HTTP/1.", 0) != 0 || response.size() < 12) {
+        return 0;
+    }
+    return std::atoi(response.substr(9, 3).c_str());
+}
+
 std::string env_or_empty(const char* name) {
     const char* v = std::getenv(name);
     return v ? v : "";

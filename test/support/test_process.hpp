@@ -47,4 +47,11 @@ bool process_alive(pid_t pid);
 std::string process_cmdline(pid_t pid);
 std::string env_or_empty(const char* name);
 
+// Sends raw bytes to 127.0.0.1:port and returns everything read until the server closes the
+// connection or `timeout` passes. For requests a normal client library refuses to send.
+std::string raw_exchange(std::uint16_t port, const std::string& bytes,
+                         std::chrono::milliseconds timeout);
+// The status code of the first response in raw bytes, 0 when there is none.
+int raw_status(const std::string& response);
+
 }  // namespace llama_pool::test
