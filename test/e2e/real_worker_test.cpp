@@ -1,4 +1,6 @@
 // End-to-end against a REAL llama-server on the demo model.
+#include "test/support/real_worker.hpp"
+
 #include <signal.h>
 
 #include <catch2/catch.hpp>
@@ -9,23 +11,6 @@
 using namespace llama_pool::test;
 using json = nlohmann::json;
 using namespace std::chrono_literals;
-
-namespace {
-
-std::vector<std::string> real_pool_args(int workers) {
-    const auto server = env_or_empty("LLAMA_POOL_TEST_SERVER");
-    const auto model = env_or_empty("LLAMA_POOL_TEST_MODEL");
-    // Not a skip: without a real worker this suite would prove nothing.
-    REQUIRE_FALSE(server.empty());
-    REQUIRE_FALSE(model.empty());
-    return {"--workers",      std::to_string(workers),
-            "--llama-server", server,
-            "--model",        model,
-            "--ctx-size",     "2048",
-            "--parallel",     "2"};
-}
-
-}  // namespace
 
 TEST_CASE("a pool of 2 real workers serves a 16-token completion and stops cleanly", "[e2e]") {
     PoolProcess pool(real_pool_args(2));
