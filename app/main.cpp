@@ -50,5 +50,6 @@ int main(int argc, char** argv) {
     if (!loaded.config_file.empty()) {
         log.info("pool", "config_loaded", {{"file", loaded.config_file}});
     }
-    return serve(loaded.config, log, signals);
+    return serve(loaded.config, log, signals,
+                 [argc, argv] { return load_config_from_process(argc, argv); });
 }

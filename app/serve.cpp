@@ -11,13 +11,38 @@ namespace llama_pool {
 
 namespace {
 
-Duration from_seconds(double s) {
-    return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(s));
+void reload_config(const std::function<ConfigResult()>& reload, Supervisor& supervisor,
+                   Logger& log) {
+    const auto loaded = reload();
+    if (!loaded.ok()) {
+        // An invalid new config leaves the running pool untouched.
+        log.error("pool", "config_reload_rejected", {{"errors", loaded.errors}});
+        return;
+    }
+    const auto current = supervisor.config();
+    std::vector<std::string> needs_restart;
+    for (const auto& key : changed_keys(current, loaded.config)) {
+        if (key.rfind("workers.", 0) != 0) {
+            needs_restart.push_back(key);
+        }
+    }
+    if (!needs_restart.empty()) {
+        log.warn("pool", "config_reload_partial",
+                 {{"not_applied_until_pool_restart", needs_restart}});
+    }
+    const auto started = supervisor.rolling_restart(loaded.config);
+    log.info("pool", "config_reloaded",
+             {{"changed", changed_keys(current, loaded.config)},
+              {"rollout", started == Supervisor::RolloutStart::started ? "started"
+                          : started == Supervisor::RolloutStart::already_running
+                              ? "already running, reload ignored"
+                              : "shutting down"}});
 }
 
 }  // namespace
 
-int serve(const PoolConfig& config, Logger& log, const sigset_t& signals) {
+int serve(const PoolConfig& config, Logger& log, const sigset_t& signals,
+          const std::function<ConfigResult()>& reload) {
     SeededRandom random;
     BackendRegistry registry(random);
     Supervisor supervisor(config, log, registry, random);
@@ -43,8 +68,9 @@ int serve(const PoolConfig& config, Logger& log, const sigset_t& signals) {
             continue;
         }
         if (sig == SIGHUP) {
-            log.warn("pool", "reload_unsupported",
-                     {{"signal", "SIGHUP"}, {"detail", "config reload is not implemented yet"}});
+            if (!shutdown_thread.joinable()) {
+                reload_config(reload, supervisor, log);
+            }
             continue;
         }
         if (!shutdown_thread.joinable()) {

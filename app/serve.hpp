@@ -1,6 +1,7 @@
 #pragma once
 
 #include <csignal>
+#include <functional>
 
 #include "common/config.hpp"
 #include "common/log.hpp"
@@ -9,6 +10,9 @@ namespace llama_pool {
 
 // Runs the pool until SIGINT/SIGTERM. The caller must have blocked `signals` in every thread
 // (before any was created) so that they arrive here through sigwait. Returns the exit code.
-int serve(const PoolConfig& config, Logger& log, const sigset_t& signals);
+// SIGHUP calls `reload` (which re-reads flags, environment and file) and, when the result is
+// valid, replaces the workers one at a time with ones built from it.
+int serve(const PoolConfig& config, Logger& log, const sigset_t& signals,
+          const std::function<ConfigResult()>& reload);
 
 }  // namespace llama_pool

@@ -23,6 +23,11 @@ class SteadyTimeSource final : public TimeSource {
     TimePoint now() const override { return Clock::now(); }
 };
 
+// Config values are seconds as doubles; timers want a Duration.
+inline Duration from_seconds(double s) {
+    return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(s));
+}
+
 inline double to_seconds(Duration d) {
     return std::chrono::duration<double>(d).count();
 }

@@ -118,7 +118,7 @@ void apply_config_json(const std::string& text, const std::string& origin, PoolC
         if (!body.is_object()) {
             errors.push_back(fmt::format(
                 "{}: key \"{}\": must be an object of settings (sections: listen, workers, "
-                "proxy, log)",
+                "proxy, auth, log)",
                 origin, section));
             continue;
         }
@@ -184,7 +184,7 @@ void validate_config(const PoolConfig& c, std::vector<std::string>& errors) {
     }
 }
 
-nlohmann::ordered_json config_to_json(const PoolConfig& config) {
+nlohmann::ordered_json config_to_json(const PoolConfig& config, bool show_secrets) {
     nlohmann::ordered_json out = nlohmann::ordered_json::object();
     for (const auto& f : config_fields()) {
         const auto dot = f.key.find('.');
@@ -193,6 +193,24 @@ nlohmann::ordered_json config_to_json(const PoolConfig& config) {
         std::visit([&](auto member) { out[section][name] = config.*member; }, f.member);
         if (f.auto_zero && out[section][name] == 0) {
             out[section][name] = "auto";
+        }
+        if (f.secret && !show_secrets && out[section][name] != "") {
+            out[section][name] = "<redacted>";
+        }
+    }
+    return out;
+}
+
+std::vector<std::string> changed_keys(const PoolConfig& a, const PoolConfig& b) {
+    const auto ja = config_to_json(a, true);
+    const auto jb = config_to_json(b, true);
+    std::vector<std::string> out;
+    for (const auto& f : config_fields()) {
+        const auto dot = f.key.find('.');
+        const std::string section(f.key.substr(0, dot));
+        const std::string name(f.key.substr(dot + 1));
+        if (ja[section][name] != jb[section][name]) {
+            out.emplace_back(f.key);
         }
     }
     return out;

@@ -51,6 +51,9 @@ struct PoolConfig {
     double body_timeout = 60;
     double keep_alive_timeout = 60;
 
+    // auth
+    std::string admin_key;  // when set, /pool/* requires it (Bearer or X-Api-Key)
+
     // log
     std::string log_format = "text";
     std::string log_level = "info";
@@ -83,7 +86,10 @@ void apply_config_json(const std::string& text, const std::string& origin, PoolC
 // depend on each other).
 void validate_config(const PoolConfig& config, std::vector<std::string>& errors);
 
-nlohmann::ordered_json config_to_json(const PoolConfig& config);
+// Secrets (keys) are shown as "<redacted>" unless asked for.
+nlohmann::ordered_json config_to_json(const PoolConfig& config, bool show_secrets = false);
+// The keys ("section.name") whose values differ between two configs.
+std::vector<std::string> changed_keys(const PoolConfig& a, const PoolConfig& b);
 std::string help_text();
 
 // Resolves a program name through PATH; returns it unchanged when it contains a slash.

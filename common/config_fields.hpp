@@ -28,6 +28,7 @@ struct FieldSpec {
     std::string_view unit = "";
     std::vector<std::string_view> choices = {};
     bool auto_zero = false;  // accepts "auto", stored as 0
+    bool secret = false;     // never printed
 };
 
 std::span<const FieldSpec> config_fields();

@@ -3,6 +3,7 @@
 #include <fmt/chrono.h>
 #include <fmt/format.h>
 
+#include "common/credentials.hpp"
 #include "common/error_body.hpp"
 #include "common/http_client.hpp"
 
@@ -247,6 +248,31 @@ bool PoolRoutes::handle(HttpExchange& exchange, const std::string& path,
     }
     if (path.rfind("/pool/", 0) != 0 && path != "/pool") {
         return false;
+    }
+    if (!admin_key_.empty()) {
+        const auto key = presented_key(exchange.request().headers);
+        if (!key || !constant_time_equals(*key, admin_key_)) {
+            respond_json(exchange, 401, make_error_body(401, "Invalid API Key"), request_id);
+            return true;
+        }
+    }
+    if (path == "/pool/restart" && method == "POST" && supervisor_ != nullptr) {
+        switch (supervisor_->rolling_restart(supervisor_->config())) {
+            case Supervisor::RolloutStart::started:
+                respond_json(exchange, 202, R"({"rollout":"started"})", request_id);
+                break;
+            case Supervisor::RolloutStart::already_running:
+                respond_json(exchange, 409,
+                             make_error_body(409, "a rolling restart is already running",
+                                             "invalid_request_error"),
+                             request_id);
+                break;
+            case Supervisor::RolloutStart::stopping:
+                respond_json(exchange, 503, make_error_body(503, "the pool is shutting down"),
+                             request_id);
+                break;
+        }
+        return true;
     }
     if (path == "/pool/status" && method == "GET") {
         respond_json(exchange, 200, status_json().dump(), request_id);

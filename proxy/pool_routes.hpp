@@ -13,8 +13,12 @@ namespace llama_pool {
 // of unmanaged upstreams).
 class PoolRoutes {
   public:
-    PoolRoutes(BackendRegistry& registry, Supervisor* supervisor, std::string version)
-        : registry_(registry), supervisor_(supervisor), version_(std::move(version)) {}
+    PoolRoutes(BackendRegistry& registry, Supervisor* supervisor, std::string version,
+               std::string admin_key)
+        : registry_(registry),
+          supervisor_(supervisor),
+          version_(std::move(version)),
+          admin_key_(std::move(admin_key)) {}
 
     // True when the path belongs to the pool (then the exchange has been answered). GET /slots
     // and GET /props are answered from the workers' own replies, aggregated.
@@ -31,6 +35,7 @@ class PoolRoutes {
     BackendRegistry& registry_;
     Supervisor* supervisor_;
     std::string version_;
+    std::string admin_key_;
 };
 
 void respond_json(HttpExchange& exchange, int status, const std::string& body,

@@ -21,7 +21,7 @@ ProxyServer::ProxyServer(const PoolConfig& config, BackendRegistry& registry,
     : config_(config),
       registry_(registry),
       log_(log),
-      routes_(registry, supervisor, std::move(version)),
+      routes_(registry, supervisor, std::move(version), config.admin_key),
       relay_(config, registry, log, random) {
     HttpServerOptions options;
     options.host = config.host;

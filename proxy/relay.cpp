@@ -15,10 +15,6 @@ namespace {
 constexpr const char* kComponent = "proxy";
 constexpr int kMaxAttempts = 3;
 
-Duration from_seconds(double s) {
-    return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(s));
-}
-
 bool retryable_status(int status) {
     return status == 502 || status == 503 || status == 504;
 }

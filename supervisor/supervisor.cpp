@@ -40,6 +40,17 @@ Supervisor::~Supervisor() {
     stop(Duration::zero());
 }
 
+std::unique_ptr<Worker> Supervisor::make_worker_locked(const PoolConfig& config) {
+    WorkerSettings settings;
+    settings.id = std::to_string(next_id_++);
+    settings.config = config;
+    settings.threads = llama_pool::threads_per_worker(config.threads, config.workers,
+                                                      std::thread::hardware_concurrency());
+    settings.api_key = api_key_;
+    settings.pick_port = [this] { return pick_port(); };
+    return std::make_unique<Worker>(std::move(settings), log_, listener_, random_);
+}
+
 void Supervisor::start() {
     log_.info("supervisor", "starting",
               {{"workers", config_.workers},
@@ -49,13 +60,7 @@ void Supervisor::start() {
                {"slots_per_worker", config_.parallel}});
     std::lock_guard lock(mutex_);
     for (int i = 0; i < config_.workers; ++i) {
-        WorkerSettings settings;
-        settings.id = std::to_string(i);
-        settings.config = config_;
-        settings.threads = threads_;
-        settings.api_key = api_key_;
-        settings.pick_port = [this] { return pick_port(); };
-        workers_.push_back(std::make_unique<Worker>(std::move(settings), log_, listener_, random_));
+        workers_.push_back(make_worker_locked(config_));
     }
     for (auto& w : workers_) {
         w->start();
@@ -66,15 +71,155 @@ void Supervisor::stop(Duration drain_grace) {
     std::vector<Worker*> workers;
     {
         std::lock_guard lock(mutex_);
+        stopping_ = true;
         for (auto& w : workers_) {
             workers.push_back(w.get());
         }
     }
+    cv_.notify_all();
     for (auto* w : workers) {
         w->request_stop(drain_grace);
     }
-    for (auto* w : workers) {
+    // The rollout thread may be joining a worker; it must finish before we join the rest.
+    if (rollout_thread_.joinable()) {
+        rollout_thread_.join();
+    }
+    std::lock_guard lock(mutex_);
+    for (auto& w : workers_) {
+        w->request_stop(drain_grace);
         w->join();
+    }
+}
+
+Supervisor::RolloutStart Supervisor::rolling_restart(const PoolConfig& target) {
+    std::lock_guard lock(mutex_);
+    if (stopping_) {
+        return RolloutStart::stopping;
+    }
+    if (rollout_running_) {
+        return RolloutStart::already_running;
+    }
+    if (rollout_thread_.joinable()) {
+        rollout_thread_.join();  // the previous rollout has finished; reap its thread
+    }
+    rollout_running_ = true;
+    rollout_thread_ = std::thread([this, target] { run_rollout(target); });
+    return RolloutStart::started;
+}
+
+PoolConfig Supervisor::config() const {
+    std::lock_guard lock(mutex_);
+    return config_;
+}
+
+bool Supervisor::rollout_running() const {
+    std::lock_guard lock(mutex_);
+    return rollout_running_;
+}
+
+bool Supervisor::wait_ready(Worker& worker, Duration timeout) {
+    const auto deadline = Clock::now() + timeout;
+    std::unique_lock lock(mutex_);
+    while (!stopping_ && Clock::now() < deadline) {
+        lock.unlock();
+        const auto state = worker.status().state;
+        lock.lock();
+        if (state == WorkerState::ready) {
+            return true;
+        }
+        if (state == WorkerState::failed) {
+            return false;
+        }
+        cv_.wait_for(lock, milliseconds(50));
+    }
+    return false;
+}
+
+void Supervisor::retire(const std::string& id, Duration drain_grace) {
+    Worker* worker = nullptr;
+    {
+        std::lock_guard lock(mutex_);
+        for (auto& w : workers_) {
+            if (w->id() == id) {
+                worker = w.get();
+            }
+        }
+    }
+    if (worker == nullptr) {
+        return;
+    }
+    worker->request_stop(drain_grace);
+    worker->join();
+    std::unique_ptr<Worker> gone;
+    {
+        std::lock_guard lock(mutex_);
+        for (auto it = workers_.begin(); it != workers_.end(); ++it) {
+            if ((*it)->id() == id) {
+                gone = std::move(*it);
+                workers_.erase(it);
+                break;
+            }
+        }
+    }
+}
+
+void Supervisor::run_rollout(PoolConfig target) {
+    std::vector<std::string> old_ids;
+    {
+        std::lock_guard lock(mutex_);
+        for (const auto& w : workers_) {
+            old_ids.push_back(w->id());
+        }
+    }
+    log_.info("supervisor", "rollout_started",
+              {{"old_workers", old_ids.size()}, {"new_workers", target.workers}});
+    const auto ready_timeout = std::chrono::duration_cast<Duration>(
+        std::chrono::duration<double>(target.startup_timeout + target.warmup_timeout + 10));
+    const auto drain_grace =
+        std::chrono::duration_cast<Duration>(std::chrono::duration<double>(target.shutdown_grace));
+    const auto total =
+        std::max<std::size_t>(old_ids.size(), static_cast<std::size_t>(target.workers));
+    std::string outcome = "done";
+    for (std::size_t i = 0; i < total; ++i) {
+        {
+            std::lock_guard lock(mutex_);
+            if (stopping_) {
+                outcome = "interrupted by shutdown";
+                break;
+            }
+        }
+        if (i < static_cast<std::size_t>(target.workers)) {
+            Worker* fresh = nullptr;
+            {
+                std::lock_guard lock(mutex_);
+                workers_.push_back(make_worker_locked(target));
+                fresh = workers_.back().get();
+                fresh->start();
+            }
+            if (!wait_ready(*fresh, ready_timeout)) {
+                outcome = "aborted: replacement worker " + fresh->id() + " did not get ready (" +
+                          fresh->status().last_exit_reason + ")";
+                retire(fresh->id(), Duration::zero());
+                break;
+            }
+        }
+        if (i < old_ids.size()) {
+            retire(old_ids[i], drain_grace);
+        }
+    }
+    {
+        std::lock_guard lock(mutex_);
+        if (outcome == "done") {
+            config_ = target;
+            threads_ = llama_pool::threads_per_worker(config_.threads, config_.workers,
+                                                      std::thread::hardware_concurrency());
+        }
+        rollout_running_ = false;
+    }
+    if (outcome == "done") {
+        log_.info("supervisor", "rollout_done", {{"workers", target.workers}});
+    } else {
+        log_.error("supervisor", "rollout_failed", {{"reason", outcome}});
     }
 }
 

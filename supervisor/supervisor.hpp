@@ -1,11 +1,13 @@
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/config.hpp"
@@ -32,6 +34,15 @@ class Supervisor {
     // quickly.
     void hurry();
 
+    enum class RolloutStart { started, already_running, stopping };
+    // Replaces the workers one at a time with workers built from `target`: each new worker
+    // is warmed up before an old one is drained, so capacity never drops below what was
+    // there minus nothing. Runs on its own thread; returns at once. A new worker that cannot
+    // get ready aborts the rollout and leaves the old workers serving.
+    RolloutStart rolling_restart(const PoolConfig& target);
+    bool rollout_running() const;
+    PoolConfig config() const;
+
     std::vector<WorkerStatus> status() const;
     std::optional<std::vector<std::string>> worker_output(const std::string& id) const;
     bool restart_worker(const std::string& id);
@@ -39,6 +50,11 @@ class Supervisor {
 
   private:
     std::uint16_t pick_port();
+    std::unique_ptr<Worker> make_worker_locked(const PoolConfig& config);
+    void run_rollout(PoolConfig target);
+    // Waits until the worker is ready (true) or failed, stopping, or out of time (false).
+    bool wait_ready(Worker& worker, Duration timeout);
+    void retire(const std::string& id, Duration drain_grace);
 
     PoolConfig config_;
     Logger& log_;
@@ -48,8 +64,13 @@ class Supervisor {
     std::string api_key_;
 
     mutable std::mutex mutex_;
+    std::condition_variable cv_;
     std::vector<std::unique_ptr<Worker>> workers_;
     std::set<std::uint16_t> recent_ports_;
+    int next_id_ = 0;  // ids are never reused, so a replacement is told apart from the old one
+    bool stopping_ = false;
+    bool rollout_running_ = false;
+    std::thread rollout_thread_;
 };
 
 // 128 random bits as hex, from the kernel's CSPRNG.

@@ -18,10 +18,6 @@ constexpr auto kStartingTick = milliseconds(50);
 constexpr auto kReadyTick = milliseconds(100);
 constexpr auto kProgressLogEvery = seconds(5);
 
-Duration from_seconds(double s) {
-    return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(s));
-}
-
 }  // namespace
 
 Worker::Worker(WorkerSettings settings, Logger& log, WorkerListener& listener, RandomSource& random)
