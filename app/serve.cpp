@@ -44,9 +44,32 @@ void reload_config(const std::function<ConfigResult()>& reload, Supervisor& supe
 int serve(const PoolConfig& config, Logger& log, const sigset_t& signals,
           const std::function<ConfigResult()>& reload) {
     SeededRandom random;
-    BackendRegistry registry(random);
+    SteadyTimeSource time;
+    RegistryOptions options;
+    options.policy = parse_balancer_policy(config.balancer);
+    options.queue_max = static_cast<std::size_t>(config.queue_max);
+    options.breaker.consecutive_failures = config.breaker_failures;
+    options.breaker.failure_ratio = config.breaker_failure_ratio;
+    options.breaker.window = from_seconds(config.breaker_window);
+    options.breaker.base_ejection = from_seconds(config.breaker_ejection);
+    options.breaker.max_ejection = from_seconds(config.breaker_max_ejection);
+    options.breaker.half_open_trials = config.breaker_half_open_trials;
+    BackendRegistry registry(random, time, options);
+
+    auto client_keys = config.api_keys;
+    if (!config.api_key_file.empty()) {
+        std::string error;
+        if (!load_key_file(config.api_key_file, client_keys, error)) {
+            log.error("pool", "api_key_file_unreadable", {{"error", error}});
+            return 1;
+        }
+    }
+    if (!client_keys.empty()) {
+        log.info("pool", "client_auth", {{"keys", client_keys.size()}});  // never the keys
+    }
     Supervisor supervisor(config, log, registry, random);
-    ProxyServer proxy(config, registry, &supervisor, log, random, LLAMA_POOL_VERSION);
+    ProxyServer proxy(config, registry, &supervisor, log, random, LLAMA_POOL_VERSION,
+                      std::move(client_keys));
 
     std::string error;
     if (!proxy.start(error)) {

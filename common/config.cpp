@@ -176,6 +176,17 @@ void validate_config(const PoolConfig& c, std::vector<std::string>& errors) {
                 "key \"workers.model\": \"{}\" does not exist or is not a file", c.model));
         }
     }
+    if (!c.api_key_file.empty() && ::access(c.api_key_file.c_str(), R_OK) != 0) {
+        errors.push_back(fmt::format(
+            "key \"auth.api_key_file\": \"{}\" cannot be read (one key per line expected)",
+            c.api_key_file));
+    }
+    if (c.retry_backoff_cap < c.retry_backoff_base) {
+        errors.push_back(fmt::format(
+            "key \"proxy.retry_backoff_cap\": {} is below retry_backoff_base {} (the cap must "
+            "be at least the base)",
+            c.retry_backoff_cap, c.retry_backoff_base));
+    }
     if (c.restart_backoff_cap < c.restart_backoff_base) {
         errors.push_back(fmt::format(
             "key \"workers.restart_backoff_cap\": {} is below restart_backoff_base {} (the cap "
@@ -194,7 +205,10 @@ nlohmann::ordered_json config_to_json(const PoolConfig& config, bool show_secret
         if (f.auto_zero && out[section][name] == 0) {
             out[section][name] = "auto";
         }
-        if (f.secret && !show_secrets && out[section][name] != "") {
+        const auto& value = out[section][name];
+        const bool blank = (value.is_string() && value.get<std::string>().empty()) ||
+                           (value.is_array() && value.empty());
+        if (f.secret && !show_secrets && !blank) {
             out[section][name] = "<redacted>";
         }
     }

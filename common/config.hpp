@@ -50,9 +50,28 @@ struct PoolConfig {
     double head_timeout = 10;
     double body_timeout = 60;
     double keep_alive_timeout = 60;
+    std::string balancer = "least-loaded";  // least-loaded | round-robin | prefix-affinity
+    int affinity_prefix_chars = 256;
+    int queue_max = 256;     // requests waiting for a slot; beyond it, 503 at once
+    int retry_attempts = 3;  // attempts per request, the first included
+    double retry_backoff_base = 0.25;
+    double retry_backoff_cap = 4;
+    double retry_budget_ratio = 0.2;
+    int retry_budget_min = 3;
+    int breaker_failures = 5;
+    double breaker_failure_ratio = 0.5;
+    double breaker_window = 30;
+    double breaker_ejection = 30;
+    double breaker_max_ejection = 300;
+    int breaker_half_open_trials = 1;
 
     // auth
-    std::string admin_key;  // when set, /pool/* requires it (Bearer or X-Api-Key)
+    std::string admin_key;              // when set, /pool/* requires it (Bearer or X-Api-Key)
+    std::vector<std::string> api_keys;  // when any, every relayed route requires one
+    std::string api_key_file;           // one key per line, '#' comments; adds to api_keys
+    std::string metrics_key;            // when set, /metrics requires it
+    double rate_limit_rps = 0;          // per API key (or client address); 0 = off
+    double rate_limit_burst = 20;
 
     // log
     std::string log_format = "text";

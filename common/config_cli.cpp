@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cmath>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "common/config.hpp"
@@ -101,6 +102,79 @@ std::span<const FieldSpec> config_fields() {
         {"proxy.keep_alive_timeout", "--keep-alive-timeout", "",
          "idle client connections are closed after this", &P::keep_alive_timeout, 0.1, day,
          "seconds"},
+        {"proxy.balancer",
+         "--balancer",
+         "LLAMA_POOL_BALANCER",
+         "how a worker is chosen: least-loaded, round-robin or prefix-affinity (same prompt "
+         "prefix, same worker: reuses its prompt cache)",
+         &P::balancer,
+         0,
+         0,
+         "",
+         {"least-loaded", "round-robin", "prefix-affinity"}},
+        {"proxy.affinity_prefix_chars", "--affinity-prefix-chars", "",
+         "prefix-affinity compares this many leading characters of the prompt",
+         &P::affinity_prefix_chars, 1, 1 << 20},
+        {"proxy.queue_max", "--queue-max", "LLAMA_POOL_QUEUE_MAX",
+         "requests that may wait for a slot; more get 503 with Retry-After", &P::queue_max, 0,
+         1 << 20},
+        {"proxy.retry_attempts", "--retry-attempts", "",
+         "attempts per request before the response starts (1 = no retry)", &P::retry_attempts, 1,
+         10},
+        {"proxy.retry_backoff_base", "--retry-backoff-base", "",
+         "first retry waits up to this (full jitter), doubling per attempt", &P::retry_backoff_base,
+         0, 3600, "seconds"},
+        {"proxy.retry_backoff_cap", "--retry-backoff-cap", "", "longest wait between attempts",
+         &P::retry_backoff_cap, 0, 3600, "seconds"},
+        {"proxy.retry_budget_ratio", "--retry-budget-ratio", "",
+         "retries in flight may be at most this share of requests in flight",
+         &P::retry_budget_ratio, 0, 10},
+        {"proxy.retry_budget_min", "--retry-budget-min", "",
+         "retries always allowed in flight, whatever the ratio", &P::retry_budget_min, 0, 10000},
+        {"proxy.breaker_failures", "--breaker-failures", "",
+         "consecutive failures that eject a worker", &P::breaker_failures, 1, 1000},
+        {"proxy.breaker_failure_ratio", "--breaker-failure-ratio", "",
+         "or this share of failures over the breaker window (at least 10 requests)",
+         &P::breaker_failure_ratio, 0.01, 1},
+        {"proxy.breaker_window", "--breaker-window", "", "window for the failure ratio",
+         &P::breaker_window, 0.1, 86400, "seconds"},
+        {"proxy.breaker_ejection", "--breaker-ejection", "",
+         "first ejection; doubles when a worker is ejected again", &P::breaker_ejection, 0.01,
+         86400, "seconds"},
+        {"proxy.breaker_max_ejection", "--breaker-max-ejection", "", "longest ejection",
+         &P::breaker_max_ejection, 0.01, 86400, "seconds"},
+        {"proxy.breaker_half_open_trials", "--breaker-half-open-trials", "",
+         "trial requests at once to an ejected worker whose time is up",
+         &P::breaker_half_open_trials, 1, 1000},
+        {"auth.api_keys",
+         "--api-key",
+         "",
+         "a key clients must present (Bearer or X-Api-Key) on relayed routes; repeatable",
+         &P::api_keys,
+         0,
+         0,
+         "",
+         {},
+         false,
+         true},
+        {"auth.api_key_file", "--api-key-file", "LLAMA_POOL_API_KEY_FILE",
+         "file with one client key per line ('#' starts a comment)", &P::api_key_file},
+        {"auth.metrics_key",
+         "--metrics-key",
+         "LLAMA_POOL_METRICS_KEY",
+         "key required by /metrics; empty = open",
+         &P::metrics_key,
+         0,
+         0,
+         "",
+         {},
+         false,
+         true},
+        {"auth.rate_limit_rps", "--rate-limit-rps", "",
+         "requests per second per client key (or address); 0 = no limit", &P::rate_limit_rps, 0,
+         1e6},
+        {"auth.rate_limit_burst", "--rate-limit-burst", "",
+         "requests a client may send at once above the rate", &P::rate_limit_burst, 1, 1e6},
         {"auth.admin_key",
          "--admin-key",
          "LLAMA_POOL_ADMIN_KEY",
@@ -305,7 +379,7 @@ ConfigResult load_config(const std::vector<std::string>& args, const EnvLookup& 
                        result.errors);
         }
     }
-    bool worker_args_from_flags = false;
+    std::set<std::string_view> lists_from_flags;
     for (std::size_t i = 0; i < args.size(); ++i) {
         std::string a = args[i];
         std::optional<std::string> inline_value;
@@ -342,13 +416,14 @@ ConfigResult load_config(const std::vector<std::string>& args, const EnvLookup& 
             result.errors.push_back(fmt::format("option {} needs a value", a));
             continue;
         }
-        if (field->key == "workers.args") {
+        if (const auto list = std::get_if<std::vector<std::string> PoolConfig::*>(&field->member)) {
             // Repeated flags accumulate and replace what the file or environment gave.
-            if (!worker_args_from_flags) {
-                result.config.worker_args.clear();
-                worker_args_from_flags = true;
+            auto& values = result.config.**list;
+            if (!lists_from_flags.count(field->key)) {
+                values.clear();
+                lists_from_flags.insert(field->key);
             }
-            result.config.worker_args.push_back(value);
+            values.push_back(value);
             continue;
         }
         apply_text(*field, value, fmt::format("option {}", a), result.config, result.errors);

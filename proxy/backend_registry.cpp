@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "proxy/affinity.hpp"
 #include "proxy/balancer.hpp"
 
 namespace llama_pool {
@@ -11,6 +12,16 @@ namespace {
 constexpr auto kCancelCheck = milliseconds(20);
 }  // namespace
 
+BalancerPolicy parse_balancer_policy(std::string_view name) {
+    if (name == "round-robin") {
+        return BalancerPolicy::round_robin;
+    }
+    if (name == "prefix-affinity") {
+        return BalancerPolicy::prefix_affinity;
+    }
+    return BalancerPolicy::least_loaded;
+}
+
 Lease::~Lease() {
     if (registry_ != nullptr && backend_) {
         registry_->release(backend_->id);
@@ -19,7 +30,8 @@ Lease::~Lease() {
 
 BackendRegistry::AcquireResult BackendRegistry::acquire(TimePoint deadline,
                                                         const std::set<std::string>& avoid,
-                                                        const std::function<bool()>& cancelled) {
+                                                        const std::function<bool()>& cancelled,
+                                                        std::uint64_t affinity_key) {
     std::unique_lock lock(mutex_);
     AcquireResult result;
     if (shutdown_) {
@@ -28,14 +40,19 @@ BackendRegistry::AcquireResult BackendRegistry::acquire(TimePoint deadline,
     }
     // Only jump the queue when nobody is waiting: FIFO fairness for the waiters.
     if (waiters_.empty()) {
-        if (auto backend = pick_locked(avoid)) {
+        if (auto backend = pick_locked(avoid, affinity_key)) {
             result.status = AcquireStatus::ok;
             result.lease.emplace(this, std::move(backend));
             return result;
         }
     }
+    if (waiters_.size() >= options_.queue_max) {
+        result.status = AcquireStatus::queue_full;
+        return result;
+    }
     Waiter waiter;
     waiter.avoid = avoid;
+    waiter.affinity_key = affinity_key;
     waiters_.push_back(&waiter);
     while (!waiter.assigned && !shutdown_) {
         const auto now = Clock::now();
@@ -64,23 +81,117 @@ BackendRegistry::AcquireResult BackendRegistry::acquire(TimePoint deadline,
     return result;
 }
 
-std::shared_ptr<Backend> BackendRegistry::pick_locked(const std::set<std::string>& avoid) {
+std::optional<std::size_t> BackendRegistry::choose_locked(const std::vector<Entry*>& candidates,
+                                                          const std::set<std::string>& avoid,
+                                                          std::uint64_t affinity_key) {
     std::vector<BackendLoad> loads;
-    std::vector<Entry*> candidates;
+    for (const auto* e : candidates) {
+        loads.push_back({e->inflight, e->capacity, avoid.count(e->backend->id) > 0});
+    }
+    const auto has_room = [&](std::size_t i) { return loads[i].inflight < loads[i].capacity; };
+    switch (options_.policy) {
+        case BalancerPolicy::round_robin: {
+            for (const bool allow_avoided : {false, true}) {
+                for (std::size_t step = 0; step < candidates.size(); ++step) {
+                    const auto i = (round_robin_next_ + step) % candidates.size();
+                    if (has_room(i) && (allow_avoided || !loads[i].avoid)) {
+                        round_robin_next_ = i + 1;
+                        return i;
+                    }
+                }
+            }
+            return std::nullopt;
+        }
+        case BalancerPolicy::prefix_affinity: {
+            if (affinity_key != 0) {
+                std::vector<std::string> ids;
+                for (const auto* e : candidates) {
+                    ids.push_back(e->backend->id);
+                }
+                // The preferred worker when it has room; else spill to the least loaded, so
+                // one hot prefix cannot queue behind a single worker while others idle.
+                const auto order = rendezvous_order(affinity_key, ids);
+                if (!order.empty() && has_room(order.front()) && !loads[order.front()].avoid) {
+                    return order.front();
+                }
+            }
+            return choose_least_loaded(loads, random_);
+        }
+        case BalancerPolicy::least_loaded:
+            break;
+    }
+    return choose_least_loaded(loads, random_);
+}
+
+std::shared_ptr<Backend> BackendRegistry::pick_locked(const std::set<std::string>& avoid,
+                                                      std::uint64_t affinity_key) {
+    const auto now = time_.now();
+    std::vector<Entry*> admitted;
+    std::vector<Entry*> ejected;
     for (auto& [id, e] : entries_) {
         if (!e.available) {
             continue;
         }
-        loads.push_back({e.inflight, e.capacity, avoid.count(id) > 0});
-        candidates.push_back(&e);
+        (e.breaker.state(now) == BreakerState::open ? ejected : admitted).push_back(&e);
     }
-    const auto choice = choose_least_loaded(loads, random_);
-    if (!choice) {
+    // A retry waits for a slot on a worker it has not tried rather than go back to one that
+    // just failed it: a dead worker always has free slots, because its requests fail fast.
+    const auto untried = [&](const Entry* e) { return avoid.count(e->backend->id) == 0; };
+    if (std::any_of(admitted.begin(), admitted.end(), untried)) {
+        std::erase_if(admitted, [&](const Entry* e) { return !untried(e); });
+    }
+    while (!admitted.empty()) {
+        const auto choice = choose_locked(admitted, avoid, affinity_key);
+        if (!choice) {
+            return nullptr;  // the admitted ones are full: wait for a slot
+        }
+        auto* e = admitted[*choice];
+        if (e->breaker.try_acquire(now)) {
+            ++e->inflight;
+            return e->backend;
+        }
+        // Half-open with its trial slots taken: not a candidate for now.
+        admitted.erase(admitted.begin() + static_cast<std::ptrdiff_t>(*choice));
+    }
+    if (ejected.empty()) {
         return nullptr;
     }
-    auto* e = candidates[*choice];
-    ++e->inflight;
-    return e->backend;
+    // Every available worker is ejected: try the least bad (the one due back first) rather
+    // than refusing everyone.
+    Entry* best = nullptr;
+    for (auto* e : ejected) {
+        if (e->inflight < e->capacity &&
+            (best == nullptr || e->breaker.reopens_at() < best->breaker.reopens_at())) {
+            best = e;
+        }
+    }
+    if (best == nullptr) {
+        return nullptr;
+    }
+    ++best->inflight;
+    return best->backend;
+}
+
+BackendRegistry::BreakerChange BackendRegistry::report(const std::string& id, bool success) {
+    std::lock_guard lock(mutex_);
+    BreakerChange change;
+    const auto it = entries_.find(id);
+    if (it == entries_.end()) {
+        return change;
+    }
+    const auto now = time_.now();
+    auto& breaker = it->second.breaker;
+    change.before = breaker.state(now);
+    if (success) {
+        breaker.on_success(now);
+    } else {
+        breaker.on_failure(now);
+    }
+    change.after = breaker.state(now);
+    if (change.after != BreakerState::open) {
+        dispatch_locked();
+    }
+    return change;
 }
 
 void BackendRegistry::dispatch_locked() {
@@ -88,7 +199,7 @@ void BackendRegistry::dispatch_locked() {
         if (waiter->assigned) {
             continue;
         }
-        auto backend = pick_locked(waiter->avoid);
+        auto backend = pick_locked(waiter->avoid, waiter->affinity_key);
         if (!backend) {
             break;  // no free slot anywhere: later waiters cannot be served either
         }
@@ -119,6 +230,7 @@ void BackendRegistry::worker_ready(const WorkerEndpoint& endpoint) {
             std::make_shared<Backend>(endpoint, static_cast<std::size_t>(endpoint.capacity) + 1);
         e.host = endpoint.host;
         e.port = endpoint.port;
+        e.breaker = CircuitBreaker(options_.breaker);  // a new process starts with a clean record
     }
     e.capacity = endpoint.capacity;
     e.available = true;
@@ -146,14 +258,15 @@ void BackendRegistry::shutdown() {
     }
 }
 
-std::vector<BackendSnapshot> BackendRegistry::snapshot() const {
+std::vector<BackendSnapshot> BackendRegistry::snapshot() {
     std::lock_guard lock(mutex_);
     std::vector<BackendSnapshot> out;
-    for (const auto& [id, e] : entries_) {
+    for (auto& [id, e] : entries_) {
         out.push_back(
             {id, e.host, e.port, e.available, e.capacity, e.inflight,
              e.opened_by_earlier_processes + (e.backend ? e.backend->pool.connections_opened() : 0),
-             e.backend ? e.backend->api_key : std::string()});
+             e.backend ? e.backend->api_key : std::string(), e.breaker.state(time_.now()),
+             e.breaker.ejections()});
     }
     return out;
 }

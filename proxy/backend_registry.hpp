@@ -14,6 +14,7 @@
 
 #include "common/clock.hpp"
 #include "common/random.hpp"
+#include "proxy/circuit_breaker.hpp"
 #include "proxy/upstream_pool.hpp"
 #include "supervisor/worker_listener.hpp"
 
@@ -52,6 +53,15 @@ class Lease {
     std::shared_ptr<Backend> backend_;
 };
 
+enum class BalancerPolicy { least_loaded, round_robin, prefix_affinity };
+BalancerPolicy parse_balancer_policy(std::string_view name);
+
+struct RegistryOptions {
+    BalancerPolicy policy = BalancerPolicy::least_loaded;
+    std::size_t queue_max = 256;
+    BreakerConfig breaker;
+};
+
 struct BackendSnapshot {
     std::string id;
     std::string host;
@@ -61,6 +71,8 @@ struct BackendSnapshot {
     int inflight = 0;
     std::uint64_t connections_opened = 0;
     std::string api_key;  // for the pool's own calls to the worker; never shown or logged
+    BreakerState breaker = BreakerState::closed;
+    int ejections = 0;
 };
 
 // Which backends can take traffic now and how much. Admission is FIFO: a request waits in
@@ -68,26 +80,37 @@ struct BackendSnapshot {
 // goes to the oldest waiter. Thread-safe.
 class BackendRegistry final : public WorkerListener {
   public:
-    enum class AcquireStatus { ok, timeout, cancelled, shutdown };
+    enum class AcquireStatus { ok, timeout, cancelled, shutdown, queue_full };
     struct AcquireResult {
         AcquireStatus status = AcquireStatus::timeout;
         std::optional<Lease> lease;
     };
 
-    explicit BackendRegistry(RandomSource& random) : random_(random) {}
+    BackendRegistry(RandomSource& random, const TimeSource& time, RegistryOptions options = {})
+        : random_(random), time_(time), options_(options) {}
 
     // Waits until a backend has a free slot, `deadline` passes, `cancelled()` turns true (the
-    // client left; checked every few milliseconds) or the registry shuts down. Backends in
-    // `avoid` are used only when no other one has a free slot.
+    // client left; checked every few milliseconds) or the registry shuts down; refuses at
+    // once when queue_max requests already wait. Backends in `avoid` are used only when no
+    // other one has a free slot; ejected (breaker open) ones only when every available one
+    // is ejected. `affinity_key` (0 = none) steers prefix-affinity.
     AcquireResult acquire(TimePoint deadline, const std::set<std::string>& avoid,
-                          const std::function<bool()>& cancelled);
+                          const std::function<bool()>& cancelled, std::uint64_t affinity_key = 0);
+
+    struct BreakerChange {
+        BreakerState before = BreakerState::closed;
+        BreakerState after = BreakerState::closed;
+    };
+    // The outcome of one attempt on a backend, for its circuit breaker.
+    BreakerChange report(const std::string& id, bool success);
 
     void worker_ready(const WorkerEndpoint& endpoint) override;
     void worker_unavailable(const std::string& id) override;
     int worker_inflight(const std::string& id) const override;
 
     void shutdown();
-    std::vector<BackendSnapshot> snapshot() const;
+    // Not const: reading a breaker's state moves an expired ejection to half-open.
+    std::vector<BackendSnapshot> snapshot();
     std::size_t waiting() const;
     int available_count() const;
 
@@ -101,17 +124,26 @@ class BackendRegistry final : public WorkerListener {
         int inflight = 0;
         bool available = false;
         std::uint64_t opened_by_earlier_processes = 0;  // keeps the counter monotonic
+        CircuitBreaker breaker;
     };
     struct Waiter {
         std::condition_variable cv;
         std::set<std::string> avoid;
+        std::uint64_t affinity_key = 0;
         std::shared_ptr<Backend> assigned;
     };
     void release(const std::string& id);
-    std::shared_ptr<Backend> pick_locked(const std::set<std::string>& avoid);
+    std::shared_ptr<Backend> pick_locked(const std::set<std::string>& avoid,
+                                         std::uint64_t affinity_key);
+    std::optional<std::size_t> choose_locked(const std::vector<Entry*>& candidates,
+                                             const std::set<std::string>& avoid,
+                                             std::uint64_t affinity_key);
     void dispatch_locked();
 
     RandomSource& random_;
+    const TimeSource& time_;
+    RegistryOptions options_;
+    std::size_t round_robin_next_ = 0;
     mutable std::mutex mutex_;
     std::map<std::string, Entry> entries_;
     std::deque<Waiter*> waiters_;

@@ -49,7 +49,7 @@ std::string html_escape(std::string_view s) {
 
 }  // namespace
 
-nlohmann::json PoolRoutes::status_json() const {
+nlohmann::json PoolRoutes::status_json() {
     const auto backends = registry_.snapshot();
     auto find_backend = [&](const std::string& id) -> const BackendSnapshot* {
         for (const auto& b : backends) {
@@ -77,6 +77,8 @@ nlohmann::json PoolRoutes::status_json() const {
             j["slots"] = w.capacity;
             j["available"] = b && b->available;
             j["upstream_connections_opened"] = b ? b->connections_opened : 0;
+            j["breaker"] = b ? std::string(to_string(b->breaker)) : "closed";
+            j["ejections"] = b ? b->ejections : 0;
             j["detail"] = w.detail;
             if (!w.last_output.empty()) {
                 j["last_output"] = w.last_output;

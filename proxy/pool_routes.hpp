@@ -24,7 +24,7 @@ class PoolRoutes {
     // and GET /props are answered from the workers' own replies, aggregated.
     bool handle(HttpExchange& exchange, const std::string& path, const std::string& request_id);
 
-    nlohmann::json status_json() const;
+    nlohmann::json status_json();
 
   private:
     void health(HttpExchange& exchange, const std::string& request_id);

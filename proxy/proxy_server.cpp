@@ -17,12 +17,17 @@ milliseconds to_ms(double seconds) {
 
 ProxyServer::ProxyServer(const PoolConfig& config, BackendRegistry& registry,
                          Supervisor* supervisor, Logger& log, RandomSource& random,
-                         std::string version)
+                         std::string version, std::vector<std::string> client_keys)
     : config_(config),
       registry_(registry),
       log_(log),
       routes_(registry, supervisor, std::move(version), config.admin_key),
-      relay_(config, registry, log, random) {
+      relay_(config, registry, log, random),
+      auth_(std::move(client_keys)) {
+    if (config.rate_limit_rps > 0) {
+        rate_limiter_ =
+            std::make_unique<KeyedRateLimiter>(config.rate_limit_rps, config.rate_limit_burst);
+    }
     HttpServerOptions options;
     options.host = config.host;
     options.port = static_cast<std::uint16_t>(config.port);
@@ -62,6 +67,43 @@ void ProxyServer::handle(HttpExchange& exchange) {
         return;
     }
     const std::string path(target.substr(0, target.find('?')));
+    // /health stays public (orchestrators probe it); /pool/* checks the admin key itself.
+    const bool pool_admin = path == "/pool" || path.rfind("/pool/", 0) == 0;
+    if (path != "/health" && !pool_admin) {
+        std::optional<std::string> key;
+        if (auth_.required()) {
+            key = auth_.check(request.headers);
+            if (!key) {
+                respond_json(exchange, 401, make_error_body(401, "Invalid API Key"), request_id);
+                log_.info("proxy", "request",
+                          {{"request_id", request_id},
+                           {"route", path},
+                           {"status", 401},
+                           {"rejected", "auth"}});
+                return;
+            }
+        }
+        if (rate_limiter_) {
+            const auto decision = rate_limiter_->check(
+                key ? "key:" + *key : "addr:" + exchange.remote_address(), Clock::now());
+            if (!decision.allowed) {
+                const auto retry_after =
+                    std::max<long long>(1, (to_millis(decision.retry_after) + 999) / 1000);
+                Headers headers;
+                headers.add("Content-Type", "application/json; charset=utf-8");
+                headers.add("X-Request-Id", request_id);
+                headers.add("Retry-After", std::to_string(retry_after));
+                exchange.respond(429, std::move(headers),
+                                 make_error_body(429, "rate limit exceeded, retry later"));
+                log_.info("proxy", "request",
+                          {{"request_id", request_id},
+                           {"route", path},
+                           {"status", 429},
+                           {"rejected", "rate_limit"}});
+                return;
+            }
+        }
+    }
     if (routes_.handle(exchange, path, request_id)) {
         log_.debug("proxy", "request",
                    {{"request_id", request_id}, {"method", request.method}, {"route", path}});
@@ -78,7 +120,9 @@ void ProxyServer::handle(HttpExchange& exchange) {
                {"queue_ms", static_cast<long long>(outcome.queue_seconds * 1000)},
                {"duration_ms", to_millis(Clock::now() - started)},
                {"client_gone", outcome.client_gone},
-               {"upstream_broke", outcome.upstream_broke}});
+               {"upstream_broke", outcome.upstream_broke},
+               {"rejected", outcome.rejected},
+               {"retries", outcome.retry_reasons}});
 }
 
 }  // namespace llama_pool

@@ -8,7 +8,9 @@
 #include "common/log.hpp"
 #include "common/random.hpp"
 #include "proxy/backend_registry.hpp"
+#include "proxy/inbound_auth.hpp"
 #include "proxy/pool_routes.hpp"
+#include "proxy/rate_limiter.hpp"
 #include "proxy/relay.hpp"
 
 namespace llama_pool {
@@ -17,8 +19,10 @@ namespace llama_pool {
 // everything else.
 class ProxyServer {
   public:
+    // `client_keys` is the full set of accepted client keys (config list plus key file).
     ProxyServer(const PoolConfig& config, BackendRegistry& registry, Supervisor* supervisor,
-                Logger& log, RandomSource& random, std::string version);
+                Logger& log, RandomSource& random, std::string version,
+                std::vector<std::string> client_keys);
     ~ProxyServer();
 
     bool start(std::string& error);
@@ -37,6 +41,8 @@ class ProxyServer {
     Logger& log_;
     PoolRoutes routes_;
     Relay relay_;
+    InboundAuth auth_;
+    std::unique_ptr<KeyedRateLimiter> rate_limiter_;  // null when rate limiting is off
     std::unique_ptr<HttpServer> server_;
 };
 

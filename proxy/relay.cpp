@@ -7,13 +7,13 @@
 #include "common/backoff.hpp"
 #include "common/error_body.hpp"
 #include "common/http_client.hpp"
+#include "proxy/affinity.hpp"
 
 namespace llama_pool {
 
 namespace {
 
 constexpr const char* kComponent = "proxy";
-constexpr int kMaxAttempts = 3;
 
 bool retryable_status(int status) {
     return status == 502 || status == 503 || status == 504;
@@ -30,7 +30,63 @@ void respond_error(HttpExchange& exchange, int status, std::string_view message,
     exchange.respond(status, std::move(headers), make_error_body(status, message));
 }
 
+const char* retry_reason(IoStatus io, int status) {
+    if (status != 0) {
+        return status == 502 ? "status_502" : status == 503 ? "status_503" : "status_504";
+    }
+    switch (io) {
+        case IoStatus::timeout:
+            return "timeout";
+        case IoStatus::eof:
+            return "reset";
+        default:
+            return "connect_or_io";
+    }
+}
+
+// Brackets a request for the retry budget.
+struct BudgetScope {
+    RetryBudget& budget;
+    explicit BudgetScope(RetryBudget& b) : budget(b) { budget.request_started(); }
+    ~BudgetScope() { budget.request_finished(); }
+};
+
 }  // namespace
+
+std::optional<Duration> client_deadline(const Headers& headers) {
+    const auto value = headers.get("X-Request-Timeout");
+    if (!value) {
+        return std::nullopt;
+    }
+    try {
+        std::size_t used = 0;
+        const double s = std::stod(std::string(*value), &used);
+        if (used == value->size() && s > 0 && s < 7 * 86400) {
+            return from_seconds(s);
+        }
+    } catch (const std::exception&) {
+    }
+    return std::nullopt;
+}
+
+std::uint64_t Relay::affinity_key_for(const HttpRequest& request) const {
+    if (config_.balancer != "prefix-affinity" || request.body.empty()) {
+        return 0;
+    }
+    const auto body = nlohmann::json::parse(request.body, nullptr, false);
+    if (!body.is_object()) {
+        return 0;
+    }
+    return affinity_key(prompt_text(body), static_cast<std::size_t>(config_.affinity_prefix_chars));
+}
+
+void Relay::refuse(HttpExchange& exchange, RelayOutcome& outcome, const std::string& reason,
+                   const std::string& message, const std::string& request_id) {
+    outcome.status = 503;
+    outcome.rejected = reason;
+    const auto retry_after = service_rate_.retry_after_seconds(registry_.waiting(), Clock::now());
+    respond_error(exchange, 503, message, request_id, retry_after);
+}
 
 Headers upstream_request_headers(const HttpRequest& request, const std::string& request_id,
                                  const std::string& worker_key, const std::string& client_addr) {
@@ -78,22 +134,56 @@ RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
                             const std::string& request_id) {
     const auto& request = exchange.request();
     RelayOutcome outcome;
+    BudgetScope budget_scope(budget_);
     const auto started = Clock::now();
-    const auto total_deadline = started + from_seconds(config_.total_timeout);
-    const auto queue_deadline = started + from_seconds(config_.queue_timeout);
-    const ExponentialBackoff backoff(milliseconds(50), seconds(2));
+    auto total_deadline = started + from_seconds(config_.total_timeout);
+    auto queue_deadline = started + from_seconds(config_.queue_timeout);
+    if (const auto own = client_deadline(request.headers)) {
+        total_deadline = std::min(total_deadline, started + *own);
+        queue_deadline = std::min(queue_deadline, started + *own);
+        // Refuse now what cannot start in time, instead of after the client gave up.
+        const auto waiting = registry_.waiting();
+        if (waiting > 0 && service_rate_.expected_wait(waiting, started) > *own) {
+            refuse(exchange, outcome, "deadline",
+                   fmt::format("{} requests are queued ahead; this one cannot start within its "
+                               "X-Request-Timeout of {:.1f} s",
+                               waiting, to_seconds(*own)),
+                   request_id);
+            return outcome;
+        }
+    }
+    const auto affinity = affinity_key_for(request);
+    const ExponentialBackoff backoff(from_seconds(config_.retry_backoff_base),
+                                     from_seconds(config_.retry_backoff_cap));
     std::set<std::string> tried;
     std::string last_error = "no worker available";
     int last_status = 503;
+    bool holding_retry = false;
+    struct RetrySlot {
+        RetryBudget& budget;
+        bool& held;
+        ~RetrySlot() {
+            if (held) {
+                budget.retry_finished();
+            }
+        }
+    } retry_slot{budget_, holding_retry};
 
-    while (outcome.attempts < kMaxAttempts) {
+    while (true) {
         const auto queued_at = Clock::now();
-        auto acquired = registry_.acquire(std::min(queue_deadline, total_deadline), tried,
-                                          [&] { return exchange.client_gone(); });
+        auto acquired = registry_.acquire(
+            std::min(queue_deadline, total_deadline), tried, [&] { return exchange.client_gone(); },
+            affinity);
         outcome.queue_seconds += to_seconds(Clock::now() - queued_at);
         if (acquired.status == BackendRegistry::AcquireStatus::cancelled) {
             outcome.client_gone = true;
             exchange.abort();
+            return outcome;
+        }
+        if (acquired.status == BackendRegistry::AcquireStatus::queue_full) {
+            refuse(exchange, outcome, "queue_full",
+                   fmt::format("the pool's queue is full ({} requests waiting)", config_.queue_max),
+                   request_id);
             return outcome;
         }
         if (!acquired.lease) {
@@ -130,8 +220,9 @@ RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
                 io = conn.read_head(head, request.method == "HEAD", head_deadline, error,
                                     exchange.watch());
             }
-            if (!(reused && (io == IoStatus::eof || io == IoStatus::error) &&
-                  error != "incomplete response head")) {
+            const bool stale_reuse = reused && (io == IoStatus::eof || io == IoStatus::error) &&
+                                     error != "incomplete response head";
+            if (!stale_reuse) {
                 break;
             }
         }
@@ -141,16 +232,18 @@ RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
             exchange.abort();
             return outcome;
         }
+        int retry_status = 0;
         if (io != IoStatus::ok) {
             last_error = fmt::format("worker {}: {} ({})", backend.id,
                                      error.empty() ? to_string(io) : error, to_string(io));
             last_status = io == IoStatus::timeout ? 504 : 502;
+            registry_.report(backend.id, false);
             log_.warn(kComponent, "upstream_failed",
                       {{"request_id", request_id},
                        {"worker", backend.id},
                        {"attempt", outcome.attempts},
                        {"error", last_error}});
-        } else if (retryable_status(head.status) && outcome.attempts < kMaxAttempts) {
+        } else if (retryable_status(head.status) && outcome.attempts < config_.retry_attempts) {
             // Drain the small error body so the connection can be reused, then try another.
             std::string discard;
             bool done = false;
@@ -161,8 +254,10 @@ RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
             if (done) {
                 backend.pool.give_back(std::move(conn));
             }
+            retry_status = head.status;
             last_error = fmt::format("worker {} answered {}", backend.id, head.status);
             last_status = head.status;
+            registry_.report(backend.id, false);
             log_.warn(kComponent, "upstream_retryable_status",
                       {{"request_id", request_id},
                        {"worker", backend.id},
@@ -170,6 +265,8 @@ RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
                        {"status", head.status}});
         } else {
             // Commit: from here on the client sees this worker's response, and no retry.
+            // A 5xx counts against the worker even when it is passed through.
+            registry_.report(backend.id, head.status < 500);
             outcome.status = head.status;
             const auto framing = response_framing(head, request.method == "HEAD");
             std::optional<std::size_t> length;
@@ -203,10 +300,12 @@ RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
                 exchange.abort();
                 return outcome;
             }
+            service_rate_.on_completion(Clock::now());
             if (io != IoStatus::ok) {
                 // The worker broke mid-response. A chunked body can still end cleanly with
                 // what was produced; a fixed-length one can only be cut.
                 outcome.upstream_broke = true;
+                registry_.report(backend.id, false);
                 log_.warn(kComponent, "upstream_broke_mid_response",
                           {{"request_id", request_id},
                            {"worker", backend.id},
@@ -222,12 +321,25 @@ RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
             backend.pool.give_back(std::move(conn));
             return outcome;
         }
-        if (Clock::now() >= total_deadline) {
+        // Whether, and when, to try again.
+        if (outcome.attempts >= config_.retry_attempts) {
+            outcome.retry_refused = "attempts";
             break;
         }
-        // Back off before the next attempt, unless the client has left meanwhile.
+        if (Clock::now() >= total_deadline) {
+            outcome.retry_refused = "deadline";
+            break;
+        }
+        if (!holding_retry && !budget_.try_start_retry()) {
+            outcome.retry_refused = "budget";
+            break;
+        }
+        holding_retry = true;
+        outcome.retry_reasons.emplace_back(
+            retry_reason(io == IoStatus::ok ? IoStatus::ok : io, retry_status));
+        acquired.lease.reset();  // free the slot while we back off
         const auto wait = backoff.delay(outcome.attempts - 1, random_);
-        const auto until = Clock::now() + wait;
+        const auto until = std::min(total_deadline, Clock::now() + wait);
         while (Clock::now() < until) {
             if (exchange.client_gone()) {
                 outcome.client_gone = true;
@@ -237,11 +349,18 @@ RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
             std::this_thread::sleep_for(std::min<Duration>(milliseconds(10), until - Clock::now()));
         }
     }
-    outcome.status = last_status == 504 ? 504 : 503;
     if (outcome.attempts == 0) {
-        last_error = fmt::format("no worker became available within {} s", config_.queue_timeout);
+        const bool deadline_first =
+            queue_deadline > total_deadline || client_deadline(request.headers).has_value();
+        refuse(exchange, outcome, deadline_first ? "deadline" : "queue_timeout",
+               fmt::format("no worker slot became free within {:.1f} s",
+                           to_seconds(std::min(queue_deadline, total_deadline) - started)),
+               request_id);
+        return outcome;
     }
-    respond_error(exchange, outcome.status, last_error, request_id, 1);
+    outcome.status = last_status == 504 ? 504 : 503;
+    respond_error(exchange, outcome.status, last_error, request_id,
+                  service_rate_.retry_after_seconds(registry_.waiting(), Clock::now()));
     return outcome;
 }
 

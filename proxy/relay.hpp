@@ -7,6 +7,8 @@
 #include "common/log.hpp"
 #include "common/random.hpp"
 #include "proxy/backend_registry.hpp"
+#include "proxy/retry_budget.hpp"
+#include "proxy/service_rate.hpp"
 
 namespace llama_pool {
 
@@ -18,6 +20,10 @@ struct RelayOutcome {
     double queue_seconds = 0;
     bool client_gone = false;
     bool upstream_broke = false;  // the worker failed after the response had started
+    std::string rejected;         // why the pool refused it: queue_full, queue_timeout, deadline
+    std::vector<std::string>
+        retry_reasons;          // one per retry: connect, timeout, reset, status_503...
+    std::string retry_refused;  // why no further retry: budget, attempts, deadline
 };
 
 // Forwards one client request to a worker and the worker's response back, faithfully:
@@ -27,17 +33,32 @@ struct RelayOutcome {
 class Relay {
   public:
     Relay(const PoolConfig& config, BackendRegistry& registry, Logger& log, RandomSource& random)
-        : config_(config), registry_(registry), log_(log), random_(random) {}
+        : config_(config),
+          registry_(registry),
+          log_(log),
+          random_(random),
+          budget_(config.retry_budget_ratio, config.retry_budget_min) {}
 
     RelayOutcome forward(HttpExchange& exchange, const std::string& target,
                          const std::string& request_id);
 
+    const ServiceRate& service_rate() const { return service_rate_; }
+
   private:
+    void refuse(HttpExchange& exchange, RelayOutcome& outcome, const std::string& reason,
+                const std::string& message, const std::string& request_id);
+    std::uint64_t affinity_key_for(const HttpRequest& request) const;
+
     const PoolConfig& config_;
     BackendRegistry& registry_;
     Logger& log_;
     RandomSource& random_;
+    RetryBudget budget_;
+    ServiceRate service_rate_;
 };
+
+// The client's own deadline from `X-Request-Timeout: SECONDS`, when present and sane.
+std::optional<Duration> client_deadline(const Headers& headers);
 
 Headers upstream_request_headers(const HttpRequest& request, const std::string& request_id,
                                  const std::string& worker_key, const std::string& client_addr);

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -36,14 +37,14 @@ json worker_by_pid(const json& status, int pid) {
 // Sends completions from `clients` threads until stopped; counts every outcome.
 class SteadyLoad {
   public:
-    SteadyLoad(std::uint16_t port, int clients) {
+    SteadyLoad(std::uint16_t port, int clients, int n_predict = 8) {
+        const auto body = R"({"prompt":"Hi","n_predict":)" + std::to_string(n_predict) + "}";
         for (int i = 0; i < clients; ++i) {
-            threads_.emplace_back([this, port] {
+            threads_.emplace_back([this, port, body] {
                 while (!stop_) {
                     httplib::Client c("127.0.0.1", port);
                     c.set_read_timeout(60s);
-                    const auto r = c.Post("/completion", R"({"prompt":"Hi","n_predict":8})",
-                                          "application/json");
+                    const auto r = c.Post("/completion", body, "application/json");
                     if (r && r->status == 200) {
                         ++ok_;
                     } else {
@@ -259,4 +260,37 @@ TEST_CASE("a rolling restart under steady load fails no request", "[e2e]") {
     for (const auto pid : old_pids) {
         CHECK_FALSE(process_alive(pid));
     }
+}
+
+TEST_CASE("more clients than slots never push a worker past its capacity", "[e2e]") {
+    PoolProcess pool(real_pool_args(2));  // 2 workers x 2 slots
+    REQUIRE(pool.wait_ready(2, 60s));
+    SteadyLoad load(pool.port(), 6, 64);
+    int max_busy_per_worker = 0, max_inflight_per_worker = 0, samples = 0;
+    const auto until = SteadyClock::now() + 4s;
+    while (SteadyClock::now() < until) {
+        std::map<std::string, int> busy;
+        const auto slots = json::parse(pool.client(5s).Get("/slots")->body);
+        for (const auto& s : slots) {
+            busy[s["worker"].get<std::string>()] += s["is_processing"].get<bool>() ? 1 : 0;
+        }
+        for (const auto& [worker, n] : busy) {
+            max_busy_per_worker = std::max(max_busy_per_worker, n);
+        }
+        const auto status = pool.status();  // a named value: the range must outlive the loop
+        for (const auto& w : status["workers"]) {
+            max_inflight_per_worker = std::max(max_inflight_per_worker, w["inflight"].get<int>());
+            CHECK(w["inflight"].get<int>() <= w["slots"].get<int>());
+        }
+        ++samples;
+    }
+    load.stop();
+    std::printf(
+        "measured: %d samples, max busy slots per worker %d, max in flight per worker %d, %d "
+        "requests ok\n",
+        samples, max_busy_per_worker, max_inflight_per_worker, load.ok());
+    CHECK(load.failed() == 0);
+    CHECK(max_inflight_per_worker == 2);  // the load did fill the workers...
+    CHECK(max_busy_per_worker <= 2);      // ...and never beyond their slots
+    CHECK(pool.status()["totals"]["queued"].get<int>() >= 0);
 }

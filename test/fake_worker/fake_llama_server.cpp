@@ -9,8 +9,10 @@
 #include <csignal>
 #include <cstdio>
 #include <deque>
+#include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -39,6 +41,9 @@ struct Options {
     bool garbage = false;
     std::string model = "fake-model.gguf";
     std::string api_key;
+    // Re-read before every completion: lines "PORT fail STATUS" or "PORT ok". Lets a test
+    // break one worker of a pool whose workers all get the same arguments.
+    std::string fault_file;
 };
 
 void usage() {
@@ -47,7 +52,8 @@ void usage() {
                  "  [--load-delay-ms MS] [--latency-ms MS] [--tokens-per-second N]\n"
                  "  [--fail-status CODE [--fail-after N]] [--hang] [--crash-after N] "
                  "[--stall-after-events N]\n"
-                 "  [--garbage] [--api-key K] [--model PATH] [llama-server flags are accepted]\n");
+                 "  [--garbage] [--fault-file F] [--api-key K] [--model PATH] [llama-server flags "
+                 "are accepted]\n");
 }
 
 // Slots with a FIFO wait, like llama-server's deferred queue.
@@ -191,6 +197,24 @@ class FakeServer {
   private:
     enum class Shape { native, openai_text, openai_chat };
 
+    int fault_from_file() const {
+        if (opt_.fault_file.empty()) {
+            return 0;
+        }
+        std::ifstream in(opt_.fault_file);
+        int port = 0;
+        std::string what;
+        int status = 0;
+        std::string line;
+        while (std::getline(in, line)) {
+            std::istringstream fields(line);
+            if (fields >> port >> what && port == opt_.port && what == "fail" && fields >> status) {
+                return status;
+            }
+        }
+        return 0;
+    }
+
     bool loading() const {
         return std::chrono::steady_clock::now() - started_ <
                std::chrono::milliseconds(opt_.load_delay_ms);
@@ -244,6 +268,9 @@ class FakeServer {
         }
         if (opt_.fail_status != 0 && served > opt_.fail_after) {
             return error(ex, opt_.fail_status, "injected failure", "server_error");
+        }
+        if (const int status = fault_from_file(); status != 0) {
+            return error(ex, status, "injected failure (fault file)", "server_error");
         }
         const int n = body->value("n_predict", body->value("max_tokens", 16));
         const bool stream = body->value("stream", false);
@@ -428,6 +455,8 @@ int main(int argc, char** argv) {
             o.tokens_per_second = std::stod(next(i));
         else if (a == "--fail-status")
             o.fail_status = std::stoi(next(i));
+        else if (a == "--fault-file")
+            o.fault_file = next(i);
         else if (a == "--fail-after")
             o.fail_after = std::stoi(next(i));
         else if (a == "--hang")

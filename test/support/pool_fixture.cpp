@@ -1,6 +1,7 @@
 #include "test/support/pool_fixture.hpp"
 
 #include <catch2/catch.hpp>
+#include <sstream>
 
 namespace llama_pool::test {
 
@@ -61,6 +62,17 @@ std::vector<int> PoolProcess::worker_pids() const {
         }
     }
     return pids;
+}
+
+std::string PoolProcess::log_lines_with(const std::string& needle) const {
+    std::istringstream in(process_->output());
+    std::string line, out;
+    while (std::getline(in, line)) {
+        if (line.find(needle) != std::string::npos) {
+            out += line + "\n";
+        }
+    }
+    return out;
 }
 
 std::string dummy_model_path() {

@@ -26,6 +26,8 @@ class PoolProcess {
     // Waits until the pool answers HTTP at all (whatever its workers are doing).
     bool wait_listening(std::chrono::milliseconds timeout);
     std::vector<int> worker_pids() const;
+    // The pool's log lines that contain `needle`, for failure messages.
+    std::string log_lines_with(const std::string& needle) const;
 
   private:
     std::uint16_t port_;

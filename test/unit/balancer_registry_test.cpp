@@ -34,7 +34,8 @@ TEST_CASE("ties are broken at random between equally loaded backends", "[balance
 
 TEST_CASE("the registry never leases more than a backend's capacity", "[registry]") {
     SeededRandom random(1);
-    BackendRegistry registry(random);
+    SteadyTimeSource time;
+    BackendRegistry registry(random, time);
     registry.worker_ready({"a", "127.0.0.1", 1, 2, ""});
     auto l1 = registry.acquire(Clock::now() + 1s, {}, {});
     auto l2 = registry.acquire(Clock::now() + 1s, {}, {});
@@ -49,7 +50,8 @@ TEST_CASE("the registry never leases more than a backend's capacity", "[registry
 
 TEST_CASE("a freed slot goes to the oldest waiter", "[registry]") {
     SeededRandom random(1);
-    BackendRegistry registry(random);
+    SteadyTimeSource time;
+    BackendRegistry registry(random, time);
     registry.worker_ready({"a", "127.0.0.1", 1, 1, ""});
     auto held = registry.acquire(Clock::now() + 1s, {}, {});
     REQUIRE(held.lease);
@@ -74,7 +76,8 @@ TEST_CASE("a freed slot goes to the oldest waiter", "[registry]") {
 TEST_CASE("requests wait while no backend is ready and proceed when one becomes ready",
           "[registry]") {
     SeededRandom random(1);
-    BackendRegistry registry(random);
+    SteadyTimeSource time;
+    BackendRegistry registry(random, time);
     std::atomic<bool> got{false};
     std::thread t([&] {
         auto r = registry.acquire(Clock::now() + 10s, {}, {});
@@ -89,7 +92,8 @@ TEST_CASE("requests wait while no backend is ready and proceed when one becomes 
 
 TEST_CASE("a cancelled waiter leaves the queue at once", "[registry]") {
     SeededRandom random(1);
-    BackendRegistry registry(random);
+    SteadyTimeSource time;
+    BackendRegistry registry(random, time);
     std::atomic<bool> cancel{false};
     BackendRegistry::AcquireStatus status{};
     std::thread t([&] {
@@ -105,7 +109,8 @@ TEST_CASE("a cancelled waiter leaves the queue at once", "[registry]") {
 TEST_CASE("an unavailable backend takes no new leases while its in-flight ones finish",
           "[registry]") {
     SeededRandom random(1);
-    BackendRegistry registry(random);
+    SteadyTimeSource time;
+    BackendRegistry registry(random, time);
     registry.worker_ready({"a", "127.0.0.1", 1, 2, ""});
     auto held = registry.acquire(Clock::now() + 1s, {}, {});
     REQUIRE(held.lease);
@@ -115,4 +120,129 @@ TEST_CASE("an unavailable backend takes no new leases while its in-flight ones f
     CHECK(registry.worker_inflight("a") == 1);
     held.lease.reset();
     CHECK(registry.worker_inflight("a") == 0);
+}
+
+namespace {
+
+struct RegistryWithFakeTime {
+    explicit RegistryWithFakeTime(RegistryOptions options = {}) : registry(random, time, options) {}
+    SeededRandom random{7};
+    test::FakeTime time;
+    BackendRegistry registry;
+};
+
+}  // namespace
+
+TEST_CASE("the queue is bounded: beyond queue_max a request is refused at once", "[registry]") {
+    RegistryOptions options;
+    options.queue_max = 1;
+    RegistryWithFakeTime r(options);
+    std::atomic<bool> done{false};
+    std::thread waiter(
+        [&] { r.registry.acquire(Clock::now() + 5s, {}, [&] { return done.load(); }); });
+    REQUIRE(test::wait_until([&] { return r.registry.waiting() == 1; }, 5s));
+    const auto second = r.registry.acquire(Clock::now() + 5s, {}, {});
+    CHECK(second.status == BackendRegistry::AcquireStatus::queue_full);
+    done = true;
+    waiter.join();
+}
+
+TEST_CASE("a worker that keeps failing is ejected and traffic moves to the other", "[registry]") {
+    RegistryOptions options;
+    options.breaker.consecutive_failures = 3;
+    options.breaker.base_ejection = 10s;
+    RegistryWithFakeTime r(options);
+    r.registry.worker_ready({"bad", "127.0.0.1", 1, 4, ""});
+    r.registry.worker_ready({"good", "127.0.0.1", 2, 4, ""});
+    for (int i = 0; i < 3; ++i) {
+        r.registry.report("bad", false);
+    }
+    for (int i = 0; i < 20; ++i) {
+        auto lease = r.registry.acquire(Clock::now() + 1s, {}, {});
+        REQUIRE(lease.lease);
+        CHECK(lease.lease->backend().id == "good");
+    }
+    // Just before the ejection ends it is still out; at its end it gets a trial request.
+    r.time.advance(10s - 1ms);
+    auto busy = std::vector<BackendRegistry::AcquireResult>();
+    for (int i = 0; i < 4; ++i) {
+        busy.push_back(r.registry.acquire(Clock::now() + 1s, {}, {}));
+        CHECK(busy.back().lease->backend().id == "good");
+    }
+    r.time.advance(1ms);
+    const auto trial = r.registry.acquire(Clock::now() + 1s, {}, {});
+    REQUIRE(trial.lease);
+    CHECK(trial.lease->backend().id == "bad");
+}
+
+TEST_CASE("when every worker is ejected the least bad one still serves", "[registry]") {
+    RegistryOptions options;
+    options.breaker.consecutive_failures = 1;
+    options.breaker.base_ejection = 10s;
+    RegistryWithFakeTime r(options);
+    r.registry.worker_ready({"a", "127.0.0.1", 1, 1, ""});
+    r.registry.report("a", false);
+    r.time.advance(1s);
+    r.registry.worker_ready({"b", "127.0.0.1", 2, 1, ""});
+    r.registry.report("b", false);
+    // Both open; "a" is due back first.
+    const auto lease = r.registry.acquire(Clock::now() + 1s, {}, {});
+    REQUIRE(lease.lease);
+    CHECK(lease.lease->backend().id == "a");
+}
+
+TEST_CASE("prefix affinity sends the same prefix to the same worker and spills when it is full",
+          "[registry]") {
+    RegistryOptions options;
+    options.policy = BalancerPolicy::prefix_affinity;
+    RegistryWithFakeTime r(options);
+    r.registry.worker_ready({"a", "127.0.0.1", 1, 1, ""});
+    r.registry.worker_ready({"b", "127.0.0.1", 2, 1, ""});
+    r.registry.worker_ready({"c", "127.0.0.1", 3, 1, ""});
+    const std::uint64_t key = 0x1234567890abcdefULL;
+    std::string preferred;
+    for (int i = 0; i < 5; ++i) {
+        const auto lease = r.registry.acquire(Clock::now() + 1s, {}, {}, key);
+        REQUIRE(lease.lease);
+        if (preferred.empty()) {
+            preferred = lease.lease->backend().id;
+        }
+        CHECK(lease.lease->backend().id == preferred);
+    }
+    const auto held = r.registry.acquire(Clock::now() + 1s, {}, {}, key);
+    const auto spilled = r.registry.acquire(Clock::now() + 1s, {}, {}, key);
+    REQUIRE(spilled.lease);
+    CHECK(spilled.lease->backend().id != preferred);
+}
+
+TEST_CASE("round-robin takes each worker in turn", "[registry]") {
+    RegistryOptions options;
+    options.policy = BalancerPolicy::round_robin;
+    RegistryWithFakeTime r(options);
+    r.registry.worker_ready({"a", "127.0.0.1", 1, 8, ""});
+    r.registry.worker_ready({"b", "127.0.0.1", 2, 8, ""});
+    std::vector<std::string> order;
+    for (int i = 0; i < 4; ++i) {
+        order.push_back(r.registry.acquire(Clock::now() + 1s, {}, {}).lease->backend().id);
+    }
+    CHECK(order == std::vector<std::string>{"a", "b", "a", "b"});
+}
+
+TEST_CASE(
+    "regression: a retry waits for a busy worker instead of returning to the one that failed it",
+    "[registry]") {
+    RegistryWithFakeTime r;
+    r.registry.worker_ready({"dead", "127.0.0.1", 1, 2, ""});
+    r.registry.worker_ready({"busy", "127.0.0.1", 2, 1, ""});
+    auto held = r.registry.acquire(Clock::now() + 1s, {"dead"}, {});
+    REQUIRE(held.lease);
+    REQUIRE(held.lease->backend().id == "busy");
+    // "dead" has free slots (its requests fail fast), "busy" has none: the retry waits.
+    const auto retry = r.registry.acquire(Clock::now() + 50ms, {"dead"}, {});
+    CHECK(retry.status == BackendRegistry::AcquireStatus::timeout);
+    // With no other worker at all, the tried one is still better than nothing.
+    r.registry.worker_unavailable("busy");
+    const auto last_resort = r.registry.acquire(Clock::now() + 50ms, {"dead"}, {});
+    REQUIRE(last_resort.lease);
+    CHECK(last_resort.lease->backend().id == "dead");
 }
