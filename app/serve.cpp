@@ -68,8 +68,9 @@ int serve(const PoolConfig& config, Logger& log, const sigset_t& signals,
         log.info("pool", "client_auth", {{"keys", client_keys.size()}});  // never the keys
     }
     Supervisor supervisor(config, log, registry, random);
-    ProxyServer proxy(config, registry, &supervisor, log, random, LLAMA_POOL_VERSION,
-                      std::move(client_keys));
+    PoolMetrics metrics(LLAMA_POOL_VERSION);
+    metrics.attach(&registry, &supervisor);
+    ProxyServer proxy(config, registry, &supervisor, log, random, metrics, std::move(client_keys));
 
     std::string error;
     if (!proxy.start(error)) {

@@ -53,6 +53,7 @@ bool HttpExchange::begin(int status, Headers headers, std::optional<std::size_t>
         return false;
     }
     head_sent_ = true;
+    status_ = status;
     headers.remove("Content-Length");
     headers.remove("Transfer-Encoding");
     headers.remove("Connection");

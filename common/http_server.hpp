@@ -56,6 +56,7 @@ class HttpExchange {
     void close_after_response() { close_after_ = true; }
 
     bool responded() const { return head_sent_; }
+    int response_status() const { return status_; }
     bool finished() const { return finished_; }
     bool client_gone() const;
     int client_fd() const { return fd_; }
@@ -78,6 +79,7 @@ class HttpExchange {
     milliseconds write_timeout_;
     HttpRequest request_;
     bool head_sent_ = false;
+    int status_ = 0;
     bool chunked_ = false;
     bool finished_ = false;
     bool broken_ = false;

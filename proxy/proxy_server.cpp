@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "common/credentials.hpp"
 #include "common/error_body.hpp"
 #include "proxy/request_id.hpp"
 
@@ -17,12 +18,13 @@ milliseconds to_ms(double seconds) {
 
 ProxyServer::ProxyServer(const PoolConfig& config, BackendRegistry& registry,
                          Supervisor* supervisor, Logger& log, RandomSource& random,
-                         std::string version, std::vector<std::string> client_keys)
+                         PoolMetrics& metrics, std::vector<std::string> client_keys)
     : config_(config),
       registry_(registry),
       log_(log),
-      routes_(registry, supervisor, std::move(version), config.admin_key),
-      relay_(config, registry, log, random),
+      metrics_(metrics),
+      routes_(registry, supervisor, LLAMA_POOL_VERSION, config.admin_key),
+      relay_(config, registry, log, random, metrics),
       auth_(std::move(client_keys)) {
     if (config.rate_limit_rps > 0) {
         rate_limiter_ =
@@ -61,12 +63,67 @@ void ProxyServer::handle(HttpExchange& exchange) {
     auto& request = exchange.request();
     const auto request_id = request_id_for(request.headers.get("X-Request-Id"));
     std::string target;
+    RelayOutcome outcome;
+    std::string path = "invalid";
     if (!normalize_target(request.target, target)) {
         respond_json(exchange, 400, make_error_body(400, "request target must be a path"),
                      request_id);
+        outcome.status = 400;
+    } else {
+        path = target.substr(0, target.find('?'));
+        serve(exchange, path, target, request_id, outcome);
+    }
+    const auto seconds = to_seconds(Clock::now() - started);
+    const auto route = route_label(path);
+    // A client that left got no status; 499 is the conventional label for that.
+    const int status = outcome.client_gone ? 499 : outcome.status;
+    metrics_.request_done(route, status, seconds);
+    if (outcome.first_byte_seconds >= 0) {
+        metrics_.first_byte(route, outcome.first_byte_seconds);
+    }
+    if (outcome.client_gone) {
+        metrics_.client_disconnect();
+    }
+    if (!outcome.rejected.empty()) {
+        metrics_.rejected(outcome.rejected);
+    }
+    // Probes and scrapes would drown the access log; they are logged at debug.
+    const bool quiet = route == "/health" || route == "/metrics";
+    log_.log(quiet ? LogLevel::debug : LogLevel::info, "proxy", "request",
+             {{"request_id", request_id},
+              {"method", request.method},
+              {"route", route},
+              {"status", status},
+              {"worker", outcome.worker},
+              {"attempts", outcome.attempts},
+              {"queue_ms", static_cast<long long>(outcome.queue_seconds * 1000)},
+              {"duration_ms", static_cast<long long>(seconds * 1000)},
+              {"client_gone", outcome.client_gone},
+              {"upstream_broke", outcome.upstream_broke},
+              {"rejected", outcome.rejected},
+              {"retries", outcome.retry_reasons}});
+}
+
+void ProxyServer::serve(HttpExchange& exchange, const std::string& path, const std::string& target,
+                        const std::string& request_id, RelayOutcome& outcome) {
+    const auto& request = exchange.request();
+    if (path == "/metrics") {
+        // Its own key when one is set; a scraper should not need a client key.
+        if (!config_.metrics_key.empty()) {
+            const auto key = presented_key(request.headers);
+            if (!key || !constant_time_equals(*key, config_.metrics_key)) {
+                respond_json(exchange, 401, make_error_body(401, "Invalid API Key"), request_id);
+                outcome.status = 401;
+                outcome.rejected = "auth";
+                return;
+            }
+        }
+        Headers headers;
+        headers.add("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+        exchange.respond(200, std::move(headers), metrics_.render());
+        outcome.status = 200;
         return;
     }
-    const std::string path(target.substr(0, target.find('?')));
     // /health stays public (orchestrators probe it); /pool/* checks the admin key itself.
     const bool pool_admin = path == "/pool" || path.rfind("/pool/", 0) == 0;
     if (path != "/health" && !pool_admin) {
@@ -75,11 +132,8 @@ void ProxyServer::handle(HttpExchange& exchange) {
             key = auth_.check(request.headers);
             if (!key) {
                 respond_json(exchange, 401, make_error_body(401, "Invalid API Key"), request_id);
-                log_.info("proxy", "request",
-                          {{"request_id", request_id},
-                           {"route", path},
-                           {"status", 401},
-                           {"rejected", "auth"}});
+                outcome.status = 401;
+                outcome.rejected = "auth";
                 return;
             }
         }
@@ -95,34 +149,17 @@ void ProxyServer::handle(HttpExchange& exchange) {
                 headers.add("Retry-After", std::to_string(retry_after));
                 exchange.respond(429, std::move(headers),
                                  make_error_body(429, "rate limit exceeded, retry later"));
-                log_.info("proxy", "request",
-                          {{"request_id", request_id},
-                           {"route", path},
-                           {"status", 429},
-                           {"rejected", "rate_limit"}});
+                outcome.status = 429;
+                outcome.rejected = "rate_limit";
                 return;
             }
         }
     }
     if (routes_.handle(exchange, path, request_id)) {
-        log_.debug("proxy", "request",
-                   {{"request_id", request_id}, {"method", request.method}, {"route", path}});
+        outcome.status = exchange.response_status();
         return;
     }
-    const auto outcome = relay_.forward(exchange, target, request_id);
-    log_.info("proxy", "request",
-              {{"request_id", request_id},
-               {"method", request.method},
-               {"route", path},
-               {"status", outcome.status},
-               {"worker", outcome.worker},
-               {"attempts", outcome.attempts},
-               {"queue_ms", static_cast<long long>(outcome.queue_seconds * 1000)},
-               {"duration_ms", to_millis(Clock::now() - started)},
-               {"client_gone", outcome.client_gone},
-               {"upstream_broke", outcome.upstream_broke},
-               {"rejected", outcome.rejected},
-               {"retries", outcome.retry_reasons}});
+    outcome = relay_.forward(exchange, target, request_id);
 }
 
 }  // namespace llama_pool

@@ -9,6 +9,7 @@
 #include "common/random.hpp"
 #include "proxy/backend_registry.hpp"
 #include "proxy/inbound_auth.hpp"
+#include "proxy/pool_metrics.hpp"
 #include "proxy/pool_routes.hpp"
 #include "proxy/rate_limiter.hpp"
 #include "proxy/relay.hpp"
@@ -21,7 +22,7 @@ class ProxyServer {
   public:
     // `client_keys` is the full set of accepted client keys (config list plus key file).
     ProxyServer(const PoolConfig& config, BackendRegistry& registry, Supervisor* supervisor,
-                Logger& log, RandomSource& random, std::string version,
+                Logger& log, RandomSource& random, PoolMetrics& metrics,
                 std::vector<std::string> client_keys);
     ~ProxyServer();
 
@@ -35,10 +36,13 @@ class ProxyServer {
 
   private:
     void handle(HttpExchange& exchange);
+    void serve(HttpExchange& exchange, const std::string& path, const std::string& target,
+               const std::string& request_id, RelayOutcome& outcome);
 
     const PoolConfig& config_;
     BackendRegistry& registry_;
     Logger& log_;
+    PoolMetrics& metrics_;
     PoolRoutes routes_;
     Relay relay_;
     InboundAuth auth_;

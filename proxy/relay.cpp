@@ -8,6 +8,7 @@
 #include "common/error_body.hpp"
 #include "common/http_client.hpp"
 #include "proxy/affinity.hpp"
+#include "proxy/usage_scanner.hpp"
 
 namespace llama_pool {
 
@@ -174,7 +175,9 @@ RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
         auto acquired = registry_.acquire(
             std::min(queue_deadline, total_deadline), tried, [&] { return exchange.client_gone(); },
             affinity);
-        outcome.queue_seconds += to_seconds(Clock::now() - queued_at);
+        const auto waited = to_seconds(Clock::now() - queued_at);
+        outcome.queue_seconds += waited;
+        metrics_.queue_wait(waited);
         if (acquired.status == BackendRegistry::AcquireStatus::cancelled) {
             outcome.client_gone = true;
             exchange.abort();
@@ -238,6 +241,9 @@ RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
                                      error.empty() ? to_string(io) : error, to_string(io));
             last_status = io == IoStatus::timeout ? 504 : 502;
             registry_.report(backend.id, false);
+            metrics_.upstream(backend.id, io == IoStatus::timeout          ? "timeout"
+                                          : error.rfind("connect", 0) == 0 ? "connect_error"
+                                                                           : "reset");
             log_.warn(kComponent, "upstream_failed",
                       {{"request_id", request_id},
                        {"worker", backend.id},
@@ -258,6 +264,7 @@ RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
             last_error = fmt::format("worker {} answered {}", backend.id, head.status);
             last_status = head.status;
             registry_.report(backend.id, false);
+            metrics_.upstream(backend.id, "status_5xx_retried");
             log_.warn(kComponent, "upstream_retryable_status",
                       {{"request_id", request_id},
                        {"worker", backend.id},
@@ -267,7 +274,11 @@ RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
             // Commit: from here on the client sees this worker's response, and no retry.
             // A 5xx counts against the worker even when it is passed through.
             registry_.report(backend.id, head.status < 500);
+            metrics_.upstream(backend.id, head.status < 500 ? "ok" : "status_5xx");
             outcome.status = head.status;
+            const auto content_type = head.headers.get("Content-Type").value_or("");
+            const bool event_stream = content_type.rfind("text/event-stream", 0) == 0;
+            UsageScanner usage;
             const auto framing = response_framing(head, request.method == "HEAD");
             std::optional<std::size_t> length;
             if (framing.framing.kind == BodyFraming::Kind::length ||
@@ -279,6 +290,7 @@ RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
                 outcome.client_gone = true;
                 return outcome;
             }
+            outcome.first_byte_seconds = to_seconds(Clock::now() - started);
             std::string piece;
             bool done = false;
             while (!done) {
@@ -289,6 +301,7 @@ RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
                 if (io != IoStatus::ok) {
                     break;
                 }
+                usage.feed(piece);
                 if (!piece.empty() && !exchange.write(piece)) {
                     outcome.client_gone = true;
                     exchange.abort();
@@ -301,11 +314,15 @@ RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
                 return outcome;
             }
             service_rate_.on_completion(Clock::now());
+            if (const auto counts = usage.finish(event_stream); counts.found) {
+                metrics_.tokens(backend.id, counts.predicted, counts.prompt);
+            }
             if (io != IoStatus::ok) {
                 // The worker broke mid-response. A chunked body can still end cleanly with
                 // what was produced; a fixed-length one can only be cut.
                 outcome.upstream_broke = true;
                 registry_.report(backend.id, false);
+                metrics_.upstream(backend.id, "broke_mid_response");
                 log_.warn(kComponent, "upstream_broke_mid_response",
                           {{"request_id", request_id},
                            {"worker", backend.id},
@@ -335,8 +352,8 @@ RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
             break;
         }
         holding_retry = true;
-        outcome.retry_reasons.emplace_back(
-            retry_reason(io == IoStatus::ok ? IoStatus::ok : io, retry_status));
+        outcome.retry_reasons.emplace_back(retry_reason(io, retry_status));
+        metrics_.retry(outcome.retry_reasons.back());
         acquired.lease.reset();  // free the slot while we back off
         const auto wait = backoff.delay(outcome.attempts - 1, random_);
         const auto until = std::min(total_deadline, Clock::now() + wait);

@@ -7,6 +7,7 @@
 #include "common/log.hpp"
 #include "common/random.hpp"
 #include "proxy/backend_registry.hpp"
+#include "proxy/pool_metrics.hpp"
 #include "proxy/retry_budget.hpp"
 #include "proxy/service_rate.hpp"
 
@@ -22,8 +23,9 @@ struct RelayOutcome {
     bool upstream_broke = false;  // the worker failed after the response had started
     std::string rejected;         // why the pool refused it: queue_full, queue_timeout, deadline
     std::vector<std::string>
-        retry_reasons;          // one per retry: connect, timeout, reset, status_503...
-    std::string retry_refused;  // why no further retry: budget, attempts, deadline
+        retry_reasons;               // one per retry: connect, timeout, reset, status_503...
+    std::string retry_refused;       // why no further retry: budget, attempts, deadline
+    double first_byte_seconds = -1;  // when the response head went out; -1 when it did not
 };
 
 // Forwards one client request to a worker and the worker's response back, faithfully:
@@ -32,11 +34,13 @@ struct RelayOutcome {
 // never (a retried generation would corrupt what the client already has).
 class Relay {
   public:
-    Relay(const PoolConfig& config, BackendRegistry& registry, Logger& log, RandomSource& random)
+    Relay(const PoolConfig& config, BackendRegistry& registry, Logger& log, RandomSource& random,
+          PoolMetrics& metrics)
         : config_(config),
           registry_(registry),
           log_(log),
           random_(random),
+          metrics_(metrics),
           budget_(config.retry_budget_ratio, config.retry_budget_min) {}
 
     RelayOutcome forward(HttpExchange& exchange, const std::string& target,
@@ -53,6 +57,7 @@ class Relay {
     BackendRegistry& registry_;
     Logger& log_;
     RandomSource& random_;
+    PoolMetrics& metrics_;
     RetryBudget budget_;
     ServiceRate service_rate_;
 };

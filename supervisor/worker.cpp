@@ -20,6 +20,29 @@ constexpr auto kProgressLogEvery = seconds(5);
 
 }  // namespace
 
+std::string failure_kind(std::string_view reason) {
+    const auto starts = [&](std::string_view p) { return reason.rfind(p, 0) == 0; };
+    if (starts("exited during start-up") || starts("cannot start")) {
+        return "startup_exit";
+    }
+    if (starts("start-up timeout")) {
+        return "startup_timeout";
+    }
+    if (starts("warm-up failed") || starts("exited during warm-up")) {
+        return "warmup_failed";
+    }
+    if (starts("unresponsive")) {
+        return "unresponsive";
+    }
+    if (starts("port ")) {
+        return "port_conflict";
+    }
+    if (starts("admin restart")) {
+        return "admin";
+    }
+    return "crashed";
+}
+
 Worker::Worker(WorkerSettings settings, Logger& log, WorkerListener& listener, RandomSource& random)
     : settings_(std::move(settings)),
       log_(log),
@@ -466,6 +489,7 @@ void Worker::fail(const std::string& reason) {
         std::lock_guard lock(mutex_);
         status_.last_exit_reason = reason;
         status_.last_output = last_lines;
+        ++status_.failures_by_reason[failure_kind(reason)];
         status_.pid = 0;
         status_.capacity = 0;
     }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -37,7 +38,13 @@ struct WorkerStatus {
     std::vector<std::string> last_output;  // the lines that explain the last failure
     int capacity = 0;
     std::string detail;  // e.g. loading progress, backoff delay
+    // Failures by kind (crashed, startup_exit, startup_timeout, warmup_failed, unresponsive,
+    // port_conflict, admin), for the restarts metric.
+    std::map<std::string, int> failures_by_reason;
 };
+
+// The kind of a failure reason, a bounded label for metrics.
+std::string failure_kind(std::string_view reason);
 
 struct WorkerSettings {
     std::string id;

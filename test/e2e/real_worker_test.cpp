@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include <catch2/catch.hpp>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "test/support/pool_fixture.hpp"
@@ -39,4 +40,30 @@ TEST_CASE("a pool of 2 real workers serves a 16-token completion and stops clean
     for (const auto pid : pids) {
         CHECK_FALSE(process_alive(pid));
     }
+}
+
+TEST_CASE("real workers' llama.cpp metrics are re-exported per worker and pass promtool", "[e2e]") {
+    PoolProcess pool(real_pool_args(2));
+    REQUIRE(pool.wait_ready(2, 120s));
+    auto c = pool.client();
+    for (int i = 0; i < 4; ++i) {
+        REQUIRE(c.Post("/completion", R"({"prompt":"Hello","n_predict":8})", "application/json")
+                    ->status == 200);
+    }
+    const auto text = c.Get("/metrics")->body;
+    for (const auto* name : {"llamacpp_prompt_tokens_total{worker=\"0\"}",
+                             "llamacpp_tokens_predicted_total{worker=\"1\"}",
+                             "llamacpp_requests_processing{worker=\"0\"}",
+                             "llamacpp_requests_deferred{worker=\"1\"}"}) {
+        INFO(name);
+        CHECK(text.find(name) != std::string::npos);
+    }
+    CHECK(text.find("llama_pool_tokens_predicted_total{worker=") != std::string::npos);
+    const std::string path = "/tmp/llama-pool-e2e-metrics.txt";
+    std::ofstream(path) << text;
+    TestProcess promtool("/bin/sh", {"-c", "promtool check metrics < " + path});
+    const auto rc = promtool.wait_exit(30s);
+    INFO(promtool.output());
+    CHECK(rc == 0);
+    std::remove(path.c_str());
 }

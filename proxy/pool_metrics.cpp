@@ -1,0 +1,247 @@
+#include "proxy/pool_metrics.hpp"
+
+#include <fmt/format.h>
+
+#include <array>
+
+#include "common/http_client.hpp"
+#include "common/process_metrics.hpp"
+#include "common/prometheus_text.hpp"
+#include "proxy/backend_registry.hpp"
+#include "supervisor/supervisor.hpp"
+
+namespace llama_pool {
+
+std::string_view route_label(std::string_view path) {
+    static constexpr std::array<std::string_view, 22> known = {"/completion",
+                                                               "/completions",
+                                                               "/v1/completions",
+                                                               "/v1/chat/completions",
+                                                               "/chat/completions",
+                                                               "/v1/embeddings",
+                                                               "/embedding",
+                                                               "/embeddings",
+                                                               "/tokenize",
+                                                               "/detokenize",
+                                                               "/infill",
+                                                               "/rerank",
+                                                               "/v1/rerank",
+                                                               "/reranking",
+                                                               "/apply-template",
+                                                               "/props",
+                                                               "/v1/models",
+                                                               "/models",
+                                                               "/slots",
+                                                               "/health",
+                                                               "/metrics",
+                                                               "/"};
+    for (const auto k : known) {
+        if (path == k) {
+            return k;
+        }
+    }
+    if (path == "/pool" || path.rfind("/pool/", 0) == 0) {
+        return "/pool";
+    }
+    return "other";
+}
+
+PoolMetrics::PoolMetrics(std::string version)
+    : requests_(registry_.counter("llama_pool_requests_total",
+                                  "Client requests answered, by route and HTTP status.",
+                                  {"route", "code"})),
+      duration_(registry_.histogram("llama_pool_request_duration_seconds",
+                                    "Time from request to the end of the response.", {"route"},
+                                    llm_latency_buckets())),
+      ttfb_(registry_.histogram("llama_pool_time_to_first_byte_seconds",
+                                "Time from request to the first response byte sent.", {"route"},
+                                llm_latency_buckets())),
+      queue_wait_(registry_.histogram("llama_pool_queue_wait_seconds",
+                                      "Time requests waited for a worker slot.", {},
+                                      llm_latency_buckets())),
+      upstream_(registry_.counter("llama_pool_upstream_requests_total",
+                                  "Attempts sent to workers, by outcome.", {"worker", "outcome"})),
+      retries_(registry_.counter("llama_pool_retries_total", "Retries, by reason.", {"reason"})),
+      rejected_(registry_.counter("llama_pool_rejected_total",
+                                  "Requests the pool refused itself, by reason.", {"reason"})),
+      disconnects_(registry_.counter("llama_pool_client_disconnects_total",
+                                     "Clients that went away before their response ended.")),
+      tokens_predicted_(registry_.counter("llama_pool_tokens_predicted_total",
+                                          "Tokens generated, read from the workers' replies.",
+                                          {"worker"})),
+      prompt_tokens_(registry_.counter("llama_pool_prompt_tokens_total",
+                                       "Prompt tokens evaluated, read from the workers' replies.",
+                                       {"worker"})) {
+    registry_.gauge("llama_pool_build_info", "Always 1; the version is a label.", {"version"})
+        .labels({version})
+        .set(1);
+    registry_.add_collector([this](std::string& out) { render_pool_state(out); });
+    registry_.add_collector(render_process_metrics);
+    registry_.add_collector([this](std::string& out) { render_worker_metrics(out); });
+}
+
+void PoolMetrics::attach(BackendRegistry* registry, Supervisor* supervisor) {
+    backends_ = registry;
+    supervisor_ = supervisor;
+}
+
+std::string PoolMetrics::render() {
+    return registry_.render();
+}
+
+void PoolMetrics::request_done(std::string_view route, int status, double seconds) {
+    requests_.labels({std::string(route), std::to_string(status)}).inc();
+    duration_.labels({std::string(route)}).observe(seconds);
+}
+
+void PoolMetrics::first_byte(std::string_view route, double seconds) {
+    ttfb_.labels({std::string(route)}).observe(seconds);
+}
+
+void PoolMetrics::queue_wait(double seconds) {
+    queue_wait_.get().observe(seconds);
+}
+
+void PoolMetrics::upstream(const std::string& worker, std::string_view outcome) {
+    upstream_.labels({worker, std::string(outcome)}).inc();
+}
+
+void PoolMetrics::retry(std::string_view reason) {
+    retries_.labels({std::string(reason)}).inc();
+}
+
+void PoolMetrics::rejected(std::string_view reason) {
+    rejected_.labels({std::string(reason)}).inc();
+}
+
+void PoolMetrics::client_disconnect() {
+    disconnects_.get().inc();
+}
+
+void PoolMetrics::tokens(const std::string& worker, long long predicted, long long prompt) {
+    tokens_predicted_.labels({worker}).inc(static_cast<double>(predicted));
+    prompt_tokens_.labels({worker}).inc(static_cast<double>(prompt));
+}
+
+namespace {
+
+void sample(std::string& out, std::string_view name, std::string_view labels, double value) {
+    out += name;
+    if (!labels.empty()) {
+        out += '{';
+        out += labels;
+        out += '}';
+    }
+    out += ' ';
+    append_metric_value(out, value);
+    out += '\n';
+}
+
+std::string label(std::string_view name, std::string_view value) {
+    std::string out(name);
+    out += "=\"";
+    append_escaped_label_value(out, value);
+    out += '"';
+    return out;
+}
+
+}  // namespace
+
+void PoolMetrics::render_pool_state(std::string& out) {
+    if (backends_ == nullptr) {
+        return;
+    }
+    const auto backends = backends_->snapshot();
+    append_family_header(out, "llama_pool_queue_depth", "Requests waiting for a worker slot.",
+                         "gauge");
+    sample(out, "llama_pool_queue_depth", "", static_cast<double>(backends_->waiting()));
+    append_family_header(out, "llama_pool_inflight_requests", "Requests in flight on each worker.",
+                         "gauge");
+    for (const auto& b : backends) {
+        sample(out, "llama_pool_inflight_requests", label("worker", b.id), b.inflight);
+    }
+    append_family_header(out, "llama_pool_worker_capacity",
+                         "Concurrent requests each worker can serve (its slots).", "gauge");
+    for (const auto& b : backends) {
+        sample(out, "llama_pool_worker_capacity", label("worker", b.id),
+               b.available ? b.capacity : 0);
+    }
+    append_family_header(out, "llama_pool_breaker_state",
+                         "Circuit breaker per worker: 0 closed, 1 half-open, 2 open.", "gauge");
+    for (const auto& b : backends) {
+        const double v = b.breaker == BreakerState::closed      ? 0
+                         : b.breaker == BreakerState::half_open ? 1
+                                                                : 2;
+        sample(out, "llama_pool_breaker_state", label("worker", b.id), v);
+    }
+    append_family_header(out, "llama_pool_upstream_connections_opened_total",
+                         "Connections the pool opened to each worker.", "counter");
+    for (const auto& b : backends) {
+        sample(out, "llama_pool_upstream_connections_opened_total", label("worker", b.id),
+               static_cast<double>(b.connections_opened));
+    }
+    if (supervisor_ == nullptr) {
+        return;
+    }
+    const auto workers = supervisor_->status();
+    append_family_header(out, "llama_pool_worker_state",
+                         "1 for each worker's current lifecycle state, 0 for the others.", "gauge");
+    for (const auto& w : workers) {
+        for (const auto s : all_worker_states) {
+            sample(out, "llama_pool_worker_state",
+                   label("worker", w.id) + "," + label("state", to_string(s)),
+                   w.state == s ? 1 : 0);
+        }
+    }
+    append_family_header(out, "llama_pool_worker_restarts_total",
+                         "Worker failures that led to a restart (or gave up), by reason.",
+                         "counter");
+    for (const auto& w : workers) {
+        for (const auto& [reason, n] : w.failures_by_reason) {
+            sample(out, "llama_pool_worker_restarts_total",
+                   label("worker", w.id) + "," + label("reason", reason), n);
+        }
+    }
+}
+
+void PoolMetrics::render_worker_metrics(std::string& out) {
+    if (backends_ == nullptr) {
+        return;
+    }
+    // llama.cpp names its metrics "llamacpp:..."; Prometheus accepts the colon but reserves
+    // it for recording rules (promtool warns), so they are re-exported as "llamacpp_...".
+    ExpositionMerger merger("worker", [](std::string_view name) {
+        std::string renamed(name);
+        for (auto& c : renamed) {
+            if (c == ':') {
+                c = '_';
+            }
+        }
+        return renamed;
+    });
+    for (const auto& b : backends_->snapshot()) {
+        if (!b.available) {
+            continue;
+        }
+        Headers headers;
+        if (!b.api_key.empty()) {
+            headers.add("Authorization", "Bearer " + b.api_key);
+        }
+        const auto r =
+            http_fetch(b.host, b.port, "GET", "/metrics", headers, {}, milliseconds(2000), 4 << 20);
+        if (r.status == 200) {
+            merger.add(b.id, r.body);
+        }
+    }
+    std::string merged;
+    merger.append_to(merged);
+    // llama.cpp declares n_tokens_max, a high-water mark, as a counter (without _total);
+    // it is a gauge in meaning, and re-exporting it as one keeps promtool's lint clean.
+    constexpr std::string_view wrong = "# TYPE llamacpp_n_tokens_max counter\n";
+    if (const auto at = merged.find(wrong); at != std::string::npos) {
+        merged.replace(at, wrong.size(), "# TYPE llamacpp_n_tokens_max gauge\n");
+    }
+    out += merged;
+}
+
+}  // namespace llama_pool

@@ -1,0 +1,59 @@
+#pragma once
+
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "common/metrics.hpp"
+
+namespace llama_pool {
+
+class BackendRegistry;
+class Supervisor;
+
+// The pool's own metrics (prefix llama_pool_), the process metrics, and every worker's
+// llama.cpp metrics re-exported with a `worker` label. Request-path updates touch only
+// atomics and one short per-family lookup, never a pool-wide lock. State that already lives
+// elsewhere (in-flight counts, worker states, breakers, the queue) is read at scrape time
+// instead of being mirrored. Thread-safe.
+class PoolMetrics {
+  public:
+    explicit PoolMetrics(std::string version);
+
+    // Scrape-time sources; `supervisor` may be null (a pool of unmanaged upstreams).
+    void attach(BackendRegistry* registry, Supervisor* supervisor);
+    std::string render();
+
+    void request_done(std::string_view route, int status, double seconds);
+    void first_byte(std::string_view route, double seconds);
+    void queue_wait(double seconds);
+    void upstream(const std::string& worker, std::string_view outcome);
+    void retry(std::string_view reason);
+    void rejected(std::string_view reason);
+    void client_disconnect();
+    void tokens(const std::string& worker, long long predicted, long long prompt);
+
+  private:
+    void render_pool_state(std::string& out);
+    void render_worker_metrics(std::string& out);
+
+    MetricsRegistry registry_;
+    Family<Counter>& requests_;
+    Family<Histogram>& duration_;
+    Family<Histogram>& ttfb_;
+    Family<Histogram>& queue_wait_;
+    Family<Counter>& upstream_;
+    Family<Counter>& retries_;
+    Family<Counter>& rejected_;
+    Family<Counter>& disconnects_;
+    Family<Counter>& tokens_predicted_;
+    Family<Counter>& prompt_tokens_;
+    BackendRegistry* backends_ = nullptr;
+    Supervisor* supervisor_ = nullptr;
+};
+
+// A bounded route label: the llama-server endpoint a path names, "/pool" for the admin
+// API, or "other". Client-chosen paths must never become label values.
+std::string_view route_label(std::string_view path);
+
+}  // namespace llama_pool
