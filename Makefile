@@ -8,7 +8,7 @@ WORKERS    ?= 2
 TOOLCHAIN  := bash scripts/llama-toolchain.sh
 
 .PHONY: all deps deps-extra build test test-unit test-integration test-e2e run format \
-        check-format llama-server-path demo-model-path clean
+        check-format llama-server-path demo-model-path bench clean
 
 all: build
 
@@ -51,6 +51,10 @@ run: build
 	 echo "llama-pool: serving on http://127.0.0.1:$(PORT) with $(WORKERS) workers (model $$model)" >&2 && \
 	 exec $(BUILD_DIR)/llama-pool --config conf/llama-pool.json --port $(PORT) \
 	   --workers $(WORKERS) --llama-server "$$server" --model "$$model"
+
+# Side-by-side benchmarks (wrk, nginx, HAProxy from Debian); rewrites docs/BENCHMARKS.md.
+bench: build
+	@python3 scripts/bench/bench.py --write
 
 format:
 	@git ls-files '*.cpp' '*.hpp' | xargs clang-format -i

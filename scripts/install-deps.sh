@@ -10,10 +10,11 @@ packages=(
   libcpp-httplib-dev nlohmann-json3-dev libboost-dev libboost-filesystem-dev libfmt-dev catch2
   libssl-dev zlib1g-dev libbrotli-dev
   prometheus  # promtool checks /metrics and the alert rules in the tests
+  wrk nginx haproxy  # the benchmark harness, smoke-run by the tests
 )
 # Tools the optional targets use; installed by `make deps-extra`.
 if [ "${1:-}" = "--extra" ]; then
-  packages+=(clang libclang-rt-14-dev wrk nginx haproxy docker-compose yamllint)
+  packages+=(clang libclang-rt-14-dev docker-compose yamllint)
 fi
 
 missing=()

@@ -1,0 +1,547 @@
+#!/usr/bin/env python3
+"""llama-pool benchmarks, side by side in one run (make bench).
+
+Starts everything it measures itself, on loopback only, and stops it all at the end:
+  1. proxy overhead: the fake worker direct vs through llama-pool, nginx and HAProxy
+     (wrk; 1 and 64 connections; keep-alive and Connection: close clients);
+  2. streaming relay: added time to first event and added per-event latency, CPU per
+     thousand events of each proxy;
+  3. memory and threads of llama-pool: idle, 1000 idle keep-alive clients, 200 streams;
+  4. prefix affinity vs round-robin on real llama-server workers: prompt tokens evaluated
+     and time to first token on a workload sharing long prefixes.
+Results go between the markers in docs/BENCHMARKS.md (with the command and the machine);
+--smoke runs every part for a moment and writes nothing (it checks the harness, not speed).
+Standard library only.
+"""
+import argparse
+import atexit
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH_DIR = os.path.join(ROOT, "scripts", "bench")
+PROCESSES = []
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd, name, **kw):
+    out = open(os.path.join(TMP, f"{name}.log"), "w")
+    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+    PROCESSES.append(p)
+    return p
+
+
+def stop(p, sig=signal.SIGTERM, timeout=20):
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+@atexit.register
+def cleanup():
+    for p in reversed(PROCESSES):
+        stop(p)
+
+
+def http(port, method, path, body=None, headers=None, timeout=30):
+    """One request on a fresh connection; returns (status, body bytes)."""
+    data = json.dumps(body).encode() if isinstance(body, (dict, list)) else (body or b"")
+    req = f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(data)}\r\n"
+    for k, v in (headers or {}).items():
+        req += f"{k}: {v}\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(req.encode() + b"\r\n" + data)
+        raw = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1]) if head.startswith(b"HTTP/1.") else 0
+    if b"transfer-encoding: chunked" in head.lower():
+        rest = dechunk(rest)
+    return status, rest
+
+
+def dechunk(data):
+    out, pos = b"", 0
+    while True:
+        eol = data.find(b"\r\n", pos)
+        if eol < 0:
+            return out
+        size = int(data[pos:eol].split(b";")[0] or b"0", 16)
+        if size == 0:
+            return out
+        out += data[eol + 2:eol + 2 + size]
+        pos = eol + 2 + size + 2
+
+
+def wait_http(port, path="/health", want=200, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            status, body = http(port, "GET", path, timeout=2)
+            if status == want and (path != "/health" or b'"ok"' in body):
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not answer {path} with {want} in {timeout} s")
+
+
+def proc_cpu_seconds(pid):
+    """utime+stime of a process and its children threads (one process)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_pids(pid):
+    pids = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def tree_cpu(pid):
+    total = 0.0
+    for p in tree_pids(pid):
+        try:
+            total += proc_cpu_seconds(p)
+        except OSError:
+            pass
+    return total
+
+
+def rss_and_threads(pid):
+    with open(f"/proc/{pid}/status") as f:
+        text = f.read()
+    rss = int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) * 1024
+    threads = int(re.search(r"Threads:\s+(\d+)", text).group(1))
+    return rss, threads
+
+
+# --- the processes under test ---------------------------------------------------------
+
+
+def start_fake(port, extra):
+    start([FAKE, "--port", str(port), "--parallel", "256", *extra], f"fake-{port}")
+    wait_http(port)
+
+
+def start_pool(port, worker_args, extra=(), name="pool"):
+    args = [POOL, "--port", str(port), "--workers", "1", "--llama-server", FAKE, "--model", POOL,
+            "--parallel", "256", "--queue-max", "100000", "--log-level", "warn",
+            "--max-connections", "4096", *extra]
+    for a in worker_args:
+        args += ["--worker-arg", a]
+    p = start(args, name)
+    wait_http(port)
+    return p
+
+
+def start_nginx(port, upstream):
+    d = tempfile.mkdtemp(dir=TMP, prefix="nginx-")
+    conf = open(os.path.join(BENCH_DIR, "nginx.conf.in")).read()
+    conf = conf.replace("@DIR@", d).replace("@PORT@", str(port)).replace("@UPSTREAM@", str(upstream))
+    path = os.path.join(d, "nginx.conf")
+    open(path, "w").write(conf)
+    p = start(["nginx", "-c", path, "-p", d], f"nginx-{port}")
+    wait_http(port)
+    return p
+
+
+def start_haproxy(port, upstream):
+    conf = open(os.path.join(BENCH_DIR, "haproxy.cfg.in")).read()
+    conf = conf.replace("@PORT@", str(port)).replace("@UPSTREAM@", str(upstream))
+    path = os.path.join(TMP, f"haproxy-{port}.cfg")
+    open(path, "w").write(conf)
+    p = start(["haproxy", "-db", "-f", path], f"haproxy-{port}")
+    wait_http(port)
+    return p
+
+
+# --- 1. proxy overhead -------------------------------------------------------------------
+
+
+def wrk(port, conns, close, seconds):
+    cmd = ["wrk", f"-t{1 if conns == 1 else 2}", f"-c{conns}", f"-d{seconds}s", "-s",
+           os.path.join(BENCH_DIR, "report.lua")]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    cmd.append(f"http://127.0.0.1:{port}/completion")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    line = next(l for l in out.splitlines() if l.startswith("JSON "))
+    r = json.loads(line[5:])
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    return r, " ".join(cmd)
+
+
+def bench_overhead(seconds):
+    upstream = free_port()
+    start_fake(upstream, ["--tokens-per-second", "1000000"])
+    targets = {"direct": upstream}
+    targets["llama-pool"] = free_port()
+    start_pool(targets["llama-pool"], ["--tokens-per-second", "1000000"], ["--threads", "1"])
+    targets["nginx"] = free_port()
+    start_nginx(targets["nginx"], upstream)
+    targets["haproxy"] = free_port()
+    start_haproxy(targets["haproxy"], upstream)
+    rows, commands = [], []
+    for conns in (1, 64):
+        for close in (False, True):
+            for name, port in targets.items():
+                r, cmd = wrk(port, conns, close, seconds)
+                commands.append(cmd.replace(str(port), f"<{name}>"))
+                rows.append({"target": name, "conns": conns,
+                             "mode": "close" if close else "keep-alive", **r})
+                log(f"overhead {name} c={conns} {'close' if close else 'ka'}: "
+                    f"{r['rps']:.0f} rps p50 {r['p50_us']} us p99 {r['p99_us']} us errors {r['errors']}")
+    return rows, sorted(set(commands))
+
+
+# --- 2. streaming relay ------------------------------------------------------------------
+
+
+def stream_offsets(port, events):
+    body = json.dumps({"prompt": "x", "max_tokens": events, "stream": True}).encode()
+    req = (f"POST /completion HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    offsets, buf = [], b""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        t0 = time.perf_counter()
+        s.sendall(req)
+        while True:
+            chunk = s.recv(65536)
+            now = time.perf_counter()
+            if not chunk:
+                break
+            n_before = buf.count(b"data: ")
+            buf += chunk
+            offsets += [now - t0] * (buf.count(b"data: ") - n_before)
+    return offsets
+
+
+def bench_streaming(runs, events):
+    upstream = free_port()
+    # 200 events per second: one every 5 ms, a fast model's pace.
+    start_fake(upstream, ["--tokens-per-second", "200"])
+    procs = {"direct": (upstream, None)}
+    port = free_port()
+    procs["llama-pool"] = (port, start_pool(port, ["--tokens-per-second", "200"], name="pool-stream"))
+    port = free_port()
+    procs["nginx"] = (port, start_nginx(port, upstream))
+    port = free_port()
+    procs["haproxy"] = (port, start_haproxy(port, upstream))
+    results = {}
+    for name, (port, proc) in procs.items():
+        # nginx's work is done by its worker child; llama-pool's child is the worker it
+        # supervises, whose CPU is not the relay's.
+        cpu = (lambda: proc_cpu_seconds(proc.pid)) if name == "llama-pool" else (lambda: tree_cpu(proc.pid))
+        stream_offsets(port, 5)  # warm the connection pools
+        cpu0 = cpu() if proc else 0
+        all_offsets = [stream_offsets(port, events) for _ in range(runs)]
+        cpu1 = cpu() if proc else 0
+        results[name] = {"offsets": all_offsets,
+                         "cpu_ms_per_1000_events": (cpu1 - cpu0) * 1000 / (runs * (events + 1)) * 1000
+                         if proc else None}
+    base = results["direct"]["offsets"]
+    n = min(len(o) for runs_ in results.values() for o in runs_["offsets"])
+    direct_median = [statistics.median(run[i] for run in base) for i in range(n)]
+    rows = []
+    for name, r in results.items():
+        added = sorted((run[i] - direct_median[i]) * 1000 for run in r["offsets"] for i in range(1, n))
+        ttfb = statistics.median(run[0] for run in r["offsets"]) * 1000
+        rows.append({"target": name, "ttfb_ms": ttfb,
+                     "added_ttfb_ms": ttfb - statistics.median(run[0] for run in base) * 1000,
+                     "added_event_p50_ms": added[len(added) // 2],
+                     "added_event_p99_ms": added[min(len(added) - 1, int(len(added) * 0.99))],
+                     "cpu_ms_per_1000_events": r["cpu_ms_per_1000_events"]})
+        log(f"stream {name}: ttfb {ttfb:.2f} ms, added per event p50 {rows[-1]['added_event_p50_ms']:.3f} ms")
+    return rows
+
+
+# --- 3. memory and connections -------------------------------------------------------------
+
+
+def bench_memory(idle_conns, streams, hold_seconds):
+    port = free_port()
+    pool = start_pool(port, ["--tokens-per-second", "20"], ["--parallel", "256"], name="pool-mem")
+    time.sleep(0.5)
+    rows = []
+    rss, threads = rss_and_threads(pool.pid)
+    rows.append({"state": "idle", "rss_mib": rss / 2**20, "threads": threads})
+    socks = []
+    for _ in range(idle_conns):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.recv(4096)
+        socks.append(s)
+    time.sleep(0.5)
+    rss, threads = rss_and_threads(pool.pid)
+    rows.append({"state": f"{idle_conns} idle keep-alive clients", "rss_mib": rss / 2**20, "threads": threads})
+    for s in socks:
+        s.close()
+    time.sleep(1.0)
+    body = json.dumps({"prompt": "x", "max_tokens": int(20 * hold_seconds) + 20, "stream": True}).encode()
+    stream_socks = []
+    for _ in range(streams):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall((f"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+        stream_socks.append(s)
+    time.sleep(hold_seconds)
+    for s in stream_socks:
+        s.setblocking(False)
+        try:
+            s.recv(1 << 20)  # drain what arrived; the streams go on
+        except BlockingIOError:
+            pass
+    rss, threads = rss_and_threads(pool.pid)
+    rows.append({"state": f"{streams} concurrent streams", "rss_mib": rss / 2**20, "threads": threads})
+    for s in stream_socks:
+        s.close()
+    for r in rows:
+        log(f"memory {r['state']}: {r['rss_mib']:.1f} MiB, {r['threads']} threads")
+    stop(pool)
+    return rows
+
+
+# --- 4. prefix affinity on real workers ------------------------------------------------------
+
+
+def stream_completion(port, prompt, n_predict):
+    body = json.dumps({"prompt": prompt, "n_predict": n_predict, "stream": True,
+                       "cache_prompt": True}).encode()
+    req = (f"POST /completion HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
+        t0 = time.perf_counter()
+        s.sendall(req)
+        buf, ttft = b"", None
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            if ttft is None and b"data: " in chunk:
+                ttft = time.perf_counter() - t0
+            buf += chunk
+    events = [e for e in dechunk(buf.partition(b"\r\n\r\n")[2]).split(b"\n\n") if e.startswith(b"data: ")]
+    last = json.loads(events[-1][6:])
+    return ttft, last.get("timings", {}).get("prompt_n", 0)
+
+
+def bench_affinity(requests, concurrency):
+    import threading
+    rng = random.Random(42)
+    words = ["alpha", "river", "stone", "market", "signal", "garden", "copper", "winter", "paper",
+             "engine", "harbor", "silver", "forest", "letter", "bridge", "thunder"]
+    docs = [" ".join(rng.choice(words) for _ in range(700)) for _ in range(4)]
+    order = [rng.randrange(len(docs)) for _ in range(requests)]
+    rows = []
+    for policy in ("round-robin", "prefix-affinity"):
+        port = free_port()
+        pool = start([POOL, "--port", str(port), "--workers", "2", "--llama-server", LLAMA_SERVER,
+                      "--model", MODEL, "--ctx-size", "4096", "--parallel", "2",
+                      "--balancer", policy, "--log-level", "warn"], f"pool-{policy}")
+        wait_http(port)
+        stream_completion(port, "warm up", 1)
+        results, lock = [], threading.Lock()
+        jobs = list(enumerate(order))
+
+        def worker():
+            while True:
+                with lock:
+                    if not jobs:
+                        return
+                    i, d = jobs.pop(0)
+                r = stream_completion(port, docs[d] + f"\nQuestion {i}: what is it about?", 4)
+                with lock:
+                    results.append(r)
+
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        ttfts = sorted(r[0] * 1000 for r in results)
+        rows.append({"policy": policy, "requests": len(results),
+                     "prompt_tokens_evaluated": sum(r[1] for r in results),
+                     "ttft_p50_ms": ttfts[len(ttfts) // 2],
+                     "ttft_p90_ms": ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.9))],
+                     "wall_s": wall})
+        log(f"affinity {policy}: {rows[-1]}")
+        stop(pool)
+    return rows
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def machine():
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores, {model}, {mem:.0f} GiB, Linux {platform.release()}"
+
+
+def versions():
+    out = []
+    for cmd in (["nginx", "-v"], ["haproxy", "-v"], ["wrk", "-v"]):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        text = (r.stdout + r.stderr).strip().splitlines()
+        out.append(text[0] if text else cmd[0])
+    return out
+
+
+def render(overhead, commands, streaming, memory, affinity, args):
+    L = []
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    L.append(f"### Run of {now}\n")
+    L.append(f"- Machine: {machine()}")
+    L.append(f"- Command: `make bench` (`python3 scripts/bench/bench.py --write "
+             f"--seconds {args.seconds}`)")
+    L.append(f"- Peers: {'; '.join(versions())}. Their configs: `scripts/bench/nginx.conf.in`, "
+             f"`scripts/bench/haproxy.cfg.in`.")
+    L.append("- Upstream: `fake-llama-server` in fast mode (one-token reply). direct, nginx and "
+             "HAProxy hit one standalone fake; llama-pool hits an identical fake it supervises "
+             "(the pool cannot front an external upstream yet). Load: wrk from the same machine, "
+             "so client, proxy and upstream share the 2 cores.\n")
+    L.append("#### 1. Proxy overhead (POST /completion, wrk)\n")
+    L.append("| conns | client | target | req/s | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | req/s vs nginx |")
+    L.append("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for conns in (1, 64):
+        for mode in ("keep-alive", "close"):
+            group = {r["target"]: r for r in overhead if r["conns"] == conns and r["mode"] == mode}
+            d, n = group["direct"], group["nginx"]
+            for name in ("direct", "llama-pool", "nginx", "haproxy"):
+                r = group[name]
+                added50 = "" if name == "direct" else f"{r['p50_us'] - d['p50_us']:+d}"
+                added99 = "" if name == "direct" else f"{r['p99_us'] - d['p99_us']:+d}"
+                ratio = "" if name == "direct" else f"{r['rps'] / n['rps']:.2f}"
+                err = f" ({r['errors']} errors)" if r["errors"] else ""
+                L.append(f"| {conns} | {mode} | {name} | {r['rps']:.0f}{err} | {r['p50_us']} | "
+                         f"{r['p99_us']} | {r['p999_us']} | {added50} | {added99} | {ratio} |")
+    L.append("\nwrk commands (ports vary per run):\n")
+    L.append("```")
+    L.extend(commands)
+    L.append("```\n")
+    L.append(f"#### 2. Streaming relay ({args.stream_runs} streams of {args.stream_events} events, "
+             "one event per 5 ms)\n")
+    L.append("| target | time to first event ms | added ms | added per event p50 ms | added per event p99 ms | proxy CPU ms per 1000 events |")
+    L.append("|---|---:|---:|---:|---:|---:|")
+    for r in streaming:
+        cpu = "" if r["cpu_ms_per_1000_events"] is None else f"{r['cpu_ms_per_1000_events']:.1f}"
+        L.append(f"| {r['target']} | {r['ttfb_ms']:.2f} | {r['added_ttfb_ms']:+.2f} | "
+                 f"{r['added_event_p50_ms']:+.3f} | {r['added_event_p99_ms']:+.3f} | {cpu} |")
+    L.append("\n#### 3. llama-pool memory and threads\n")
+    L.append("| state | resident MiB | threads |")
+    L.append("|---|---:|---:|")
+    for r in memory:
+        L.append(f"| {r['state']} | {r['rss_mib']:.1f} | {r['threads']} |")
+    L.append(f"\n#### 4. Prefix affinity vs round-robin (2 real workers x 2 slots, demo model, "
+             f"{args.affinity_requests} requests over 4 long shared prefixes, concurrency 2)\n")
+    L.append("| balancer | prompt tokens evaluated | time to first token p50 ms | p90 ms | wall s |")
+    L.append("|---|---:|---:|---:|---:|")
+    for r in affinity:
+        L.append(f"| {r['policy']} | {r['prompt_tokens_evaluated']} | {r['ttft_p50_ms']:.1f} | "
+                 f"{r['ttft_p90_ms']:.1f} | {r['wall_s']:.1f} |")
+    return "\n".join(L) + "\n"
+
+
+def write_results(text):
+    path = os.path.join(ROOT, "docs", "BENCHMARKS.md")
+    doc = open(path).read()
+    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    open(path, "w").write(head + begin + "\n" + text + end + tail)
+    log(f"wrote {path}")
+
+
+def main():
+    global TMP, POOL, FAKE, LLAMA_SERVER, MODEL
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="a moment of each part; writes nothing")
+    parser.add_argument("--write", action="store_true", help="update docs/BENCHMARKS.md")
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--stream-runs", type=int, default=10)
+    parser.add_argument("--stream-events", type=int, default=200)
+    parser.add_argument("--affinity-requests", type=int, default=48)
+    parser.add_argument("--build", default=os.path.join(ROOT, "build"))
+    args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.stream_runs, args.stream_events, args.affinity_requests = 1, 1, 10, 4
+    for tool in ("wrk", "nginx", "haproxy"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} is missing (make deps-extra installs it)")
+    TMP = tempfile.mkdtemp(prefix="llama-pool-bench-")
+    POOL = os.path.join(args.build, "llama-pool")
+    FAKE = os.path.join(args.build, "fake-llama-server")
+    toolchain = os.path.join(ROOT, "scripts", "llama-toolchain.sh")
+    LLAMA_SERVER = subprocess.check_output(["bash", toolchain, "server-path"], text=True).strip()
+    MODEL = subprocess.check_output(["bash", toolchain, "model-path"], text=True).strip()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+    overhead, commands = bench_overhead(args.seconds)
+    cleanup()
+    PROCESSES.clear()
+    streaming = bench_streaming(args.stream_runs, args.stream_events)
+    cleanup()
+    PROCESSES.clear()
+    memory = bench_memory(20 if args.smoke else 1000, 10 if args.smoke else 200,
+                          1 if args.smoke else 3)
+    affinity = bench_affinity(args.affinity_requests, 2)
+    text = render(overhead, commands, streaming, memory, affinity, args)
+    print(text)
+    if args.write and not args.smoke:
+        write_results(text)
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
