@@ -1,8 +1,10 @@
 // How the relay treats requests at the edges of HTTP, and workers that break, with fake
 // workers behind the pool.
 #include <signal.h>
+#include <sys/socket.h>
 
 #include <catch2/catch.hpp>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -225,4 +227,51 @@ TEST_CASE("pool /slots and /props aggregate the workers", "[integration]") {
     const auto props = json::parse(c.Get("/props")->body);
     CHECK(props["total_slots"] == 6);
     CHECK(props["workers"].size() == 2);
+}
+
+TEST_CASE("a slow reader slows the relay and the pool's memory stays bounded", "[integration]") {
+    PoolProcess pool(pool_args({}, {"--tokens-per-second", "1000000"}));
+    REQUIRE(pool.wait_ready(1, 20s));
+    auto rss_kib = [&] {
+        std::ifstream status("/proc/" + std::to_string(pool.process().pid()) + "/status");
+        std::string line;
+        while (std::getline(status, line)) {
+            if (line.rfind("VmRSS:", 0) == 0) {
+                return std::stol(line.substr(6));
+            }
+        }
+        return 0L;
+    };
+    const auto before = rss_kib();
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    std::string error;
+    auto fd = llama_pool::connect_tcp("127.0.0.1", pool.port(), deadline, error);
+    REQUIRE(fd.valid());
+    const int small = 4096;
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    // About 25 MB of events if the relay read ahead of the client without limit.
+    const std::string body = R"({"prompt":"x","max_tokens":300000,"stream":true})";
+    llama_pool::write_all(fd.get(),
+                          "POST /completion HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                              std::to_string(body.size()) + "\r\n\r\n" + body,
+                          deadline);
+    long peak = before;
+    std::size_t read_total = 0;
+    char buf[1024];
+    for (int i = 0; i < 150; ++i) {  // a trickle: about 1 KiB per 10 ms for 1.5 s
+        std::size_t n = 0;
+        if (llama_pool::read_some(fd.get(), buf, sizeof buf, n, deadline) !=
+            llama_pool::IoStatus::ok) {
+            break;
+        }
+        read_total += n;
+        std::this_thread::sleep_for(10ms);
+        peak = std::max(peak, rss_kib());
+    }
+    INFO("rss before " << before << " KiB, peak " << peak << " KiB, client read " << read_total
+                       << " bytes");
+    CHECK(read_total > 0);
+    CHECK(peak - before < 8 * 1024);  // far below the 25 MB the stream would be
+    fd.reset();
+    CHECK(wait_until([&] { return pool.status()["totals"]["inflight"] == 0; }, 5s));
 }
