@@ -8,7 +8,7 @@ WORKERS    ?= 2
 TOOLCHAIN  := bash scripts/llama-toolchain.sh
 
 .PHONY: all deps deps-extra build test test-unit test-integration test-e2e run format \
-        check-format llama-server-path demo-model-path bench clean
+        check-format llama-server-path demo-model-path bench test-asan test-tsan clean
 
 all: build
 
@@ -46,6 +46,22 @@ test-e2e: build
 	 LLAMA_POOL_TEST_MODEL="$$($(TOOLCHAIN) model-path)" \
 	 ctest --test-dir $(BUILD_DIR) --output-on-failure -L e2e
 
+# Unit and integration tests under sanitizers, each in its own build directory. Tests that
+# measure memory are left out: sanitizers keep freed memory in quarantine, so RSS bounds
+# say nothing under them (those tests run in `make test`).
+SANITIZER_SKIP := observability|memory stays bounded
+test-asan: deps
+	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLLAMA_POOL_SANITIZE=address >/dev/null
+	@cmake --build build-asan -j$(JOBS)
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	 ctest --test-dir build-asan --output-on-failure -j$(JOBS) -L "unit|integration" -E "$(SANITIZER_SKIP)"
+
+test-tsan: deps
+	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DLLAMA_POOL_SANITIZE=thread >/dev/null
+	@cmake --build build-tsan -j$(JOBS)
+	@TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+	 ctest --test-dir build-tsan --output-on-failure -j$(JOBS) -L "unit|integration" -E "$(SANITIZER_SKIP)"
+
 run: build
 	@server="$$($(TOOLCHAIN) server-path)" && model="$$($(TOOLCHAIN) model-path)" && \
 	 echo "llama-pool: serving on http://127.0.0.1:$(PORT) with $(WORKERS) workers (model $$model)" >&2 && \
@@ -63,4 +79,4 @@ check-format:
 	@git ls-files '*.cpp' '*.hpp' | xargs clang-format --dry-run --Werror
 
 clean:
-	rm -rf $(BUILD_DIR)
+	rm -rf $(BUILD_DIR) build-asan build-tsan

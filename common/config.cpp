@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <cmath>
 #include <variant>
 
@@ -118,7 +119,7 @@ void apply_config_json(const std::string& text, const std::string& origin, PoolC
         if (!body.is_object()) {
             errors.push_back(fmt::format(
                 "{}: key \"{}\": must be an object of settings (sections: listen, workers, "
-                "proxy, auth, log)",
+                "upstreams, proxy, auth, log)",
                 origin, section));
             continue;
         }
@@ -156,7 +157,45 @@ std::string resolve_executable(const std::string& name) {
     return name;
 }
 
+bool parse_upstream_url(const std::string& url, UpstreamAddress& out, std::string& error) {
+    constexpr std::string_view scheme = "http://";
+    if (url.rfind(scheme, 0) != 0) {
+        error = "must start with http:// (TLS belongs in front of the pool)";
+        return false;
+    }
+    std::string_view rest = std::string_view(url).substr(scheme.size());
+    if (!rest.empty() && rest.back() == '/') {
+        rest.remove_suffix(1);
+    }
+    const auto colon = rest.rfind(':');
+    if (colon == std::string_view::npos || colon == 0 || rest.find('/') != std::string_view::npos) {
+        error = "must be http://host:port";
+        return false;
+    }
+    auto host = rest.substr(0, colon);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+        host = host.substr(1, host.size() - 2);
+    }
+    unsigned port = 0;
+    const auto digits = rest.substr(colon + 1);
+    const auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), port);
+    if (ec != std::errc() || ptr != digits.data() + digits.size() || port == 0 || port > 65535) {
+        error = "has no valid port (1..65535)";
+        return false;
+    }
+    out.host = std::string(host);
+    out.port = static_cast<std::uint16_t>(port);
+    return true;
+}
+
 void validate_config(const PoolConfig& c, std::vector<std::string>& errors) {
+    for (const auto& url : c.upstreams) {
+        UpstreamAddress address;
+        std::string why;
+        if (!parse_upstream_url(url, address, why)) {
+            errors.push_back(fmt::format("key \"upstreams.urls\": \"{}\" {}", url, why));
+        }
+    }
     if (c.workers > 0) {
         const auto exe = resolve_executable(c.llama_server);
         struct stat st {};

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -65,6 +66,10 @@ struct PoolConfig {
     double breaker_max_ejection = 300;
     int breaker_half_open_trials = 1;
 
+    // upstreams the pool fronts but does not manage (other machines, other pools)
+    std::vector<std::string> upstreams;  // http://host:port
+    std::string upstream_api_key;        // sent to them as a Bearer token when set
+
     // auth
     std::string admin_key;              // when set, /pool/* requires it (Bearer or X-Api-Key)
     std::vector<std::string> api_keys;  // when any, every relayed route requires one
@@ -110,6 +115,13 @@ nlohmann::ordered_json config_to_json(const PoolConfig& config, bool show_secret
 // The keys ("section.name") whose values differ between two configs.
 std::vector<std::string> changed_keys(const PoolConfig& a, const PoolConfig& b);
 std::string help_text();
+
+struct UpstreamAddress {
+    std::string host;
+    std::uint16_t port = 0;
+};
+// Parses "http://host:port" (a trailing slash allowed; IPv6 as [addr]). False with `error`.
+bool parse_upstream_url(const std::string& url, UpstreamAddress& out, std::string& error);
 
 // Resolves a program name through PATH; returns it unchanged when it contains a slash.
 std::string resolve_executable(const std::string& name);

@@ -146,6 +146,21 @@ std::span<const FieldSpec> config_fields() {
         {"proxy.breaker_half_open_trials", "--breaker-half-open-trials", "",
          "trial requests at once to an ejected worker whose time is up",
          &P::breaker_half_open_trials, 1, 1000},
+        {"upstreams.urls", "--upstream", "LLAMA_POOL_UPSTREAMS",
+         "an upstream the pool fronts without managing it, http://host:port (repeatable; "
+         "comma-separated in the environment)",
+         &P::upstreams},
+        {"upstreams.api_key",
+         "--upstream-api-key",
+         "LLAMA_POOL_UPSTREAM_API_KEY",
+         "key sent to upstreams as a Bearer token",
+         &P::upstream_api_key,
+         0,
+         0,
+         "",
+         {},
+         false,
+         true},
         {"auth.api_keys",
          "--api-key",
          "",
@@ -375,6 +390,26 @@ ConfigResult load_config(const std::vector<std::string>& args, const EnvLookup& 
             continue;
         }
         if (auto value = env(std::string(f.env)); value && !value->empty()) {
+            if (const auto list = std::get_if<std::vector<std::string> PoolConfig::*>(&f.member)) {
+                // A list from one variable: comma-separated, blanks ignored.
+                auto& values = result.config.**list;
+                values.clear();
+                std::string_view rest = *value;
+                while (!rest.empty()) {
+                    const auto comma = rest.find(',');
+                    auto item = rest.substr(0, comma);
+                    while (!item.empty() && item.front() == ' ')
+                        item.remove_prefix(1);
+                    while (!item.empty() && item.back() == ' ')
+                        item.remove_suffix(1);
+                    if (!item.empty()) {
+                        values.emplace_back(item);
+                    }
+                    rest = comma == std::string_view::npos ? std::string_view{}
+                                                           : rest.substr(comma + 1);
+                }
+                continue;
+            }
             apply_text(f, *value, fmt::format("environment {}", f.env), result.config,
                        result.errors);
         }

@@ -279,6 +279,13 @@ bool HttpServer::read_request(Fd& fd, std::string& buffer, HttpRequest& request,
             }
         }
     }
+    if (kind != BodyFraming::Kind::none && buffer.empty()) {
+        // The head came without its body. A client that writes head and body separately
+        // with Nagle on (cpp-httplib does) holds the body back until this head is ACKed, and
+        // a delayed ACK costs it 40 ms per request: acknowledge at once.
+        const int one = 1;
+        ::setsockopt(fd.get(), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+    }
     const auto body_deadline = Clock::now() + options_.body_timeout;
     ChunkedDecoder decoder;
     auto need_more = [&]() -> bool {

@@ -67,6 +67,7 @@ nlohmann::json PoolRoutes::status_json() {
             const int in = b ? b->inflight : 0;
             nlohmann::ordered_json j;
             j["id"] = w.id;
+            j["managed"] = w.managed;
             j["pid"] = w.pid;
             j["port"] = w.port;
             j["state"] = to_string(w.state);

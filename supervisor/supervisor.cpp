@@ -65,6 +65,15 @@ void Supervisor::start() {
     for (auto& w : workers_) {
         w->start();
     }
+    for (std::size_t i = 0; i < config_.upstreams.size(); ++i) {
+        UpstreamAddress address;
+        std::string error;
+        if (parse_upstream_url(config_.upstreams[i], address, error)) {  // validated at load
+            upstreams_.push_back(std::make_unique<UpstreamMonitor>("u" + std::to_string(i), address,
+                                                                   config_, log_, listener_));
+            upstreams_.back()->start();
+        }
+    }
 }
 
 void Supervisor::stop(Duration drain_grace) {
@@ -80,6 +89,9 @@ void Supervisor::stop(Duration drain_grace) {
     for (auto* w : workers) {
         w->request_stop(drain_grace);
     }
+    for (auto& u : upstreams_) {
+        u->request_stop();
+    }
     // The rollout thread may be joining a worker; it must finish before we join the rest.
     if (rollout_thread_.joinable()) {
         rollout_thread_.join();
@@ -88,6 +100,9 @@ void Supervisor::stop(Duration drain_grace) {
     for (auto& w : workers_) {
         w->request_stop(drain_grace);
         w->join();
+    }
+    for (auto& u : upstreams_) {
+        u->join();
     }
 }
 
@@ -235,6 +250,9 @@ std::vector<WorkerStatus> Supervisor::status() const {
     std::vector<WorkerStatus> out;
     for (const auto& w : workers_) {
         out.push_back(w->status());
+    }
+    for (const auto& u : upstreams_) {
+        out.push_back(u->status());
     }
     return out;
 }

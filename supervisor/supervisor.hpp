@@ -13,6 +13,7 @@
 #include "common/config.hpp"
 #include "common/log.hpp"
 #include "common/random.hpp"
+#include "supervisor/upstream_monitor.hpp"
 #include "supervisor/worker.hpp"
 #include "supervisor/worker_listener.hpp"
 
@@ -66,6 +67,7 @@ class Supervisor {
     mutable std::mutex mutex_;
     std::condition_variable cv_;
     std::vector<std::unique_ptr<Worker>> workers_;
+    std::vector<std::unique_ptr<UpstreamMonitor>> upstreams_;  // fixed at start
     std::set<std::uint16_t> recent_ports_;
     int next_id_ = 0;  // ids are never reused, so a replacement is told apart from the old one
     bool stopping_ = false;

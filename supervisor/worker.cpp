@@ -4,9 +4,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "common/http_client.hpp"
 #include "supervisor/health_body.hpp"
 #include "supervisor/port_owner.hpp"
+#include "supervisor/probes.hpp"
 #include "supervisor/worker_args.hpp"
 
 namespace llama_pool {
@@ -265,12 +265,11 @@ void Worker::step_starting() {
         return;
     }
     const auto port = status().port;
-    const auto r =
-        http_fetch("127.0.0.1", port, "GET", "/health", {}, {},
-                   std::min(milliseconds(1000), std::chrono::duration_cast<milliseconds>(
-                                                    from_seconds(settings_.config.health_timeout))),
-                   64 * 1024, {wake_.fd(), -1});
-    if (r.status == 0) {
+    const auto health = probe_health(
+        probe_target(),
+        std::min(milliseconds(1000), std::chrono::duration_cast<milliseconds>(
+                                         from_seconds(settings_.config.health_timeout))));
+    if (!health.answered) {
         return;  // not listening yet
     }
     if (!port_verified_) {
@@ -285,9 +284,8 @@ void Worker::step_starting() {
         }
         port_verified_ = true;
     }
-    const auto verdict = classify_health(r.status, r.body);
     const auto elapsed = to_seconds(now - spawned_at_);
-    if (verdict == HealthVerdict::ok) {
+    if (health.verdict == HealthVerdict::ok) {
         set_state(WorkerState::warming, fmt::format("model loaded in {:.1f} s", elapsed));
         return;
     }
@@ -305,52 +303,18 @@ void Worker::step_starting() {
     }
 }
 
+ProbeTarget Worker::probe_target() const {
+    return {"127.0.0.1", status().port, settings_.api_key, {wake_.fd(), -1}};
+}
+
 bool Worker::warm_up(std::string& error, int& capacity) {
     const auto timeout =
         std::chrono::duration_cast<milliseconds>(from_seconds(settings_.config.warmup_timeout));
-    if (!probe_inference(timeout, error)) {
+    if (!probe_completion(probe_target(), timeout, error)) {
         error = "warm-up failed: " + error;
         return false;
     }
-    capacity = settings_.config.parallel;
-    Headers headers;
-    if (!settings_.api_key.empty()) {
-        headers.add("Authorization", "Bearer " + settings_.api_key);
-    }
-    const auto props = http_fetch("127.0.0.1", status().port, "GET", "/props", headers, {}, timeout,
-                                  1 << 20, {wake_.fd(), -1});
-    if (props.status == 200) {
-        const auto doc = nlohmann::json::parse(props.body, nullptr, false);
-        if (doc.is_object() && doc.contains("total_slots") &&
-            doc["total_slots"].is_number_integer() && doc["total_slots"].get<int>() > 0) {
-            capacity = doc["total_slots"].get<int>();
-        }
-    }
-    return true;
-}
-
-bool Worker::probe_inference(Duration timeout, std::string& error) {
-    Headers headers;
-    headers.add("Content-Type", "application/json");
-    if (!settings_.api_key.empty()) {
-        headers.add("Authorization", "Bearer " + settings_.api_key);
-    }
-    // One token, no prompt cache: it exercises the whole decode path in well under a second
-    // on a loaded model.
-    const std::string body = R"({"prompt":"Hello","n_predict":1,"cache_prompt":false})";
-    const auto r =
-        http_fetch("127.0.0.1", status().port, "POST", "/completion", headers, body,
-                   std::chrono::duration_cast<milliseconds>(timeout), 1 << 20, {wake_.fd(), -1});
-    if (r.status != 200) {
-        error = r.status == 0 ? fmt::format("no reply ({})", r.error)
-                              : fmt::format("status {}: {}", r.status, r.body.substr(0, 200));
-        return false;
-    }
-    const auto doc = nlohmann::json::parse(r.body, nullptr, false);
-    if (!doc.is_object() || !doc.contains("content")) {
-        error = "reply without content";
-        return false;
-    }
+    capacity = read_capacity(probe_target(), timeout, settings_.config.parallel);
     return true;
 }
 
@@ -382,23 +346,6 @@ void Worker::step_warming() {
     published_ = true;
 }
 
-bool Worker::probe_health(std::string& error) {
-    const auto timeout =
-        std::chrono::duration_cast<milliseconds>(from_seconds(settings_.config.health_timeout));
-    const auto r = http_fetch("127.0.0.1", status().port, "GET", "/health", {}, {}, timeout,
-                              64 * 1024, {wake_.fd(), -1});
-    if (r.status == 0) {
-        error = r.error.empty() ? "no reply" : r.error;
-        return false;
-    }
-    const auto verdict = classify_health(r.status, r.body);
-    if (verdict == HealthVerdict::ok || verdict == HealthVerdict::busy) {
-        return true;
-    }
-    error = fmt::format("health {} ({})", r.status, to_string(verdict));
-    return false;
-}
-
 void Worker::step_ready() {
     if (const auto exit = child_->poll_exit()) {
         fail(exit->describe());
@@ -409,8 +356,11 @@ void Worker::step_ready() {
         return;
     }
     next_health_ = now + from_seconds(settings_.config.health_interval);
-    std::string error;
-    bool healthy = probe_health(error);
+    const auto health = probe_health(
+        probe_target(),
+        std::chrono::duration_cast<milliseconds>(from_seconds(settings_.config.health_timeout)));
+    std::string error = health.error;
+    bool healthy = health.healthy();
     const auto idle_interval = from_seconds(settings_.config.idle_probe_interval);
     const bool idle_probe_due = now - last_inference_probe_ >= idle_interval &&
                                 listener_.worker_inflight(settings_.id) == 0;
@@ -421,7 +371,8 @@ void Worker::step_ready() {
         last_inference_probe_ = now;
         const auto timeout =
             std::max<Duration>(seconds(5), from_seconds(settings_.config.health_timeout * 5));
-        healthy = probe_inference(timeout, error);
+        healthy = probe_completion(probe_target(),
+                                   std::chrono::duration_cast<milliseconds>(timeout), error);
         completion_suspect_ = !healthy;
         if (!healthy) {
             error = "inference probe failed: " + error;

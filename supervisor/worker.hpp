@@ -21,6 +21,7 @@
 #include "common/random.hpp"
 #include "common/socket.hpp"
 #include "supervisor/child_process.hpp"
+#include "supervisor/probes.hpp"
 #include "supervisor/restart_policy.hpp"
 #include "supervisor/worker_listener.hpp"
 #include "supervisor/worker_state.hpp"
@@ -41,6 +42,7 @@ struct WorkerStatus {
     // Failures by kind (crashed, startup_exit, startup_timeout, warmup_failed, unresponsive,
     // port_conflict, admin), for the restarts metric.
     std::map<std::string, int> failures_by_reason;
+    bool managed = true;  // false for an upstream the pool fronts but does not run
 };
 
 // The kind of a failure reason, a bounded label for metrics.
@@ -89,8 +91,7 @@ class Worker {
     void drain_and_stop();
     bool set_state(WorkerState next, std::string detail = {});
     bool warm_up(std::string& error, int& capacity);
-    bool probe_health(std::string& error);
-    bool probe_inference(Duration timeout, std::string& error);
+    ProbeTarget probe_target() const;
     void on_output(std::string_view line);
     std::vector<std::string> tail_output(std::size_t n) const;
     void wait_tick(Duration tick);

@@ -197,19 +197,12 @@ TEST_CASE("SIGTERM lets a long stream finish, then the pool exits 0", "[e2e]") {
     std::mutex m;
     std::thread client([&] {
         auto c = pool.client(300s);
-        httplib::Request req;
-        req.method = "POST";
-        req.path = "/completion";
-        req.body = R"({"prompt":"Once","n_predict":1500,"ignore_eos":true,"stream":true})";
-        req.set_header("Content-Type", "application/json");
-        req.content_receiver = [&](const char* data, size_t len, uint64_t, uint64_t) {
-            std::lock_guard lock(m);
-            received.append(data, len);
-            return true;
-        };
-        httplib::Response res;
-        httplib::Error err;
-        c.send(req, res, err);
+        stream_post(c, "/completion",
+                    R"({"prompt":"Once","n_predict":1500,"ignore_eos":true,"stream":true})",
+                    [&](std::string_view piece) {
+                        std::lock_guard lock(m);
+                        received.append(piece);
+                    });
     });
     REQUIRE(wait_until(
         [&] {

@@ -10,31 +10,6 @@ using namespace llama_pool::test;
 using json = nlohmann::json;
 using namespace std::chrono_literals;
 
-namespace {
-
-std::vector<std::string> fake_pool_args(int workers, std::vector<std::string> worker_args = {}) {
-    std::vector<std::string> args = {"--workers",
-                                     std::to_string(workers),
-                                     "--llama-server",
-                                     FAKE_WORKER_BINARY,
-                                     "--model",
-                                     dummy_model_path(),
-                                     "--health-interval",
-                                     "0.2",
-                                     "--restart-backoff-base",
-                                     "0.05",
-                                     "--restart-backoff-cap",
-                                     "0.2",
-                                     "--stop-grace",
-                                     "2"};
-    for (const auto& a : worker_args) {
-        args.push_back("--worker-arg");
-        args.push_back(a);
-    }
-    return args;
-}
-
-}  // namespace
 
 TEST_CASE("a pool of fake workers serves /health and /completion", "[integration]") {
     PoolProcess pool(fake_pool_args(2));
@@ -77,20 +52,13 @@ TEST_CASE("a stream is relayed event by event and ends cleanly", "[integration]"
     auto c = pool.client();
     std::vector<std::string> pieces;
     std::string all;
-    httplib::Request req;
-    req.method = "POST";
-    req.path = "/v1/chat/completions";
-    req.body = R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":5,"stream":true})";
-    req.set_header("Content-Type", "application/json");
-    req.content_receiver = [&](const char* data, size_t len, uint64_t, uint64_t) {
-        pieces.emplace_back(data, len);
-        all.append(data, len);
-        return true;
-    };
-    httplib::Response res;
-    httplib::Error err;
-    const bool sent = c.send(req, res, err);
-    REQUIRE(sent);
+    const auto res =
+        stream_post(c, "/v1/chat/completions",
+                    R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":5,"stream":true})",
+                    [&](std::string_view piece) {
+                        pieces.emplace_back(piece);
+                        all.append(piece);
+                    });
     const auto* r = &res;
     CHECK(r->status == 200);
     CHECK(r->get_header_value("Content-Type") == "text/event-stream");
@@ -102,7 +70,7 @@ TEST_CASE("a stream is relayed event by event and ends cleanly", "[integration]"
 }
 
 TEST_CASE("requests sent while workers load wait and then succeed", "[integration]") {
-    PoolProcess pool(fake_pool_args(1, {"--load-delay-ms", "1500"}));
+    PoolProcess pool(fake_pool_args(1, {}, {"--load-delay-ms", "1500"}));
     REQUIRE(pool.wait_listening(10s));
     CHECK(pool.client().Get("/health")->status == 503);
     auto c = pool.client();
@@ -142,7 +110,7 @@ TEST_CASE("a killed worker is restarted and requests keep succeeding", "[integra
 TEST_CASE(
     "a worker that fails at start is reported with its exit code and output, then fails for good",
     "[integration]") {
-    auto args = fake_pool_args(1, {"--exit-at-start"});
+    auto args = fake_pool_args(1, {}, {"--exit-at-start"});
     args.insert(args.end(), {"--crash-loop-restarts", "3"});
     PoolProcess pool(args);
     REQUIRE(wait_until(

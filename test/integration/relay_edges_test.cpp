@@ -19,24 +19,7 @@ namespace {
 
 std::vector<std::string> pool_args(std::vector<std::string> extra,
                                    std::vector<std::string> worker_args = {}) {
-    std::vector<std::string> args = {"--workers",
-                                     "1",
-                                     "--llama-server",
-                                     FAKE_WORKER_BINARY,
-                                     "--model",
-                                     dummy_model_path(),
-                                     "--health-interval",
-                                     "0.2",
-                                     "--restart-backoff-base",
-                                     "0.05",
-                                     "--restart-backoff-cap",
-                                     "0.2"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    for (const auto& a : worker_args) {
-        args.push_back("--worker-arg");
-        args.push_back(a);
-    }
-    return args;
+    return fake_pool_args(1, std::move(extra), std::move(worker_args));
 }
 
 const std::string kBody = R"({"prompt":"Hello","max_tokens":2})";
@@ -168,26 +151,24 @@ TEST_CASE("a worker killed mid-stream ends the client's stream cleanly", "[integ
     REQUIRE(pool.wait_ready(1, 20s));
     const auto pid = pool.worker_pids().at(0);
     std::string received;
+    std::mutex m;
+    auto received_so_far = [&] {
+        std::lock_guard lock(m);
+        return received;
+    };
     std::thread killer([&] {
-        wait_until([&] { return received.find("tok3") != std::string::npos; }, 10s, 5ms);
+        wait_until([&] { return received_so_far().find("tok3") != std::string::npos; }, 10s, 5ms);
         ::kill(pid, SIGKILL);
     });
     auto c = pool.client(std::chrono::seconds(20));
-    httplib::Request req;
-    req.method = "POST";
-    req.path = "/completion";
-    req.body = R"({"prompt":"x","max_tokens":200,"stream":true})";
-    req.set_header("Content-Type", "application/json");
-    std::mutex m;
-    req.content_receiver = [&](const char* data, size_t len, uint64_t, uint64_t) {
-        std::lock_guard lock(m);
-        received.append(data, len);
-        return true;
-    };
-    httplib::Response res;
-    httplib::Error err;
     const auto started = std::chrono::steady_clock::now();
-    const bool ok = c.send(req, res, err);
+    const auto res =
+        stream_post(c, "/completion", R"({"prompt":"x","max_tokens":200,"stream":true})",
+                    [&](std::string_view piece) {
+                        std::lock_guard lock(m);
+                        received.append(piece);
+                    });
+    const bool ok = res.status != 0;
     killer.join();
     // A complete (chunked-terminated) response with what was produced, not an error or a hang.
     CHECK(ok);

@@ -19,28 +19,7 @@ namespace {
 
 std::vector<std::string> pool_args(int workers, std::vector<std::string> extra,
                                    std::vector<std::string> worker_args = {}) {
-    std::vector<std::string> args = {"--workers",
-                                     std::to_string(workers),
-                                     "--llama-server",
-                                     FAKE_WORKER_BINARY,
-                                     "--model",
-                                     dummy_model_path(),
-                                     "--health-interval",
-                                     "0.2",
-                                     "--restart-backoff-base",
-                                     "0.05",
-                                     "--restart-backoff-cap",
-                                     "0.2",
-                                     "--retry-backoff-base",
-                                     "0.01",
-                                     "--retry-backoff-cap",
-                                     "0.05"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    for (const auto& a : worker_args) {
-        args.push_back("--worker-arg");
-        args.push_back(a);
-    }
-    return args;
+    return fake_pool_args(workers, std::move(extra), std::move(worker_args));
 }
 
 int post_status(PoolProcess& pool, const std::string& body = R"({"prompt":"x","max_tokens":2})",

@@ -79,4 +79,52 @@ std::string dummy_model_path() {
     return LLAMA_POOL_BINARY;
 }
 
+std::vector<std::string> fake_pool_args(int workers, std::vector<std::string> extra,
+                                        std::vector<std::string> worker_args) {
+    std::vector<std::string> args = {"--workers",
+                                     std::to_string(workers),
+                                     "--llama-server",
+                                     FAKE_WORKER_BINARY,
+                                     "--model",
+                                     dummy_model_path(),
+                                     "--health-interval",
+                                     "0.2",
+                                     "--restart-backoff-base",
+                                     "0.05",
+                                     "--restart-backoff-cap",
+                                     "0.2",
+                                     "--retry-backoff-base",
+                                     "0.01",
+                                     "--retry-backoff-cap",
+                                     "0.05",
+                                     "--stop-grace",
+                                     "2"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    for (const auto& a : worker_args) {
+        args.push_back("--worker-arg");
+        args.push_back(a);
+    }
+    return args;
+}
+
+httplib::Response stream_post(httplib::Client& client, const std::string& path,
+                              const std::string& body,
+                              const std::function<void(std::string_view)>& on_data) {
+    httplib::Request req;
+    req.method = "POST";
+    req.path = path;
+    req.body = body;
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [&](const char* data, size_t len, uint64_t, uint64_t) {
+        on_data(std::string_view(data, len));
+        return true;
+    };
+    httplib::Response res;
+    httplib::Error err;
+    if (!client.send(req, res, err)) {
+        res.status = 0;
+    }
+    return res;
+}
+
 }  // namespace llama_pool::test

@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -36,5 +37,16 @@ class PoolProcess {
 
 // A file that exists, for --model when the workers are fakes that do not read it.
 std::string dummy_model_path();
+
+// Arguments for a pool of `workers` fake workers with test-speed timings (fast probes,
+// short backoffs), plus `extra` pool flags and `worker_args` passed to every worker.
+std::vector<std::string> fake_pool_args(int workers, std::vector<std::string> extra = {},
+                                        std::vector<std::string> worker_args = {});
+
+// POSTs a JSON body and hands each piece of the response body to `on_data` as it arrives.
+// Returns the response (status 0 when the exchange failed).
+httplib::Response stream_post(httplib::Client& client, const std::string& path,
+                              const std::string& body,
+                              const std::function<void(std::string_view)>& on_data);
 
 }  // namespace llama_pool::test

@@ -1,0 +1,75 @@
+#include "supervisor/probes.hpp"
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "common/http_client.hpp"
+
+namespace llama_pool {
+
+namespace {
+
+Headers auth_headers(const ProbeTarget& target) {
+    Headers headers;
+    if (!target.api_key.empty()) {
+        headers.add("Authorization", "Bearer " + target.api_key);
+    }
+    return headers;
+}
+
+}  // namespace
+
+HealthProbe probe_health(const ProbeTarget& target, milliseconds timeout) {
+    HealthProbe probe;
+    const auto r = http_fetch(target.host, target.port, "GET", "/health", {}, {}, timeout,
+                              64 * 1024, target.watch);
+    if (r.status == 0) {
+        probe.error = r.error.empty() ? "no reply" : r.error;
+        return probe;
+    }
+    probe.answered = true;
+    probe.status = r.status;
+    probe.verdict = classify_health(r.status, r.body);
+    if (!probe.healthy()) {
+        probe.error = fmt::format("health {} ({})", r.status, to_string(probe.verdict));
+    }
+    return probe;
+}
+
+bool probe_completion(const ProbeTarget& target, milliseconds timeout, std::string& error) {
+    auto headers = auth_headers(target);
+    headers.add("Content-Type", "application/json");
+    // One token, no prompt cache: the whole decode path in well under a second on a loaded
+    // model.
+    const std::string body = R"({"prompt":"Hello","n_predict":1,"cache_prompt":false})";
+    const auto r = http_fetch(target.host, target.port, "POST", "/completion", headers, body,
+                              timeout, 1 << 20, target.watch);
+    if (r.status != 200) {
+        error = r.status == 0 ? fmt::format("no reply ({})", r.error)
+                              : fmt::format("status {}: {}", r.status, r.body.substr(0, 200));
+        return false;
+    }
+    const auto doc = nlohmann::json::parse(r.body, nullptr, false);
+    if (!doc.is_object() || !doc.contains("content")) {
+        error = "reply without content";
+        return false;
+    }
+    return true;
+}
+
+int read_capacity(const ProbeTarget& target, milliseconds timeout, int fallback) {
+    const auto r = http_fetch(target.host, target.port, "GET", "/props", auth_headers(target), {},
+                              timeout, 1 << 20, target.watch);
+    if (r.status != 200) {
+        return fallback;
+    }
+    const auto doc = nlohmann::json::parse(r.body, nullptr, false);
+    if (doc.is_object() && doc.contains("total_slots") && doc["total_slots"].is_number_integer() &&
+        doc["total_slots"].get<int>() > 0) {
+        return doc["total_slots"].get<int>();
+    }
+    return fallback;
+}
+
+}  // namespace llama_pool

@@ -1,0 +1,38 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "common/clock.hpp"
+#include "common/socket.hpp"
+#include "supervisor/health_body.hpp"
+
+namespace llama_pool {
+
+// Where a probe goes: a managed worker on loopback or an upstream the pool does not manage.
+struct ProbeTarget {
+    std::string host;
+    std::uint16_t port = 0;
+    std::string api_key;  // sent as a Bearer token when set
+    IoWatch watch;        // lets a stop interrupt a probe in flight
+};
+
+struct HealthProbe {
+    bool answered = false;  // something replied with HTTP at all
+    int status = 0;
+    HealthVerdict verdict = HealthVerdict::error;
+    std::string error;
+    // Busy (no free slot) is alive: the pool's own accounting decides about capacity.
+    bool healthy() const { return verdict == HealthVerdict::ok || verdict == HealthVerdict::busy; }
+};
+
+HealthProbe probe_health(const ProbeTarget& target, milliseconds timeout);
+
+// A one-token completion: /health stays green on a server whose decode loop is stuck, so
+// only this shows that the worker really generates.
+bool probe_completion(const ProbeTarget& target, milliseconds timeout, std::string& error);
+
+// The slot count from /props (`total_slots`), or `fallback` when it is not there.
+int read_capacity(const ProbeTarget& target, milliseconds timeout, int fallback);
+
+}  // namespace llama_pool

@@ -1,0 +1,207 @@
+#include "supervisor/upstream_monitor.hpp"
+
+#include <fmt/format.h>
+
+namespace llama_pool {
+
+namespace {
+constexpr const char* kComponent = "supervisor";
+}  // namespace
+
+UpstreamMonitor::UpstreamMonitor(std::string id, UpstreamAddress address, PoolConfig config,
+                                 Logger& log, WorkerListener& listener)
+    : id_(std::move(id)),
+      address_(std::move(address)),
+      config_(std::move(config)),
+      log_(log),
+      listener_(listener) {
+    status_.id = id_;
+    status_.port = address_.port;
+    status_.since = std::chrono::system_clock::now();
+    status_.detail = fmt::format("upstream {}:{}", address_.host, address_.port);
+    status_.managed = false;
+}
+
+UpstreamMonitor::~UpstreamMonitor() {
+    request_stop();
+    join();
+}
+
+void UpstreamMonitor::start() {
+    thread_ = std::thread([this] { run(); });
+}
+
+void UpstreamMonitor::request_stop() {
+    {
+        std::lock_guard lock(mutex_);
+        stop_requested_ = true;
+    }
+    wake_.notify();
+    cv_.notify_all();
+}
+
+void UpstreamMonitor::join() {
+    if (thread_.joinable()) {
+        thread_.join();
+    }
+}
+
+WorkerStatus UpstreamMonitor::status() const {
+    std::lock_guard lock(mutex_);
+    return status_;
+}
+
+ProbeTarget UpstreamMonitor::target() const {
+    return {address_.host, address_.port, config_.upstream_api_key, {wake_.fd(), -1}};
+}
+
+void UpstreamMonitor::set_state(WorkerState next, std::string detail) {
+    WorkerState previous;
+    {
+        std::lock_guard lock(mutex_);
+        previous = status_.state;
+        status_.detail =
+            detail.empty() ? fmt::format("upstream {}:{}", address_.host, address_.port) : detail;
+        if (previous == next) {
+            return;
+        }
+        if (!transition_allowed(previous, next)) {
+            log_.error(kComponent, "illegal_transition",
+                       {{"upstream", id_}, {"from", to_string(previous)}, {"to", to_string(next)}});
+            return;
+        }
+        status_.state = next;
+        status_.since = std::chrono::system_clock::now();
+    }
+    log_.info(kComponent, "upstream_state",
+              {{"worker", id_},
+               {"address", fmt::format("{}:{}", address_.host, address_.port)},
+               {"from", to_string(previous)},
+               {"to", to_string(next)},
+               {"detail", detail}});
+}
+
+void UpstreamMonitor::fail(const std::string& reason) {
+    if (published_) {
+        listener_.worker_unavailable(id_);
+        published_ = false;
+    }
+    {
+        std::lock_guard lock(mutex_);
+        status_.last_exit_reason = reason;
+        status_.capacity = 0;
+        ++status_.failures_by_reason[failure_kind(reason)];
+        ++status_.restarts;
+    }
+    log_.warn(kComponent, "upstream_failed", {{"worker", id_}, {"reason", reason}});
+    set_state(WorkerState::backoff, reason);
+}
+
+void UpstreamMonitor::run() {
+    while (true) {
+        {
+            std::unique_lock lock(mutex_);
+            if (stop_requested_) {
+                break;
+            }
+        }
+        step();
+        std::unique_lock lock(mutex_);
+        cv_.wait_for(lock, milliseconds(100), [this] { return stop_requested_; });
+    }
+    if (published_) {
+        listener_.worker_unavailable(id_);
+    }
+    set_state(WorkerState::draining);
+    set_state(WorkerState::stopped);
+}
+
+void UpstreamMonitor::step() {
+    const auto now = Clock::now();
+    if (now < next_probe_) {
+        return;
+    }
+    next_probe_ = now + from_seconds(config_.health_interval);
+    const auto timeout =
+        std::chrono::duration_cast<milliseconds>(from_seconds(config_.health_timeout));
+    const auto health = probe_health(target(), timeout);
+    if (wake_.notified()) {
+        return;
+    }
+    const auto state = status().state;
+    if (state != WorkerState::ready) {
+        if (state == WorkerState::backoff) {
+            set_state(WorkerState::starting, "probing again");
+        }
+        if (!health.answered) {
+            return;
+        }
+        if (health.verdict == HealthVerdict::loading) {
+            set_state(WorkerState::loading);
+            return;
+        }
+        if (!health.healthy()) {
+            return;
+        }
+        set_state(WorkerState::warming);
+        std::string error;
+        const auto warm_timeout =
+            std::chrono::duration_cast<milliseconds>(from_seconds(config_.warmup_timeout));
+        if (!probe_completion(target(), warm_timeout, error)) {
+            if (!wake_.notified()) {
+                fail("warm-up failed: " + error);
+            }
+            return;
+        }
+        const int capacity = read_capacity(target(), warm_timeout, config_.parallel);
+        {
+            std::lock_guard lock(mutex_);
+            status_.capacity = capacity;
+        }
+        failures_ = 0;
+        completion_suspect_ = false;
+        last_completion_probe_ = now;
+        set_state(WorkerState::ready,
+                  fmt::format("upstream {}:{}, {} slots", address_.host, address_.port, capacity));
+        listener_.worker_ready(
+            {id_, address_.host, address_.port, capacity, config_.upstream_api_key});
+        published_ = true;
+        return;
+    }
+    std::string error = health.error;
+    bool healthy = health.healthy();
+    // As for managed workers: once a completion probe failed, only a completion probe can
+    // clear the upstream, whatever /health says.
+    const bool completion_due =
+        now - last_completion_probe_ >= from_seconds(config_.idle_probe_interval) &&
+        listener_.worker_inflight(id_) == 0;
+    if (healthy && (completion_due || completion_suspect_)) {
+        last_completion_probe_ = now;
+        healthy = probe_completion(target(), std::max(milliseconds(5000), timeout * 5), error);
+        completion_suspect_ = !healthy;
+    }
+    if (wake_.notified()) {
+        return;
+    }
+    if (healthy) {
+        if (failures_ > 0 && !published_) {
+            listener_.worker_ready(
+                {id_, address_.host, address_.port, status().capacity, config_.upstream_api_key});
+            published_ = true;
+        }
+        failures_ = 0;
+        return;
+    }
+    ++failures_;
+    if (published_) {
+        listener_.worker_unavailable(id_);
+        published_ = false;
+    }
+    if (failures_ >= config_.health_failures) {
+        failures_ = 0;
+        fail(fmt::format("unresponsive: {} failed probes in a row (last: {})",
+                         config_.health_failures, error));
+    }
+}
+
+}  // namespace llama_pool

@@ -1,0 +1,69 @@
+#pragma once
+
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "common/clock.hpp"
+#include "common/config.hpp"
+#include "common/log.hpp"
+#include "common/socket.hpp"
+#include "supervisor/probes.hpp"
+#include "supervisor/worker.hpp"
+#include "supervisor/worker_listener.hpp"
+
+namespace llama_pool {
+
+// An upstream the pool fronts but does not manage: a llama-server (or another llama-pool) on
+// another machine. It gets the same treatment as a managed worker minus the process: it
+// takes traffic only after /health is ok and a one-token completion came back, it is probed,
+// and it leaves rotation when probes fail, coming back by itself when it recovers.
+//
+//   starting (no answer) -> loading (503) -> warming -> ready
+//   ready -> backoff after health_failures failed probes -> starting (probing again)
+//
+// One owner thread runs it and is the only writer of its state. Thread-safe otherwise.
+class UpstreamMonitor {
+  public:
+    UpstreamMonitor(std::string id, UpstreamAddress address, PoolConfig config, Logger& log,
+                    WorkerListener& listener);
+    ~UpstreamMonitor();
+    UpstreamMonitor(const UpstreamMonitor&) = delete;
+    UpstreamMonitor& operator=(const UpstreamMonitor&) = delete;
+
+    void start();
+    void request_stop();
+    void join();
+    WorkerStatus status() const;
+    const std::string& id() const { return id_; }
+
+  private:
+    void run();
+    void step();
+    void set_state(WorkerState next, std::string detail = {});
+    void fail(const std::string& reason);
+    ProbeTarget target() const;
+
+    const std::string id_;
+    const UpstreamAddress address_;
+    const PoolConfig config_;
+    Logger& log_;
+    WorkerListener& listener_;
+    WakeSignal wake_;
+
+    // Owner thread only.
+    int failures_ = 0;
+    bool published_ = false;
+    bool completion_suspect_ = false;
+    TimePoint next_probe_{};
+    TimePoint last_completion_probe_{};
+
+    mutable std::mutex mutex_;
+    std::condition_variable cv_;
+    WorkerStatus status_;
+    bool stop_requested_ = false;
+    std::thread thread_;
+};
+
+}  // namespace llama_pool

@@ -1,0 +1,99 @@
+// Upstreams the pool fronts but does not manage: standalone workers and whole back pools.
+#include <signal.h>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "test/support/pool_fixture.hpp"
+
+using namespace llama_pool::test;
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::unique_ptr<TestProcess> start_fake(std::uint16_t port) {
+    auto p = std::make_unique<TestProcess>(
+        FAKE_WORKER_BINARY,
+        std::vector<std::string>{"--port", std::to_string(port), "--parallel", "2"});
+    REQUIRE(wait_until(
+        [&] { return static_cast<bool>(httplib::Client("127.0.0.1", port).Get("/health")); }, 10s));
+    return p;
+}
+
+std::vector<std::string> front_args(const std::vector<std::uint16_t>& ports) {
+    std::vector<std::string> args = {
+        "--workers",         "0", "--health-interval",    "0.2",  "--health-timeout",    "0.5",
+        "--health-failures", "2", "--retry-backoff-base", "0.01", "--retry-backoff-cap", "0.05"};
+    for (const auto port : ports) {
+        args.push_back("--upstream");
+        args.push_back("http://127.0.0.1:" + std::to_string(port));
+    }
+    return args;
+}
+
+int post_status(PoolProcess& pool) {
+    const auto r = pool.client(30s).Post("/completion", R"({"prompt":"x","max_tokens":2})",
+                                         "application/json");
+    return r ? r->status : 0;
+}
+
+}  // namespace
+
+TEST_CASE("unmanaged upstreams are checked, balanced, dropped when dead and taken back",
+          "[integration]") {
+    const auto a = free_port(), b = free_port();
+    auto fake_a = start_fake(a);
+    auto fake_b = start_fake(b);
+    PoolProcess pool(front_args({a, b}));
+    REQUIRE(pool.wait_ready(2, 20s));
+    const auto status = pool.status();
+    CHECK(status["workers"][0]["managed"] == false);
+    CHECK(status["workers"][0]["slots"] == 2);
+    CHECK(status["workers"][0]["pid"] == 0);
+    for (int i = 0; i < 10; ++i) {
+        CHECK(post_status(pool) == 200);
+    }
+    fake_a->signal(SIGKILL);
+    fake_a->wait_exit(5s);
+    for (int i = 0; i < 10; ++i) {
+        CHECK(post_status(pool) == 200);  // retried on the live one, then routed there
+    }
+    REQUIRE(wait_until([&] { return pool.status()["workers"][0]["state"] != "ready"; }, 10s));
+    CHECK(pool.status()["totals"]["ready"] == 1);
+    fake_a = start_fake(a);  // it comes back on the same address
+    CHECK(wait_until([&] { return pool.status()["totals"]["ready"] == 2; }, 10s));
+}
+
+TEST_CASE("a front pool over two back pools survives one back pool being killed", "[integration]") {
+    PoolProcess back1(fake_pool_args(1));
+    PoolProcess back2(fake_pool_args(1));
+    REQUIRE(back1.wait_ready(1, 20s));
+    REQUIRE(back2.wait_ready(1, 20s));
+    PoolProcess front(front_args({back1.port(), back2.port()}));
+    REQUIRE(front.wait_ready(2, 20s));
+    for (int i = 0; i < 10; ++i) {
+        CHECK(post_status(front) == 200);
+    }
+    const auto back1_workers = back1.worker_pids();
+    back1.process().signal(SIGKILL);
+    back1.process().wait_exit(5s);
+    for (int i = 0; i < 20; ++i) {
+        CHECK(post_status(front) == 200);
+    }
+    CHECK(wait_until([&] { return front.status()["totals"]["ready"] == 1; }, 10s));
+    // The killed back pool's own worker died with it (no orphan on that "machine" either).
+    for (const auto pid : back1_workers) {
+        CHECK(wait_until([&] { return !process_alive(pid); }, 5s));
+    }
+}
+
+TEST_CASE("a malformed upstream URL is refused at start with the key and the value",
+          "[integration]") {
+    TestProcess bad(LLAMA_POOL_BINARY,
+                    {"--workers", "0", "--upstream", "https://10.0.0.1:8080", "--check-config"});
+    CHECK(bad.wait_exit(10s) == 2);
+    CHECK(bad.output().find(
+              "key \"upstreams.urls\": \"https://10.0.0.1:8080\" must start with http://") !=
+          std::string::npos);
+}
