@@ -4,12 +4,12 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/socket.hpp"
 #include "test/support/pool_fixture.hpp"
 
 using namespace llama_pool::test;
 using json = nlohmann::json;
 using namespace std::chrono_literals;
-
 
 TEST_CASE("a pool of fake workers serves /health and /completion", "[integration]") {
     PoolProcess pool(fake_pool_args(2));
@@ -175,4 +175,15 @@ TEST_CASE("check-config prints the effective config and bad config exits non-zer
     TestProcess bad(LLAMA_POOL_BINARY, {"--workers", "-3"});
     CHECK(bad.wait_exit(10s) == 2);
     CHECK(bad.output().find("key \"workers.count\": -3 is out of range") != std::string::npos);
+}
+
+TEST_CASE("a pool whose port is taken exits 1 and says which address", "[integration]") {
+    std::string error;
+    auto holder = llama_pool::listen_tcp("127.0.0.1", 0, 1, error);
+    REQUIRE(holder.valid());
+    const auto port = llama_pool::local_port(holder.get());
+    TestProcess pool(LLAMA_POOL_BINARY, {"--port", std::to_string(port), "--workers", "0"});
+    CHECK(pool.wait_exit(10s) == 1);
+    CHECK(pool.output().find("bind 127.0.0.1:" + std::to_string(port) +
+                             ": Address already in use") != std::string::npos);
 }
