@@ -11,10 +11,11 @@ packages=(
   libssl-dev zlib1g-dev libbrotli-dev
   prometheus  # promtool checks /metrics and the alert rules in the tests
   wrk nginx haproxy  # the benchmark harness, smoke-run by the tests
+  docker-compose systemd  # the deployment checks (compose config, systemd-analyze)
 )
 # Tools the optional targets use; installed by `make deps-extra`.
 if [ "${1:-}" = "--extra" ]; then
-  packages+=(clang libclang-rt-14-dev docker-compose yamllint)
+  packages+=(clang libclang-rt-14-dev yamllint)
 fi
 
 missing=()

@@ -13,9 +13,16 @@ set -euo pipefail
 
 readonly NODE_LLAMA_CPP_VERSION="3.22.1"
 readonly cache_root="${LLAMA_POOL_CACHE:-$HOME/.cache/llama-pool}"
-# -march=native is used, so the key carries the CPU's feature flags too: a cache copied to
-# another CPU must not hand out a binary that dies with SIGILL.
-cpu_key=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-8)
+# By default the build is tuned for this CPU (-march=native), so the key carries the CPU's
+# feature flags too: a cache copied to another CPU must not hand out a binary that dies with
+# SIGILL. LLAMA_POOL_PORTABLE=1 builds for any x86-64 (Docker images), keyed "portable".
+if [ "${LLAMA_POOL_PORTABLE:-0}" = "1" ]; then
+  cpu_key=portable
+  native=OFF
+else
+  cpu_key=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-8)
+  native=ON
+fi
 readonly cache_dir="$cache_root/node-llama-cpp-$NODE_LLAMA_CPP_VERSION-$cpu_key"
 readonly bin_dir="$cache_dir/bin"
 readonly lock_file="$cache_root/.lock"
@@ -50,7 +57,7 @@ build_tools() {
   {
     cmake -S "$cache_dir/src" -B "$build" -DCMAKE_BUILD_TYPE=Release \
       -DBUILD_SHARED_LIBS=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
-      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON &&
+      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE="$native" &&
       cmake --build "$build" -j"$jobs" --target llama-server llama-convert-llama2c-to-ggml llama-quantize
   } >"$cache_dir/build.log" 2>&1 || die "llama.cpp build failed; see $cache_dir/build.log"
   mkdir -p "$bin_dir"
