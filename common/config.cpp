@@ -158,18 +158,25 @@ std::string resolve_executable(const std::string& name) {
 }
 
 bool parse_upstream_url(const std::string& url, UpstreamAddress& out, std::string& error) {
-    constexpr std::string_view scheme = "http://";
-    if (url.rfind(scheme, 0) != 0) {
-        error = "must start with http:// (TLS belongs in front of the pool)";
+    constexpr std::string_view http = "http://";
+    constexpr std::string_view dns = "dns://";
+    std::string_view rest = url;
+    if (rest.rfind(http, 0) == 0) {
+        rest.remove_prefix(http.size());
+        out.discover = false;
+    } else if (rest.rfind(dns, 0) == 0) {
+        rest.remove_prefix(dns.size());
+        out.discover = true;
+    } else {
+        error = "must start with http:// or dns:// (TLS belongs in front of the pool)";
         return false;
     }
-    std::string_view rest = std::string_view(url).substr(scheme.size());
     if (!rest.empty() && rest.back() == '/') {
         rest.remove_suffix(1);
     }
     const auto colon = rest.rfind(':');
     if (colon == std::string_view::npos || colon == 0 || rest.find('/') != std::string_view::npos) {
-        error = "must be http://host:port";
+        error = "must be http://host:port or dns://name:port";
         return false;
     }
     auto host = rest.substr(0, colon);

@@ -69,6 +69,7 @@ struct PoolConfig {
     // upstreams the pool fronts but does not manage (other machines, other pools)
     std::vector<std::string> upstreams;  // http://host:port
     std::string upstream_api_key;        // sent to them as a Bearer token when set
+    double dns_interval = 5;             // how often dns:// names are resolved again
 
     // auth
     std::string admin_key;              // when set, /pool/* requires it (Bearer or X-Api-Key)
@@ -119,8 +120,10 @@ std::string help_text();
 struct UpstreamAddress {
     std::string host;
     std::uint16_t port = 0;
+    bool discover = false;  // dns://: host is a name re-resolved into many upstreams
 };
-// Parses "http://host:port" (a trailing slash allowed; IPv6 as [addr]). False with `error`.
+// Parses "http://host:port" or "dns://name:port" (a trailing slash allowed; IPv6 as [addr]).
+// False with `error`.
 bool parse_upstream_url(const std::string& url, UpstreamAddress& out, std::string& error);
 
 // Resolves a program name through PATH; returns it unchanged when it contains a slash.

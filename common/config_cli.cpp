@@ -147,9 +147,14 @@ std::span<const FieldSpec> config_fields() {
          "trial requests at once to an ejected worker whose time is up",
          &P::breaker_half_open_trials, 1, 1000},
         {"upstreams.urls", "--upstream", "LLAMA_POOL_UPSTREAMS",
-         "an upstream the pool fronts without managing it, http://host:port (repeatable; "
+         "an upstream the pool fronts without managing it: http://host:port, or "
+         "dns://name:port for every address the name resolves to (repeatable; "
          "comma-separated in the environment)",
          &P::upstreams},
+        {"upstreams.dns_interval", "--dns-interval", "",
+         "how often dns://name:port upstreams are resolved again (new addresses join after "
+         "their checks, vanished ones are drained)",
+         &P::dns_interval, 0.1, 86400, "seconds"},
         {"upstreams.api_key",
          "--upstream-api-key",
          "LLAMA_POOL_UPSTREAM_API_KEY",

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
@@ -258,6 +259,34 @@ std::string peer_address(int fd) {
                     sizeof text);
     }
     return text;
+}
+
+std::vector<std::string> resolve_all(const std::string& name, std::string& error) {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    const int rc = ::getaddrinfo(name.c_str(), nullptr, &hints, &res);
+    if (rc != 0) {
+        error = "cannot resolve '" + name + "': " + ::gai_strerror(rc);
+        return {};
+    }
+    std::vector<std::string> out;
+    for (auto* ai = res; ai != nullptr; ai = ai->ai_next) {
+        char text[INET6_ADDRSTRLEN] = {};
+        const void* addr =
+            ai->ai_family == AF_INET
+                ? static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(ai->ai_addr)->sin_addr)
+                : static_cast<const void*>(
+                      &reinterpret_cast<sockaddr_in6*>(ai->ai_addr)->sin6_addr);
+        if (::inet_ntop(ai->ai_family, addr, text, sizeof text) != nullptr) {
+            out.emplace_back(text);
+        }
+    }
+    ::freeaddrinfo(res);
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+    return out;
 }
 
 std::uint16_t pick_free_port(const std::string& host) {

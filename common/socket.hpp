@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/clock.hpp"
 
@@ -61,6 +62,9 @@ bool peer_closed(int fd);
 Fd listen_tcp(const std::string& host, std::uint16_t port, int backlog, std::string& error);
 Fd connect_tcp(const std::string& host, std::uint16_t port, TimePoint deadline, std::string& error);
 std::uint16_t local_port(int fd);
+// Every address `name` resolves to (through the system resolver: /etc/hosts, DNS), sorted
+// and without duplicates. Empty with `error` set when the name does not resolve.
+std::vector<std::string> resolve_all(const std::string& name, std::string& error);
 std::string peer_address(int fd);
 
 // An unused loopback port, verified free by binding it (the bind is released at once, so

@@ -244,6 +244,12 @@ void BackendRegistry::worker_unavailable(const std::string& id) {
     }
 }
 
+void BackendRegistry::worker_removed(const std::string& id) {
+    std::lock_guard lock(mutex_);
+    // Leases on it hold the Backend itself; their release finds no entry and is a no-op.
+    entries_.erase(id);
+}
+
 int BackendRegistry::worker_inflight(const std::string& id) const {
     std::lock_guard lock(mutex_);
     const auto it = entries_.find(id);

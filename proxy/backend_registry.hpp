@@ -107,6 +107,7 @@ class BackendRegistry final : public WorkerListener {
     void worker_ready(const WorkerEndpoint& endpoint) override;
     void worker_unavailable(const std::string& id) override;
     int worker_inflight(const std::string& id) const override;
+    void worker_removed(const std::string& id) override;
 
     void shutdown();
     // Not const: reading a breaker's state moves an expired ejection to half-open.

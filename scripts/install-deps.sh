@@ -11,11 +11,11 @@ packages=(
   libssl-dev zlib1g-dev libbrotli-dev
   prometheus  # promtool checks /metrics and the alert rules in the tests
   wrk nginx haproxy  # the benchmark harness, smoke-run by the tests
-  docker-compose systemd  # the deployment checks (compose config, systemd-analyze)
+  docker-compose systemd yamllint  # deployment checks (compose, systemd-analyze, manifests)
 )
 # Tools the optional targets use; installed by `make deps-extra`.
 if [ "${1:-}" = "--extra" ]; then
-  packages+=(clang libclang-rt-14-dev yamllint)
+  packages+=(clang libclang-rt-14-dev)
 fi
 
 missing=()

@@ -68,12 +68,91 @@ void Supervisor::start() {
     for (std::size_t i = 0; i < config_.upstreams.size(); ++i) {
         UpstreamAddress address;
         std::string error;
-        if (parse_upstream_url(config_.upstreams[i], address, error)) {  // validated at load
-            upstreams_.push_back(std::make_unique<UpstreamMonitor>("u" + std::to_string(i), address,
-                                                                   config_, log_, listener_));
-            upstreams_.back()->start();
+        if (!parse_upstream_url(config_.upstreams[i], address, error)) {
+            continue;  // validated at load
         }
+        if (address.discover) {
+            discovered_.push_back({"u" + std::to_string(i), address, {}});
+            continue;
+        }
+        upstreams_.push_back(std::make_unique<UpstreamMonitor>("u" + std::to_string(i), address,
+                                                               config_, log_, listener_));
+        upstreams_.back()->start();
     }
+    if (!discovered_.empty()) {
+        discovery_thread_ = std::thread([this] { run_discovery(); });
+    }
+}
+
+void Supervisor::run_discovery() {
+    std::unique_lock lock(mutex_);
+    while (!stopping_) {
+        for (auto& target : discovered_) {
+            lock.unlock();
+            std::string error;
+            const auto addresses = resolve_all(target.address.host, error);
+            lock.lock();
+            if (stopping_) {
+                break;
+            }
+            if (!error.empty()) {
+                // Keep what we have: a DNS hiccup must not drain a healthy pool.
+                log_.warn("supervisor", "dns_resolve_failed",
+                          {{"name", target.address.host}, {"error", error}});
+                continue;
+            }
+            sync_discovered_locked(target, addresses, lock);
+        }
+        cv_.wait_for(lock, from_seconds(config_.dns_interval), [this] { return stopping_; });
+    }
+}
+
+void Supervisor::sync_discovered_locked(DiscoveredName& target,
+                                        const std::vector<std::string>& addresses,
+                                        std::unique_lock<std::mutex>& lock) {
+    const std::set<std::string> now(addresses.begin(), addresses.end());
+    std::vector<std::unique_ptr<UpstreamMonitor>> gone;
+    for (const auto& known : std::set<std::string>(target.known)) {
+        if (now.count(known)) {
+            continue;
+        }
+        const auto id = target.id + "/" + known;
+        for (auto it = upstreams_.begin(); it != upstreams_.end(); ++it) {
+            if ((*it)->id() == id) {
+                gone.push_back(std::move(*it));
+                upstreams_.erase(it);
+                break;
+            }
+        }
+        target.known.erase(known);
+        log_.info("supervisor", "upstream_vanished",
+                  {{"worker", id}, {"name", target.address.host}, {"address", known}});
+    }
+    for (const auto& address : now) {
+        if (target.known.count(address)) {
+            continue;
+        }
+        const auto id = target.id + "/" + address;
+        upstreams_.push_back(std::make_unique<UpstreamMonitor>(
+            id, UpstreamAddress{address, target.address.port, false}, config_, log_, listener_));
+        upstreams_.back()->start();
+        target.known.insert(address);
+        log_.info("supervisor", "upstream_discovered",
+                  {{"worker", id}, {"name", target.address.host}, {"address", address}});
+    }
+    if (gone.empty()) {
+        return;
+    }
+    // Drain outside the lock: requests in flight keep their upstream until they end; no new
+    // ones go there. Then forget it, so its status and metrics go too.
+    lock.unlock();
+    for (auto& monitor : gone) {
+        monitor->request_stop();
+        monitor->join();
+        listener_.worker_removed(monitor->id());
+    }
+    gone.clear();
+    lock.lock();
 }
 
 void Supervisor::stop(Duration drain_grace) {
@@ -86,11 +165,18 @@ void Supervisor::stop(Duration drain_grace) {
         }
     }
     cv_.notify_all();
+    // Discovery adds and removes upstream monitors; it must be done before we stop them.
+    if (discovery_thread_.joinable()) {
+        discovery_thread_.join();
+    }
     for (auto* w : workers) {
         w->request_stop(drain_grace);
     }
-    for (auto& u : upstreams_) {
-        u->request_stop();
+    {
+        std::lock_guard lock(mutex_);
+        for (auto& u : upstreams_) {
+            u->request_stop();
+        }
     }
     // The rollout thread may be joining a worker; it must finish before we join the rest.
     if (rollout_thread_.joinable()) {

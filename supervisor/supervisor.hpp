@@ -56,6 +56,14 @@ class Supervisor {
     // Waits until the worker is ready (true) or failed, stopping, or out of time (false).
     bool wait_ready(Worker& worker, Duration timeout);
     void retire(const std::string& id, Duration drain_grace);
+    struct DiscoveredName {
+        std::string id;               // "u<index>"; its monitors are "u<index>/<address>"
+        UpstreamAddress address;      // the name and port
+        std::set<std::string> known;  // addresses with a monitor
+    };
+    void run_discovery();
+    void sync_discovered_locked(DiscoveredName& target, const std::vector<std::string>& addresses,
+                                std::unique_lock<std::mutex>& lock);
 
     PoolConfig config_;
     Logger& log_;
@@ -67,7 +75,9 @@ class Supervisor {
     mutable std::mutex mutex_;
     std::condition_variable cv_;
     std::vector<std::unique_ptr<Worker>> workers_;
-    std::vector<std::unique_ptr<UpstreamMonitor>> upstreams_;  // fixed at start
+    std::vector<std::unique_ptr<UpstreamMonitor>> upstreams_;  // static ones and discovered
+    std::vector<DiscoveredName> discovered_;                   // dns:// names, fixed at start
+    std::thread discovery_thread_;
     std::set<std::uint16_t> recent_ports_;
     int next_id_ = 0;  // ids are never reused, so a replacement is told apart from the old one
     bool stopping_ = false;

@@ -25,6 +25,9 @@ class WorkerListener {
     virtual void worker_unavailable(const std::string& id) = 0;
     // Requests in flight on this worker (for draining and for idle probes).
     virtual int worker_inflight(const std::string& id) const = 0;
+    // The worker is gone for good (a discovered address vanished): forget it. Requests still
+    // running on it finish normally.
+    virtual void worker_removed(const std::string& id) = 0;
 };
 
 }  // namespace llama_pool

@@ -2,7 +2,9 @@
 #include <signal.h>
 
 #include <catch2/catch.hpp>
+#include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "test/support/pool_fixture.hpp"
 
@@ -96,4 +98,70 @@ TEST_CASE("a malformed upstream URL is refused at start with the key and the val
     CHECK(bad.output().find(
               "key \"upstreams.urls\": \"https://10.0.0.1:8080\" must start with http://") !=
           std::string::npos);
+}
+
+TEST_CASE("dns:// upstreams follow the name: new addresses join, vanished ones are drained",
+          "[integration]") {
+    // The pool resolves through the system resolver as in production; it runs in its own
+    // mount namespace with an /etc/hosts this test rewrites, so no real DNS is involved.
+    const std::string hosts = "/tmp/llama-pool-dns-test-hosts";
+    const auto write_hosts = [&](const std::string& text) {
+        std::ofstream out(hosts, std::ios::trunc);  // in place: the bind mount sees the inode
+        out << text;
+    };
+    write_hosts("127.0.0.2 backends.test\n");
+    const auto port = free_port();
+    std::vector<std::unique_ptr<TestProcess>> fakes;
+    for (const auto* host : {"127.0.0.2", "127.0.0.3"}) {
+        fakes.push_back(std::make_unique<TestProcess>(
+            FAKE_WORKER_BINARY,
+            std::vector<std::string>{"--host", host, "--port", std::to_string(port)}));
+    }
+    const auto pool_port = free_port();
+    const auto command =
+        "mount --bind " + hosts + " /etc/hosts && exec " + LLAMA_POOL_BINARY + " --port " +
+        std::to_string(pool_port) +
+        " --workers 0 --health-interval 0.2 --dns-interval 0.2 --upstream dns://backends.test:" +
+        std::to_string(port);
+    TestProcess pool("/usr/bin/unshare", {"--mount", "/bin/sh", "-c", command});
+    auto status = [&] {
+        httplib::Client c("127.0.0.1", pool_port);
+        const auto r = c.Get("/pool/status");
+        return r && r->status == 200 ? json::parse(r->body) : json::object();
+    };
+    auto ids = [&] {
+        std::set<std::string> out;
+        for (const auto& w : status().value("workers", json::array())) {
+            if (w["state"] == "ready") {
+                out.insert(w["id"].get<std::string>());
+            }
+        }
+        return out;
+    };
+    INFO(pool.output());
+    REQUIRE(wait_until([&] { return ids() == std::set<std::string>{"u0/127.0.0.2"}; }, 20s));
+    write_hosts("127.0.0.2 backends.test\n127.0.0.3 backends.test\n");
+    REQUIRE(wait_until(
+        [&] {
+            return ids() == std::set<std::string>{"u0/127.0.0.2", "u0/127.0.0.3"};
+        },
+        20s));
+    write_hosts("127.0.0.3 backends.test\n");
+    REQUIRE(wait_until(
+        [&] {
+            return status().value("workers", json::array()).size() == 1 &&
+                   ids() == std::set<std::string>{"u0/127.0.0.3"};
+        },
+        20s));
+    httplib::Client c("127.0.0.1", pool_port);
+    for (int i = 0; i < 5; ++i) {
+        const auto r =
+            c.Post("/completion", R"({"prompt":"x","max_tokens":1})", "application/json");
+        REQUIRE(r);
+        CHECK(r->status == 200);
+    }
+    CHECK(pool.output().find("event=upstream_vanished") != std::string::npos);
+    pool.signal(SIGTERM);
+    CHECK(pool.wait_exit(20s) == 0);
+    std::remove(hosts.c_str());
 }

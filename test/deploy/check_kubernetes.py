@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""The Kubernetes manifests parse, are plausible, and probe endpoints the binary serves.
+
+Usage: check_kubernetes.py BUILD/llama-pool
+Loads docker/kubernetes/*.yaml, checks kinds and the fields the objects need, that the
+front discovers the workers' headless Service by a dns:// upstream that names it, and
+starts the real binary to make sure every probe path answers (not 404).
+"""
+import glob
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+passed = failed = 0
+
+
+def check(name, ok, detail=""):
+    global passed, failed
+    print(("PASS " if ok else "FAIL ") + name + ("" if ok else f": {detail}"))
+    passed, failed = passed + ok, failed + (not ok)
+
+
+docs = []
+for path in sorted(glob.glob(os.path.join(ROOT, "docker", "kubernetes", "*.yaml"))):
+    with open(path) as f:
+        docs += [d for d in yaml.safe_load_all(f) if d]
+check("manifests parse", len(docs) >= 4, f"{len(docs)} documents")
+kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+for want in [("Deployment", "llama-pool-workers"), ("Service", "llama-pool-workers"),
+             ("Deployment", "llama-pool-front"), ("Service", "llama-pool")]:
+    check(f"{want[0]} {want[1]} exists", want in kinds)
+services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+check("workers Service is headless", services["llama-pool-workers"]["spec"].get("clusterIP") == "None")
+
+probe_paths = set()
+for d in docs:
+    if d["kind"] != "Deployment":
+        continue
+    spec = d["spec"]
+    check(f"{d['metadata']['name']}: selector matches template labels",
+          spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items())
+    for c in spec["template"]["spec"]["containers"]:
+        for probe in ("readinessProbe", "livenessProbe"):
+            path = c.get(probe, {}).get("httpGet", {}).get("path")
+            check(f"{d['metadata']['name']}: {probe} is an HTTP probe", path is not None)
+            if path:
+                probe_paths.add(path)
+        args = c.get("args", [])
+        if d["metadata"]["name"] == "llama-pool-front":
+            upstream = args[args.index("--upstream") + 1] if "--upstream" in args else ""
+            check("front discovers the headless workers Service by DNS",
+                  upstream.startswith("dns://llama-pool-workers.") and upstream.endswith(":8081"),
+                  upstream)
+check("readiness uses /health", "/health" in probe_paths)
+
+# The probe paths exist in the binary: a pool with no workers answers them (not 404).
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+pool = subprocess.Popen([sys.argv[1], "--port", str(port), "--workers", "0"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+try:
+    deadline = time.time() + 10
+    for path in sorted(probe_paths):
+        status = 0
+        while time.time() < deadline:
+            try:
+                status = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2).status
+                break
+            except urllib.error.HTTPError as e:
+                status = e.code
+                break
+            except OSError:
+                time.sleep(0.05)
+        check(f"probe path {path} is served by llama-pool (status {status})", status not in (0, 404))
+finally:
+    pool.terminate()
+    pool.wait(10)
+
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
