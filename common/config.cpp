@@ -107,7 +107,8 @@ void apply_config_json(const std::string& text, const std::string& origin, PoolC
     nlohmann::json doc;
     try {
         doc = nlohmann::json::parse(text, nullptr, true, /*ignore_comments=*/true);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {
+        // parse_error for bad syntax, out_of_range for numbers no double can hold.
         errors.push_back(fmt::format("{}: not valid JSON: {}", origin, e.what()));
         return;
     }
@@ -170,6 +171,21 @@ bool parse_upstream_url(const std::string& url, UpstreamAddress& out, std::strin
     } else {
         error = "must start with http:// or dns:// (TLS belongs in front of the pool)";
         return false;
+    }
+    out.weight = 1;
+    if (const auto q = rest.find('?'); q != std::string_view::npos) {
+        const auto query = rest.substr(q + 1);
+        rest = rest.substr(0, q);
+        constexpr std::string_view key = "weight=";
+        double weight = 0;
+        const auto value = query.substr(std::min(query.size(), key.size()));
+        const auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), weight);
+        if (query.rfind(key, 0) != 0 || ec != std::errc() || ptr != value.data() + value.size() ||
+            !(weight > 0 && weight <= 1000)) {
+            error = "has an invalid query (allowed: ?weight=N with 0 < N <= 1000)";
+            return false;
+        }
+        out.weight = weight;
     }
     if (!rest.empty() && rest.back() == '/') {
         rest.remove_suffix(1);

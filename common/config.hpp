@@ -121,9 +121,10 @@ struct UpstreamAddress {
     std::string host;
     std::uint16_t port = 0;
     bool discover = false;  // dns://: host is a name re-resolved into many upstreams
+    double weight = 1;      // ?weight=N: its share of traffic relative to the others
 };
-// Parses "http://host:port" or "dns://name:port" (a trailing slash allowed; IPv6 as [addr]).
-// False with `error`.
+// Parses "http://host:port" or "dns://name:port", optionally with "?weight=N" (a trailing
+// slash allowed; IPv6 as [addr]). False with `error`.
 bool parse_upstream_url(const std::string& url, UpstreamAddress& out, std::string& error);
 
 // Resolves a program name through PATH; returns it unchanged when it contains a slash.

@@ -151,7 +151,9 @@ ParseResult parse_request_head(std::string_view buffer, const HeadLimits& limits
     if (end == std::string_view::npos) {
         // Decide early for a client that keeps sending: the start line alone may be over.
         const auto first_lf = buffer.find('\n');
-        if (first_lf == std::string_view::npos && buffer.size() > limits.max_line_bytes) {
+        // A CR at the very end may be the line's terminator whose LF has not arrived yet.
+        const auto line_bytes = buffer.size() - (!buffer.empty() && buffer.back() == '\r' ? 1 : 0);
+        if (first_lf == std::string_view::npos && line_bytes > limits.max_line_bytes) {
             return fail(414, "request line too long");
         }
         if (buffer.size() > limits.max_head_bytes) {

@@ -86,7 +86,7 @@ std::optional<std::size_t> BackendRegistry::choose_locked(const std::vector<Entr
                                                           std::uint64_t affinity_key) {
     std::vector<BackendLoad> loads;
     for (const auto* e : candidates) {
-        loads.push_back({e->inflight, e->capacity, avoid.count(e->backend->id) > 0});
+        loads.push_back({e->inflight, e->capacity, avoid.count(e->backend->id) > 0, e->weight});
     }
     const auto has_room = [&](std::size_t i) { return loads[i].inflight < loads[i].capacity; };
     switch (options_.policy) {
@@ -233,6 +233,7 @@ void BackendRegistry::worker_ready(const WorkerEndpoint& endpoint) {
         e.breaker = CircuitBreaker(options_.breaker);  // a new process starts with a clean record
     }
     e.capacity = endpoint.capacity;
+    e.weight = endpoint.weight;
     e.available = true;
     dispatch_locked();
 }

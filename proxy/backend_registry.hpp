@@ -125,6 +125,7 @@ class BackendRegistry final : public WorkerListener {
         int inflight = 0;
         bool available = false;
         std::uint64_t opened_by_earlier_processes = 0;  // keeps the counter monotonic
+        double weight = 1;
         CircuitBreaker breaker;
     };
     struct Waiter {

@@ -6,17 +6,17 @@ std::optional<std::size_t> choose_least_loaded(const std::vector<BackendLoad>& b
                                                RandomSource& random) {
     for (const bool allow_avoided : {false, true}) {
         std::vector<std::size_t> best;
-        double best_load = 2.0;
+        double best_score = -1.0;
         for (std::size_t i = 0; i < backends.size(); ++i) {
             const auto& b = backends[i];
             if (b.capacity <= 0 || b.inflight >= b.capacity || (b.avoid && !allow_avoided)) {
                 continue;
             }
-            const double load = static_cast<double>(b.inflight) / b.capacity;
-            if (load < best_load - 1e-9) {
-                best_load = load;
+            const double score = b.weight * (1.0 - static_cast<double>(b.inflight) / b.capacity);
+            if (score > best_score + 1e-9) {
+                best_score = score;
                 best.assign(1, i);
-            } else if (load <= best_load + 1e-9) {
+            } else if (score >= best_score - 1e-9) {
                 best.push_back(i);
             }
         }

@@ -11,15 +11,23 @@ UsageScanner::Usage from_object(const nlohmann::json& j) {
     if (!j.is_object()) {
         return u;
     }
+    // Counts feed Prometheus counters, which only go up: anything negative, fractional
+    // below zero or beyond a sane size from a worker counts as nothing.
     auto number = [](const nlohmann::json& obj, const char* key) -> long long {
         const auto it = obj.find(key);
-        return it != obj.end() && it->is_number() ? it->get<long long>() : 0;
+        if (it == obj.end() || !it->is_number()) {
+            return 0;
+        }
+        const double v = it->get<double>();
+        return v >= 0 && v < 1e15 ? static_cast<long long>(v) : 0;
     };
     if (const auto usage = j.find("usage"); usage != j.end() && usage->is_object()) {
         u.predicted = number(*usage, "completion_tokens");
         u.prompt = number(*usage, "prompt_tokens");
         u.found = true;
-    } else if (j.contains("tokens_predicted") && j.value("stop", true)) {
+    } else if (const auto stop = j.find("stop");
+               j.contains("tokens_predicted") &&
+               (stop == j.end() || !stop->is_boolean() || stop->get<bool>())) {
         u.predicted = number(j, "tokens_predicted");
         u.prompt = number(j, "tokens_evaluated");
         u.found = true;

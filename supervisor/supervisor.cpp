@@ -134,7 +134,8 @@ void Supervisor::sync_discovered_locked(DiscoveredName& target,
         }
         const auto id = target.id + "/" + address;
         upstreams_.push_back(std::make_unique<UpstreamMonitor>(
-            id, UpstreamAddress{address, target.address.port, false}, config_, log_, listener_));
+            id, UpstreamAddress{address, target.address.port, false, target.address.weight},
+            config_, log_, listener_));
         upstreams_.back()->start();
         target.known.insert(address);
         log_.info("supervisor", "upstream_discovered",

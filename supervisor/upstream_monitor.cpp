@@ -163,8 +163,8 @@ void UpstreamMonitor::step() {
         last_completion_probe_ = now;
         set_state(WorkerState::ready,
                   fmt::format("upstream {}:{}, {} slots", address_.host, address_.port, capacity));
-        listener_.worker_ready(
-            {id_, address_.host, address_.port, capacity, config_.upstream_api_key});
+        listener_.worker_ready({id_, address_.host, address_.port, capacity,
+                                config_.upstream_api_key, address_.weight});
         published_ = true;
         return;
     }
@@ -185,8 +185,8 @@ void UpstreamMonitor::step() {
     }
     if (healthy) {
         if (failures_ > 0 && !published_) {
-            listener_.worker_ready(
-                {id_, address_.host, address_.port, status().capacity, config_.upstream_api_key});
+            listener_.worker_ready({id_, address_.host, address_.port, status().capacity,
+                                    config_.upstream_api_key, address_.weight});
             published_ = true;
         }
         failures_ = 0;

@@ -11,6 +11,7 @@ struct WorkerEndpoint {
     std::uint16_t port = 0;
     int capacity = 1;     // concurrent requests it can serve: its slot count
     std::string api_key;  // what the pool must send it; empty when none
+    double weight = 1;    // relative share of traffic (upstreams' ?weight=N)
 };
 
 // How the supervisor tells the data plane which workers may take traffic. Implemented by

@@ -246,3 +246,14 @@ TEST_CASE(
     REQUIRE(last_resort.lease);
     CHECK(last_resort.lease->backend().id == "dead");
 }
+
+TEST_CASE("weights shift least-loaded traffic without exceeding slots", "[balancer]") {
+    test::ScriptedRandom random({0.0});
+    // Equal weights: the lowest load wins, as without weights.
+    CHECK(choose_least_loaded({{1, 4, false, 1}, {0, 4, false, 1}}, random) == 1u);
+    // Weight 3 keeps winning until its free share drops under a third of the other's.
+    CHECK(choose_least_loaded({{0, 4, false, 1}, {2, 4, false, 3}}, random) == 1u);
+    CHECK(choose_least_loaded({{0, 4, false, 1}, {3, 4, false, 3}}, random) == 0u);
+    // A full backend is never chosen, whatever its weight.
+    CHECK(choose_least_loaded({{4, 4, false, 100}, {3, 4, false, 1}}, random) == 1u);
+}

@@ -132,3 +132,25 @@ TEST_CASE("help and version are actions, and help lists every flag", "[config]")
         CHECK(help.find(flag) != std::string::npos);
     }
 }
+
+TEST_CASE("upstream URLs: schemes, weights and their errors", "[config]") {
+    UpstreamAddress a;
+    std::string error;
+    REQUIRE(parse_upstream_url("http://10.0.0.5:8081/", a, error));
+    CHECK(a.host == "10.0.0.5");
+    CHECK(a.port == 8081);
+    CHECK(a.weight == 1);
+    CHECK_FALSE(a.discover);
+    REQUIRE(parse_upstream_url("dns://workers.svc:8081?weight=2.5", a, error));
+    CHECK(a.discover);
+    CHECK(a.weight == 2.5);
+    REQUIRE(parse_upstream_url("http://[::1]:9000", a, error));
+    CHECK(a.host == "::1");
+    CHECK_FALSE(parse_upstream_url("https://x:1", a, error));
+    CHECK_FALSE(parse_upstream_url("http://x", a, error));
+    CHECK_FALSE(parse_upstream_url("http://x:70000", a, error));
+    CHECK_FALSE(parse_upstream_url("http://x:80?weight=0", a, error));
+    CHECK_FALSE(parse_upstream_url("http://x:80?weight=abc", a, error));
+    CHECK_FALSE(parse_upstream_url("http://x:80?color=red", a, error));
+    CHECK(error.find("weight=N") != std::string::npos);
+}

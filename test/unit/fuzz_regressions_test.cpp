@@ -1,0 +1,68 @@
+// Bugs the libFuzzer targets (test/fuzz) found, one minimal reproducer each. The crashing
+// inputs are also kept as seeds in test/fuzz/corpus/<target>/regression-*, so that
+// `make fuzz` replays them too.
+
+#include <catch2/catch.hpp>
+#include <string>
+#include <vector>
+
+#include "common/config.hpp"
+#include "common/http_parser.hpp"
+#include "proxy/usage_scanner.hpp"
+
+using namespace llama_pool;
+
+TEST_CASE("a request line at the length limit is not refused when its CR and LF arrive apart",
+          "[fuzz][http]") {
+    // The server parses again each time bytes arrive. Whole, "GET / HTTP/1.1" (14 bytes) is
+    // within a 14-byte limit; it must not get a 414 on the read that ends between CR and LF.
+    HeadLimits limits;
+    limits.max_line_bytes = 14;
+    HttpRequest whole;
+    REQUIRE(parse_request_head("GET / HTTP/1.1\r\n\r\n", limits, whole).status ==
+            ParseStatus::complete);
+    HttpRequest partial;
+    const auto r = parse_request_head("GET / HTTP/1.1\r", limits, partial);
+    CHECK(r.status == ParseStatus::incomplete);
+    CHECK(r.error_status == 0);
+}
+
+TEST_CASE("a config number too large for a double is an error, not an exception",
+          "[fuzz][config]") {
+    // nlohmann reports it as out_of_range (406), not parse_error: it escaped to terminate(),
+    // at start and on a SIGHUP reload of a running pool.
+    PoolConfig config;
+    std::vector<std::string> errors;
+    REQUIRE_NOTHROW(apply_config_json(R"({"listen":{"port":1e400}})", "f.json", config, errors));
+    REQUIRE(errors.size() == 1);
+    CHECK(errors[0].rfind("f.json: ", 0) == 0);
+    CHECK(config == PoolConfig{});
+}
+
+TEST_CASE("usage counts ignore a non-boolean stop field instead of throwing", "[fuzz][usage]") {
+    // json::value("stop", true) throws type_error when "stop" is not a boolean (null, a
+    // string): the relay then aborted a response it had already relayed in full.
+    for (const std::string stop : {"null", "\"eos\"", "1"}) {
+        UsageScanner scanner;
+        scanner.feed(R"({"content":"x","tokens_predicted":3,"tokens_evaluated":2,"stop":)" + stop +
+                     "}");
+        UsageScanner::Usage usage;
+        REQUIRE_NOTHROW(usage = scanner.finish(false));
+        UsageScanner stream;
+        stream.feed("data: {\"tokens_predicted\":3,\"stop\":" + stop + "}\n\n");
+        REQUIRE_NOTHROW(stream.finish(true));
+    }
+}
+
+TEST_CASE("usage counts are never negative, whatever number the worker sends", "[fuzz][usage]") {
+    // The counts feed Prometheus counters, whose inc() throws on a negative increment; a
+    // float beyond long long's range was converted with undefined behaviour (LLONG_MIN on
+    // x86).
+    for (const std::string n : {"-1", "1e300", "-1e300", "18446744073709551615", "-0.5"}) {
+        UsageScanner scanner;
+        scanner.feed(R"({"usage":{"completion_tokens":)" + n + R"(,"prompt_tokens":)" + n + "}}");
+        const auto usage = scanner.finish(false);
+        CHECK(usage.predicted >= 0);
+        CHECK(usage.prompt >= 0);
+    }
+}
