@@ -132,7 +132,8 @@ std::shared_ptr<Backend> BackendRegistry::pick_locked(const std::set<std::string
         if (!e.available) {
             continue;
         }
-        (e.breaker.state(now) == BreakerState::open ? ejected : admitted).push_back(&e);
+        const bool out = e.breaker.state(now) == BreakerState::open || now < e.down_until;
+        (out ? ejected : admitted).push_back(&e);
     }
     // A retry waits for a slot on a worker it has not tried rather than go back to one that
     // just failed it: a dead worker always has free slots, because its requests fail fast.
@@ -170,6 +171,24 @@ std::shared_ptr<Backend> BackendRegistry::pick_locked(const std::set<std::string
     }
     ++best->inflight;
     return best->backend;
+}
+
+void BackendRegistry::report_refused(const std::string& id) {
+    std::lock_guard lock(mutex_);
+    if (const auto it = entries_.find(id); it != entries_.end()) {
+        it->second.down_until = time_.now() + seconds(1);
+    }
+}
+
+int BackendRegistry::largest_capacity() const {
+    std::lock_guard lock(mutex_);
+    int largest = 0;
+    for (const auto& [id, e] : entries_) {
+        if (e.available) {
+            largest = std::max(largest, e.capacity);
+        }
+    }
+    return largest;
 }
 
 BackendRegistry::BreakerChange BackendRegistry::report(const std::string& id, bool success) {
@@ -234,6 +253,7 @@ void BackendRegistry::worker_ready(const WorkerEndpoint& endpoint) {
     }
     e.capacity = endpoint.capacity;
     e.weight = endpoint.weight;
+    e.down_until = {};
     e.available = true;
     dispatch_locked();
 }

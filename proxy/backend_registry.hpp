@@ -103,6 +103,12 @@ class BackendRegistry final : public WorkerListener {
     };
     // The outcome of one attempt on a backend, for its circuit breaker.
     BreakerChange report(const std::string& id, bool success);
+    // Nothing listens there (connection refused): the process is gone or restarting. No new
+    // request goes there for a moment, or until it is published ready again, so requests
+    // stop piling onto a dead worker before its probes or breaker have noticed.
+    void report_refused(const std::string& id);
+    // The largest slot count among available backends.
+    int largest_capacity() const;
 
     void worker_ready(const WorkerEndpoint& endpoint) override;
     void worker_unavailable(const std::string& id) override;
@@ -126,6 +132,7 @@ class BackendRegistry final : public WorkerListener {
         bool available = false;
         std::uint64_t opened_by_earlier_processes = 0;  // keeps the counter monotonic
         double weight = 1;
+        TimePoint down_until{};  // after a refused connection
         CircuitBreaker breaker;
     };
     struct Waiter {

@@ -16,10 +16,10 @@ void RetryBudget::request_finished() {
     requests_ = std::max(0, requests_ - 1);
 }
 
-bool RetryBudget::try_start_retry() {
+bool RetryBudget::try_start_retry(int floor) {
     std::lock_guard lock(mutex_);
     const int share = static_cast<int>(std::floor(ratio_ * requests_));
-    if (retries_ >= std::max(min_, share)) {
+    if (retries_ >= std::max({min_, floor, share})) {
         return false;
     }
     ++retries_;

@@ -16,7 +16,9 @@ class RetryBudget {
     void request_started();
     void request_finished();
     // Takes a retry slot if the budget allows one now; give it back with retry_finished().
-    bool try_start_retry();
+    // `floor` raises the minimum for this call: the pool passes its largest worker's slot
+    // count, so that every request a dying worker had in flight can be retried at once.
+    bool try_start_retry(int floor = 0);
     void retry_finished();
 
     int active_requests() const;

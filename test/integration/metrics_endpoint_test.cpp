@@ -28,6 +28,19 @@ TEST_CASE("a live pool's /metrics passes promtool and has every documented metri
                 ->status == 200);
     REQUIRE(c.Get("/nope")->status == 404);
 
+    // A request's metrics are recorded just after its response went out, so a scrape right
+    // behind the last response may precede them by a moment, as it may in production.
+    REQUIRE(wait_until(
+        [&] {
+            const auto m = c.Get("/metrics");
+            return m &&
+                   m->body.find(
+                       "llama_pool_time_to_first_byte_seconds_count{route=\"/v1/chat/"
+                       "completions\"} 1") != std::string::npos &&
+                   m->body.find("llama_pool_requests_total{route=\"other\",code=\"404\"} 1") !=
+                       std::string::npos;
+        },
+        5s));
     const auto r = c.Get("/metrics");
     REQUIRE(r);
     CHECK(r->status == 200);
