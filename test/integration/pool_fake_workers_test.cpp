@@ -187,3 +187,18 @@ TEST_CASE("a pool whose port is taken exits 1 and says which address", "[integra
     CHECK(pool.output().find("bind 127.0.0.1:" + std::to_string(port) +
                              ": Address already in use") != std::string::npos);
 }
+
+TEST_CASE("a worker that does not load within the start-up timeout is restarted", "[integration]") {
+    // The fake answers 503 "Loading model" for 5 s; the pool gives it 1 s.
+    PoolProcess pool(fake_pool_args(1, {"--startup-timeout", "1"}, {"--load-delay-ms", "5000"}));
+    REQUIRE(wait_until(
+        [&] {
+            const auto s = pool.status();
+            return !s.value("workers", json::array()).empty() &&
+                   s["workers"][0]["restarts"].get<int>() >= 1;
+        },
+        20s));
+    const auto w = pool.status()["workers"][0];
+    CHECK(w["last_exit_reason"].get<std::string>().find("start-up timeout") != std::string::npos);
+    CHECK(pool.client().Get("/health")->status == 503);
+}
