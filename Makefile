@@ -8,7 +8,7 @@ WORKERS    ?= 2
 TOOLCHAIN  := bash scripts/llama-toolchain.sh
 
 .PHONY: all deps deps-extra build test test-unit test-integration test-e2e run format \
-        check-format llama-server-path demo-model-path bench test-asan test-tsan clean
+        check-format llama-server-path demo-model-path bench test-asan test-tsan fuzz clean
 
 all: build
 
@@ -62,6 +62,10 @@ test-tsan: deps
 	@TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 	 ctest --test-dir build-tsan --output-on-failure -j$(JOBS) -L "unit|integration" -E "$(SANITIZER_SKIP)"
 
+# libFuzzer targets (test/fuzz), FUZZ_SECONDS each (default 30), clang build in build-fuzz.
+fuzz: deps-extra
+	@bash scripts/fuzz.sh
+
 run: build
 	@server="$$($(TOOLCHAIN) server-path)" && model="$$($(TOOLCHAIN) model-path)" && \
 	 echo "llama-pool: serving on http://127.0.0.1:$(PORT) with $(WORKERS) workers (model $$model)" >&2 && \
@@ -79,4 +83,4 @@ check-format:
 	@git ls-files '*.cpp' '*.hpp' | xargs clang-format --dry-run --Werror
 
 clean:
-	rm -rf $(BUILD_DIR) build-asan build-tsan
+	rm -rf $(BUILD_DIR) build-asan build-tsan build-fuzz

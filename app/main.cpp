@@ -28,7 +28,9 @@ int main(int argc, char** argv) {
         return 2;
     }
     if (loaded.action == CliAction::check_config) {
-        fmt::print("{}\n", config_to_json(loaded.config).dump(2));
+        // Replace, for display only: paths and arguments need not be UTF-8.
+        fmt::print("{}\n", config_to_json(loaded.config)
+                               .dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
         return 0;
     }
 

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <variant>
@@ -11,6 +12,11 @@
 #include "common/config_fields.hpp"
 
 namespace llama_pool {
+
+std::string quote_for_error(std::string_view text) {
+    return nlohmann::json(std::string(text))
+        .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
 
 namespace {
 
@@ -27,8 +33,10 @@ const FieldSpec* find_field(std::string_view key) {
     return nullptr;
 }
 
-void apply_json_value(const FieldSpec& f, const nlohmann::json& v, const std::string& origin,
-                      PoolConfig& config, std::vector<std::string>& errors) {
+}  // namespace
+
+void apply_field_value(const FieldSpec& f, const nlohmann::json& v, const std::string& origin,
+                       PoolConfig& config, std::vector<std::string>& errors) {
     auto error = [&](const std::string& why) {
         errors.push_back(fmt::format("{}: key \"{}\": {}", origin, f.key, why));
     };
@@ -78,8 +86,8 @@ void apply_json_value(const FieldSpec& f, const nlohmann::json& v, const std::st
                         allowed = allowed || s == c;
                     }
                     if (!allowed) {
-                        return error(fmt::format("\"{}\" is not allowed (allowed: {})", s,
-                                                 fmt::join(f.choices, ", ")));
+                        return error(fmt::format("{} is not allowed (allowed: {})",
+                                                 quote_for_error(s), fmt::join(f.choices, ", ")));
                     }
                 }
                 config.*member = s;
@@ -100,8 +108,6 @@ void apply_json_value(const FieldSpec& f, const nlohmann::json& v, const std::st
         f.member);
 }
 
-}  // namespace
-
 void apply_config_json(const std::string& text, const std::string& origin, PoolConfig& config,
                        std::vector<std::string>& errors) {
     nlohmann::json doc;
@@ -118,21 +124,21 @@ void apply_config_json(const std::string& text, const std::string& origin, PoolC
     }
     for (const auto& [section, body] : doc.items()) {
         if (!body.is_object()) {
-            errors.push_back(fmt::format(
-                "{}: key \"{}\": must be an object of settings (sections: listen, workers, "
-                "upstreams, proxy, auth, log)",
-                origin, section));
+            errors.push_back(
+                fmt::format("{}: key {}: must be an object of settings (sections: listen, workers, "
+                            "upstreams, proxy, auth, log)",
+                            origin, quote_for_error(section)));
             continue;
         }
         for (const auto& [name, value] : body.items()) {
             const auto key = section + "." + name;
             const auto* f = find_field(key);
             if (f == nullptr) {
-                errors.push_back(
-                    fmt::format("{}: unknown key \"{}\"{}", origin, key, suggest_key(key)));
+                errors.push_back(fmt::format("{}: unknown key {}{}", origin, quote_for_error(key),
+                                             suggest_key(key)));
                 continue;
             }
-            apply_json_value(*f, value, origin, config, errors);
+            apply_field_value(*f, value, origin, config, errors);
         }
     }
 }
@@ -199,6 +205,16 @@ bool parse_upstream_url(const std::string& url, UpstreamAddress& out, std::strin
     if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
         host = host.substr(1, host.size() - 2);
     }
+    // Nothing empty, no bracket left from a typo, no blank or control byte: getaddrinfo
+    // would refuse such a host only later, at every connect.
+    const bool bad_byte = std::any_of(host.begin(), host.end(), [](char c) {
+        const auto u = static_cast<unsigned char>(c);
+        return u <= 0x20 || u == 0x7f || c == '[' || c == ']';
+    });
+    if (host.empty() || bad_byte) {
+        error = "has no valid host";
+        return false;
+    }
     unsigned port = 0;
     const auto digits = rest.substr(colon + 1);
     const auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), port);
@@ -216,7 +232,8 @@ void validate_config(const PoolConfig& c, std::vector<std::string>& errors) {
         UpstreamAddress address;
         std::string why;
         if (!parse_upstream_url(url, address, why)) {
-            errors.push_back(fmt::format("key \"upstreams.urls\": \"{}\" {}", url, why));
+            errors.push_back(
+                fmt::format("key \"upstreams.urls\": {} {}", quote_for_error(url), why));
         }
     }
     if (c.workers > 0) {
@@ -225,23 +242,24 @@ void validate_config(const PoolConfig& c, std::vector<std::string>& errors) {
         if (::stat(exe.c_str(), &st) != 0 || !S_ISREG(st.st_mode) ||
             ::access(exe.c_str(), X_OK) != 0) {
             errors.push_back(fmt::format(
-                "key \"workers.llama_server\": \"{}\" is not an executable file (set "
+                "key \"workers.llama_server\": {} is not an executable file (set "
                 "--llama-server PATH or LLAMA_SERVER; `make -s llama-server-path` builds one)",
-                c.llama_server));
+                quote_for_error(c.llama_server)));
         }
         if (c.model.empty()) {
             errors.push_back(
                 "key \"workers.model\": no model given (set --model PATH or LLAMA_POOL_MODEL; "
                 "`make -s demo-model-path` builds a small demo model)");
         } else if (struct stat ms{}; ::stat(c.model.c_str(), &ms) != 0 || !S_ISREG(ms.st_mode)) {
-            errors.push_back(fmt::format(
-                "key \"workers.model\": \"{}\" does not exist or is not a file", c.model));
+            errors.push_back(
+                fmt::format("key \"workers.model\": {} does not exist or is not a file",
+                            quote_for_error(c.model)));
         }
     }
     if (!c.api_key_file.empty() && ::access(c.api_key_file.c_str(), R_OK) != 0) {
-        errors.push_back(fmt::format(
-            "key \"auth.api_key_file\": \"{}\" cannot be read (one key per line expected)",
-            c.api_key_file));
+        errors.push_back(
+            fmt::format("key \"auth.api_key_file\": {} cannot be read (one key per line expected)",
+                        quote_for_error(c.api_key_file)));
     }
     if (c.retry_backoff_cap < c.retry_backoff_base) {
         errors.push_back(fmt::format(

@@ -289,15 +289,9 @@ nlohmann::json text_to_json(const FieldSpec& f, const std::string& text) {
 
 void apply_text(const FieldSpec& f, const std::string& text, const std::string& origin,
                 PoolConfig& config, std::vector<std::string>& errors) {
-    const auto dot = f.key.find('.');
-    nlohmann::json doc;
-    doc[std::string(f.key.substr(0, dot))][std::string(f.key.substr(dot + 1))] =
-        text_to_json(f, text);
-    std::vector<std::string> local;
-    apply_config_json(doc.dump(), origin, config, local);
-    for (auto& e : local) {
-        errors.push_back(std::move(e));
-    }
+    // Applied as it is, not through json::dump() and a re-parse: a value is whatever bytes
+    // the shell passed, and dump() throws on bytes that are not UTF-8 (a Latin-1 file name).
+    apply_field_value(f, text_to_json(f, text), origin, config, errors);
 }
 
 }  // namespace
@@ -382,8 +376,8 @@ ConfigResult load_config(const std::vector<std::string>& args, const EnvLookup& 
     if (!result.config_file.empty()) {
         std::ifstream in(result.config_file);
         if (!in) {
-            result.errors.push_back(
-                fmt::format("{}: cannot read the config file", result.config_file));
+            result.errors.push_back(fmt::format("{}: cannot read the config file",
+                                                quote_for_error(result.config_file)));
         } else {
             std::stringstream text;
             text << in.rdbuf();
@@ -442,7 +436,7 @@ ConfigResult load_config(const std::vector<std::string>& args, const EnvLookup& 
         }
         if (field == nullptr) {
             result.errors.push_back(
-                fmt::format("unknown option \"{}\" (see llama-pool --help)", args[i]));
+                fmt::format("unknown option {} (see llama-pool --help)", quote_for_error(args[i])));
             continue;
         }
         std::string value;

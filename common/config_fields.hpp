@@ -1,6 +1,7 @@
 #pragma once
 
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <span>
 #include <string>
 #include <string_view>
@@ -34,5 +35,11 @@ struct FieldSpec {
 std::span<const FieldSpec> config_fields();
 // " (did you mean \"workers.count\"?)" or "".
 std::string suggest_key(std::string_view key);
+// Text from outside (a key, a value, a path) JSON-quoted for an error message: a line break
+// or control byte in it must not split the one-line error.
+std::string quote_for_error(std::string_view text);
+// Checks one setting's value and stores it, or appends an error naming `origin` and the key.
+void apply_field_value(const FieldSpec& f, const nlohmann::json& value, const std::string& origin,
+                       PoolConfig& config, std::vector<std::string>& errors);
 
 }  // namespace llama_pool

@@ -99,7 +99,9 @@ nlohmann::json PoolRoutes::status_json() {
                      {"inflight", inflight},
                      {"slots", slots},
                      {"queued", registry_.waiting()}};
-    return nlohmann::json::parse(out.dump());
+    // A worker's output may hold any bytes; invalid UTF-8 must not turn /pool/status into a 500.
+    return nlohmann::json::parse(
+        out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 }
 
 void PoolRoutes::health(HttpExchange& exchange, const std::string& request_id) {
@@ -278,7 +280,9 @@ bool PoolRoutes::handle(HttpExchange& exchange, const std::string& path,
         return true;
     }
     if (path == "/pool/status" && method == "GET") {
-        respond_json(exchange, 200, status_json().dump(), request_id);
+        respond_json(exchange, 200,
+                     status_json().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                     request_id);
         return true;
     }
     constexpr std::string_view prefix = "/pool/workers/";

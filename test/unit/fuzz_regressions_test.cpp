@@ -3,6 +3,7 @@
 // `make fuzz` replays them too.
 
 #include <catch2/catch.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -65,4 +66,55 @@ TEST_CASE("usage counts are never negative, whatever number the worker sends", "
         CHECK(usage.predicted >= 0);
         CHECK(usage.prompt >= 0);
     }
+}
+
+TEST_CASE("config errors stay one line when a key, value or URL holds a line break",
+          "[fuzz][config]") {
+    // config.hpp promises one line per error, and main prints them as they are: a "\n"
+    // escape in a key, a choice or a URL split the message (and could forge the next line).
+    PoolConfig config;
+    std::vector<std::string> errors;
+    apply_config_json(R"({"listen":{"po\nrt":1},"x\ny":1,"proxy":{"balancer":"least\nloaded"}})",
+                      "f.json", config, errors);
+    CHECK(errors.size() == 3);
+    config.upstreams = {"ftp://a\nb:1"};
+    validate_config(config, errors);
+    for (const auto& e : errors) {
+        CHECK(e.find('\n') == std::string::npos);
+    }
+}
+
+TEST_CASE("an upstream URL whose host cannot be right is refused", "[fuzz][config]") {
+    // Accepted before: an empty host from "[]", brackets left over from a typo, blanks.
+    for (const std::string url :
+         {"http://[]:8081", "http://5:1]:9000", "http://[::1:8081", "dns://a b:8081"}) {
+        UpstreamAddress address;
+        std::string error;
+        CHECK_FALSE(parse_upstream_url(url, address, error));
+    }
+    UpstreamAddress address;
+    std::string error;
+    CHECK(parse_upstream_url("http://[::1]:8081", address, error));
+    CHECK(address.host == "::1");
+}
+
+TEST_CASE("a flag or environment value that is not UTF-8 is taken as given, not thrown on",
+          "[fuzz][config]") {
+    // apply_text round-tripped every value through json::dump(), which throws type_error 316
+    // on bytes that are not UTF-8: `llama-pool --model /models/caf<0xE9>.gguf` (a Latin-1
+    // file name) ended in terminate() instead of starting.
+    const std::string model = "/models/caf\xe9.gguf";
+    const EnvLookup no_env = [](const std::string&) -> std::optional<std::string> {
+        return std::nullopt;
+    };
+    ConfigResult loaded;
+    REQUIRE_NOTHROW(loaded = load_config({"--workers", "0", "--model", model}, no_env));
+    CHECK(loaded.ok());
+    CHECK(loaded.config.model == model);
+
+    const EnvLookup env = [&](const std::string& name) -> std::optional<std::string> {
+        return name == "LLAMA_POOL_MODEL" ? std::optional(model) : std::nullopt;
+    };
+    REQUIRE_NOTHROW(loaded = load_config({"--workers", "0"}, env));
+    CHECK(loaded.config.model == model);
 }

@@ -1,0 +1,46 @@
+// Prefix affinity reads every request body (as Relay::affinity_key_for does when the balancer
+// is prefix-affinity): the client's JSON, whatever its shape, must give a key and never throw
+// or crash; requests that share a prefix must share the key.
+
+#include <algorithm>
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "proxy/affinity.hpp"
+#include "test/fuzz/fuzz_support.hpp"
+
+using namespace llama_pool;
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    const auto input = fuzz::as_text(data, size);
+    const auto body = nlohmann::json::parse(input, nullptr, /*allow_exceptions=*/false);
+    const auto text = prompt_text(body);
+    if (!body.is_object()) {
+        FUZZ_CHECK(text.empty());
+    }
+
+    const std::size_t prefix = fuzz::input_hash(input) % 300;
+    const auto key = affinity_key(text, prefix);
+    if (prefix == 0 || text.empty()) {
+        FUZZ_CHECK(key == 0);
+    }
+    // Only the prefix counts: whatever follows it does not move the request.
+    FUZZ_CHECK(key == affinity_key(std::string_view(text).substr(0, prefix), prefix));
+    if (text.size() >= prefix) {
+        FUZZ_CHECK(key == affinity_key(text + "a tail that differs", prefix));
+    }
+
+    // The ranking is a permutation of the workers, stable for the same key.
+    const std::vector<std::string> workers = {"0", "1", "2", "w3", "w3"};
+    const auto order = rendezvous_order(key, workers);
+    FUZZ_CHECK(order == rendezvous_order(key, workers));
+    auto sorted = order;
+    std::sort(sorted.begin(), sorted.end());
+    for (std::size_t i = 0; i < sorted.size(); ++i) {
+        FUZZ_CHECK(sorted[i] == i);
+    }
+    return 0;
+}
