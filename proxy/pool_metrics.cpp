@@ -204,12 +204,8 @@ void PoolMetrics::render_pool_state(std::string& out) {
     }
 }
 
-void PoolMetrics::render_worker_metrics(std::string& out) {
-    if (backends_ == nullptr) {
-        return;
-    }
-    // llama.cpp names its metrics "llamacpp:..."; Prometheus accepts the colon but reserves
-    // it for recording rules (promtool warns), so they are re-exported as "llamacpp_...".
+std::string merge_worker_expositions(
+    const std::vector<std::pair<std::string, std::string>>& texts) {
     ExpositionMerger merger("worker", [](std::string_view name) {
         std::string renamed(name);
         for (auto& c : renamed) {
@@ -219,6 +215,25 @@ void PoolMetrics::render_worker_metrics(std::string& out) {
         }
         return renamed;
     });
+    for (const auto& [worker, text] : texts) {
+        merger.add(worker, text);
+    }
+    std::string merged;
+    merger.append_to(merged);
+    // llama.cpp declares n_tokens_max, a high-water mark, as a counter (without _total);
+    // it is a gauge in meaning, and re-exporting it as one keeps promtool's lint clean.
+    constexpr std::string_view wrong = "# TYPE llamacpp_n_tokens_max counter\n";
+    if (const auto at = merged.find(wrong); at != std::string::npos) {
+        merged.replace(at, wrong.size(), "# TYPE llamacpp_n_tokens_max gauge\n");
+    }
+    return merged;
+}
+
+void PoolMetrics::render_worker_metrics(std::string& out) {
+    if (backends_ == nullptr) {
+        return;
+    }
+    std::vector<std::pair<std::string, std::string>> texts;
     for (const auto& b : backends_->snapshot()) {
         if (!b.available) {
             continue;
@@ -230,18 +245,10 @@ void PoolMetrics::render_worker_metrics(std::string& out) {
         const auto r =
             http_fetch(b.host, b.port, "GET", "/metrics", headers, {}, milliseconds(2000), 4 << 20);
         if (r.status == 200) {
-            merger.add(b.id, r.body);
+            texts.emplace_back(b.id, r.body);
         }
     }
-    std::string merged;
-    merger.append_to(merged);
-    // llama.cpp declares n_tokens_max, a high-water mark, as a counter (without _total);
-    // it is a gauge in meaning, and re-exporting it as one keeps promtool's lint clean.
-    constexpr std::string_view wrong = "# TYPE llamacpp_n_tokens_max counter\n";
-    if (const auto at = merged.find(wrong); at != std::string::npos) {
-        merged.replace(at, wrong.size(), "# TYPE llamacpp_n_tokens_max gauge\n");
-    }
-    out += merged;
+    out += merge_worker_expositions(texts);
 }
 
 }  // namespace llama_pool

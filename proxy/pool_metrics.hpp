@@ -3,6 +3,8 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "common/metrics.hpp"
 
@@ -51,6 +53,11 @@ class PoolMetrics {
     BackendRegistry* backends_ = nullptr;
     Supervisor* supervisor_ = nullptr;
 };
+
+// Workers' own expositions (worker id, /metrics text) merged under a `worker` label, as
+// /metrics re-exports them: llama.cpp's "llamacpp:" becomes "llamacpp_" (Prometheus
+// reserves the colon for recording rules) and n_tokens_max, declared a counter, a gauge.
+std::string merge_worker_expositions(const std::vector<std::pair<std::string, std::string>>& texts);
 
 // A bounded route label: the llama-server endpoint a path names, "/pool" for the admin
 // API, or "other". Client-chosen paths must never become label values.

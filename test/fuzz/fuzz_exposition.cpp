@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/prometheus_text.hpp"
+#include "proxy/pool_metrics.hpp"
 #include "test/fuzz/fuzz_support.hpp"
 
 using namespace llama_pool;
@@ -139,19 +140,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     cut = std::min(input.size(), input.find('\n', cut) == std::string_view::npos
                                      ? input.size()
                                      : input.find('\n', cut) + 1);
-    ExpositionMerger merger("worker", [](std::string_view name) {
-        std::string renamed(name);
-        for (auto& c : renamed) {
-            if (c == ':') {
-                c = '_';
-            }
-        }
-        return renamed;
-    });
-    merger.add("0", input.substr(0, cut));
-    merger.add("1", input.substr(cut));
-    merger.add("w\"2\n\xff", input);
-    check_rendered(merger.render());
+    check_rendered(merge_worker_expositions({{"0", std::string(input.substr(0, cut))},
+                                             {"1", std::string(input.substr(cut))},
+                                             {"w\"2\n\xff", std::string(input)}}));
 
     check_rendered(relabel_exposition(input, "worker", "0"));
     return 0;
