@@ -38,7 +38,8 @@ json worker_by_pid(const json& status, int pid) {
 class SteadyLoad {
   public:
     SteadyLoad(std::uint16_t port, int clients, int n_predict = 8) {
-        const auto body = R"({"prompt":"Hi","n_predict":)" + std::to_string(n_predict) + "}";
+        const auto body =
+            R"({"prompt":"Hi","ignore_eos":true,"n_predict":)" + std::to_string(n_predict) + "}";
         for (int i = 0; i < clients; ++i) {
             threads_.emplace_back([this, port, body] {
                 while (!stop_) {

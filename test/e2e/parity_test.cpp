@@ -82,17 +82,22 @@ TEST_CASE("the pool answers like the real llama-server it fronts", "[e2e]") {
         std::string name, method, path, body;
         bool stream = false;
     };
+    // ignore_eos: the random-weight model may sample end-of-sequence at any point, and the
+    // two sides must produce the same number of events.
     const std::vector<Case> cases = {
-        {"completion", "POST", "/completion", R"({"prompt":"Hello","n_predict":4})"},
+        {"completion", "POST", "/completion",
+         R"({"prompt":"Hello","n_predict":4,"ignore_eos":true})"},
         {"completion stream", "POST", "/completion",
-         R"({"prompt":"Hello","n_predict":4,"stream":true})", true},
-        {"v1 completions", "POST", "/v1/completions", R"({"prompt":"Hello","max_tokens":4})"},
+         R"({"prompt":"Hello","n_predict":4,"stream":true,"ignore_eos":true})", true},
+        {"v1 completions", "POST", "/v1/completions",
+         R"({"prompt":"Hello","max_tokens":4,"ignore_eos":true})"},
         {"v1 completions stream", "POST", "/v1/completions",
-         R"({"prompt":"Hello","max_tokens":4,"stream":true})", true},
+         R"({"prompt":"Hello","max_tokens":4,"stream":true,"ignore_eos":true})", true},
         {"chat", "POST", "/v1/chat/completions",
-         R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4})"},
+         R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4,"ignore_eos":true})"},
         {"chat stream", "POST", "/v1/chat/completions",
-         R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4,"stream":true})", true},
+         R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4,"stream":true,"ignore_eos":true})",
+         true},
         {"tokenize", "POST", "/tokenize", R"({"content":"Hello world"})"},
         {"detokenize", "POST", "/detokenize", R"({"tokens":[15043,3186]})"},
         {"models", "GET", "/v1/models", ""},
@@ -181,7 +186,9 @@ TEST_CASE("the n8n node's calls, replayed as it sends them, get 2xx and the fiel
         const auto j = json::parse(body);
         CHECK(j["content"].is_string());
         CHECK(j.contains("model"));
-        CHECK(j["tokens_predicted"].get<int>() > 0);
+        // The node's own body has no ignore_eos, and the random model may stop at once: the
+        // node needs the field, not a particular count.
+        CHECK(j["tokens_predicted"].is_number_integer());
         CHECK(j.contains("timings"));
     }
     {
