@@ -180,15 +180,15 @@ void BackendRegistry::report_refused(const std::string& id) {
     }
 }
 
-int BackendRegistry::largest_capacity() const {
+int BackendRegistry::total_capacity() const {
     std::lock_guard lock(mutex_);
-    int largest = 0;
+    int total = 0;
     for (const auto& [id, e] : entries_) {
         if (e.available) {
-            largest = std::max(largest, e.capacity);
+            total += e.capacity;
         }
     }
-    return largest;
+    return total;
 }
 
 BackendRegistry::BreakerChange BackendRegistry::report(const std::string& id, bool success) {

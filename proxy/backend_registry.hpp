@@ -107,8 +107,8 @@ class BackendRegistry final : public WorkerListener {
     // request goes there for a moment, or until it is published ready again, so requests
     // stop piling onto a dead worker before its probes or breaker have noticed.
     void report_refused(const std::string& id);
-    // The largest slot count among available backends.
-    int largest_capacity() const;
+    // The slots of all available backends together.
+    int total_capacity() const;
 
     void worker_ready(const WorkerEndpoint& endpoint) override;
     void worker_unavailable(const std::string& id) override;

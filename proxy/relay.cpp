@@ -240,6 +240,11 @@ RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
             last_error = fmt::format("worker {}: {} ({})", backend.id,
                                      error.empty() ? to_string(io) : error, to_string(io));
             last_status = io == IoStatus::timeout ? 504 : 502;
+            // Nothing listens there: mark it down before reporting the failure, since the
+            // report hands free slots to waiting requests and a dead worker has free slots.
+            if (error.find("Connection refused") != std::string::npos) {
+                registry_.report_refused(backend.id);
+            }
             registry_.report(backend.id, false);
             metrics_.upstream(backend.id, io == IoStatus::timeout          ? "timeout"
                                           : error.rfind("connect", 0) == 0 ? "connect_error"
@@ -347,7 +352,7 @@ RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
             outcome.retry_refused = "deadline";
             break;
         }
-        if (!holding_retry && !budget_.try_start_retry()) {
+        if (!holding_retry && !budget_.try_start_retry(registry_.total_capacity())) {
             outcome.retry_refused = "budget";
             break;
         }

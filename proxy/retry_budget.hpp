@@ -16,8 +16,9 @@ class RetryBudget {
     void request_started();
     void request_finished();
     // Takes a retry slot if the budget allows one now; give it back with retry_finished().
-    // `floor` raises the minimum for this call: the pool passes its largest worker's slot
-    // count, so that every request a dying worker had in flight can be retried at once.
+    // `floor` raises the minimum for this call. The pool passes its total slot count: leases
+    // already cap concurrent requests at the slots, so retries up to that many cannot push a
+    // worker past its capacity, and every request a dying worker had can be retried.
     bool try_start_retry(int floor = 0);
     void retry_finished();
 
