@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/clock.hpp"
+#include "common/exchange.hpp"
 #include "common/http_message.hpp"
 #include "common/http_parser.hpp"
 #include "common/socket.hpp"
@@ -37,32 +38,30 @@ struct HttpServerOptions {
 // One request on one connection, handed to the handler. The handler answers either with
 // respond() or with begin()/write()/finish() for a streamed body. Not thread-safe: used
 // only by the connection's own thread.
-class HttpExchange {
+class HttpExchange final : public Exchange {
   public:
-    const HttpRequest& request() const { return request_; }
+    const HttpRequest& request() const override { return request_; }
     HttpRequest& request() { return request_; }
-    const std::string& remote_address() const { return remote_; }
+    const std::string& remote_address() const override { return remote_; }
 
-    bool respond(int status, Headers headers, std::string_view body);
+    bool respond(int status, Headers headers, std::string_view body) override;
     // With no content length the body is sent chunked (or until close for HTTP/1.0).
-    bool begin(int status, Headers headers, std::optional<std::size_t> content_length);
-    bool write(std::string_view data);
-    bool finish();
-    // Ends the exchange without completing the body: the connection is closed, so the client
-    // sees a truncated response rather than a silently corrupted one.
-    void abort() { broken_ = true; }
+    bool begin(int status, Headers headers, std::optional<std::size_t> content_length) override;
+    bool write(std::string_view data) override;
+    bool finish() override;
+    // The connection is closed after it, so the client sees a truncated response.
+    void abort() override { broken_ = true; }
     // Raw bytes on the wire, for test doubles that must misbehave on purpose.
     bool write_raw(std::string_view bytes);
     void close_after_response() { close_after_ = true; }
 
-    bool responded() const { return head_sent_; }
-    int response_status() const { return status_; }
+    bool responded() const override { return head_sent_; }
+    int response_status() const override { return status_; }
     bool finished() const { return finished_; }
-    bool client_gone() const;
+    bool client_gone() const override;
     int client_fd() const { return fd_; }
-    // Watch set for blocking operations done on behalf of this exchange: the server's
-    // shutdown signal and this client's hang-up.
-    IoWatch watch() const { return {hard_wake_fd_, fd_}; }
+    // The server's shutdown signal and this client's hang-up.
+    IoWatch watch() const override { return {hard_wake_fd_, fd_}; }
 
   private:
     friend class HttpServer;

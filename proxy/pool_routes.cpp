@@ -9,7 +9,7 @@
 
 namespace llama_pool {
 
-void respond_json(HttpExchange& exchange, int status, const std::string& body,
+void respond_json(Exchange& exchange, int status, const std::string& body,
                   const std::string& request_id) {
     Headers headers;
     headers.add("Content-Type", "application/json; charset=utf-8");
@@ -104,7 +104,7 @@ nlohmann::json PoolRoutes::status_json() {
         out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 }
 
-void PoolRoutes::health(HttpExchange& exchange, const std::string& request_id) {
+void PoolRoutes::health(Exchange& exchange, const std::string& request_id) {
     const int available = registry_.available_count();
     const auto backends = registry_.snapshot();
     nlohmann::ordered_json body;
@@ -125,7 +125,7 @@ void PoolRoutes::health(HttpExchange& exchange, const std::string& request_id) {
     respond_json(exchange, 503, body.dump(), request_id);
 }
 
-void PoolRoutes::index_page(HttpExchange& exchange, const std::string& request_id) {
+void PoolRoutes::index_page(Exchange& exchange, const std::string& request_id) {
     const auto status = status_json();
     std::string rows;
     for (const auto& w : status["workers"]) {
@@ -166,7 +166,7 @@ FetchResult worker_get(const BackendSnapshot& b, std::string_view target) {
 
 }  // namespace
 
-void PoolRoutes::slots(HttpExchange& exchange, const std::string& request_id) {
+void PoolRoutes::slots(Exchange& exchange, const std::string& request_id) {
     // Every available worker's slots, renumbered pool-wide, each saying which worker and
     // which of its slots it is.
     nlohmann::json all = nlohmann::json::array();
@@ -200,7 +200,7 @@ void PoolRoutes::slots(HttpExchange& exchange, const std::string& request_id) {
                  request_id);
 }
 
-void PoolRoutes::props(HttpExchange& exchange, const std::string& request_id) {
+void PoolRoutes::props(Exchange& exchange, const std::string& request_id) {
     // One worker's properties (they share model and settings), with total_slots the sum over
     // the available workers and the per-worker breakdown.
     nlohmann::json props;
@@ -232,7 +232,7 @@ void PoolRoutes::props(HttpExchange& exchange, const std::string& request_id) {
                  props.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), request_id);
 }
 
-bool PoolRoutes::handle(HttpExchange& exchange, const std::string& path,
+bool PoolRoutes::handle(Exchange& exchange, const std::string& path,
                         const std::string& request_id) {
     const auto& method = exchange.request().method;
     if (path == "/slots" && method == "GET") {

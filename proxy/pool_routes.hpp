@@ -22,15 +22,15 @@ class PoolRoutes {
 
     // True when the path belongs to the pool (then the exchange has been answered). GET /slots
     // and GET /props are answered from the workers' own replies, aggregated.
-    bool handle(HttpExchange& exchange, const std::string& path, const std::string& request_id);
+    bool handle(Exchange& exchange, const std::string& path, const std::string& request_id);
 
     nlohmann::json status_json();
 
   private:
-    void health(HttpExchange& exchange, const std::string& request_id);
-    void index_page(HttpExchange& exchange, const std::string& request_id);
-    void slots(HttpExchange& exchange, const std::string& request_id);
-    void props(HttpExchange& exchange, const std::string& request_id);
+    void health(Exchange& exchange, const std::string& request_id);
+    void index_page(Exchange& exchange, const std::string& request_id);
+    void slots(Exchange& exchange, const std::string& request_id);
+    void props(Exchange& exchange, const std::string& request_id);
 
     BackendRegistry& registry_;
     Supervisor* supervisor_;
@@ -38,7 +38,7 @@ class PoolRoutes {
     std::string admin_key_;
 };
 
-void respond_json(HttpExchange& exchange, int status, const std::string& body,
+void respond_json(Exchange& exchange, int status, const std::string& body,
                   const std::string& request_id);
 
 }  // namespace llama_pool

@@ -40,7 +40,7 @@ ProxyServer::ProxyServer(const PoolConfig& config, BackendRegistry& registry,
     options.body_timeout = to_ms(config.body_timeout);
     options.keep_alive_timeout = to_ms(config.keep_alive_timeout);
     options.max_connections = static_cast<std::size_t>(config.max_connections);
-    server_ = std::make_unique<HttpServer>(options, [this](HttpExchange& ex) { handle(ex); });
+    server_ = std::make_unique<HttpServer>(options, [this](Exchange& ex) { handle(ex); });
 }
 
 ProxyServer::~ProxyServer() {
@@ -58,7 +58,7 @@ void ProxyServer::shutdown(TimePoint deadline) {
     server_->stop();
 }
 
-void ProxyServer::handle(HttpExchange& exchange) {
+void ProxyServer::handle(Exchange& exchange) {
     const auto started = Clock::now();
     auto& request = exchange.request();
     const auto request_id = request_id_for(request.headers.get("X-Request-Id"));
@@ -104,7 +104,7 @@ void ProxyServer::handle(HttpExchange& exchange) {
               {"retries", outcome.retry_reasons}});
 }
 
-void ProxyServer::serve(HttpExchange& exchange, const std::string& path, const std::string& target,
+void ProxyServer::serve(Exchange& exchange, const std::string& path, const std::string& target,
                         const std::string& request_id, RelayOutcome& outcome) {
     const auto& request = exchange.request();
     if (path == "/metrics") {

@@ -35,8 +35,8 @@ class ProxyServer {
     HttpServer& http() { return *server_; }
 
   private:
-    void handle(HttpExchange& exchange);
-    void serve(HttpExchange& exchange, const std::string& path, const std::string& target,
+    void handle(Exchange& exchange);
+    void serve(Exchange& exchange, const std::string& path, const std::string& target,
                const std::string& request_id, RelayOutcome& outcome);
 
     const PoolConfig& config_;

@@ -20,7 +20,7 @@ bool retryable_status(int status) {
     return status == 502 || status == 503 || status == 504;
 }
 
-void respond_error(HttpExchange& exchange, int status, std::string_view message,
+void respond_error(Exchange& exchange, int status, std::string_view message,
                    const std::string& request_id, std::optional<int> retry_after = {}) {
     Headers headers;
     headers.add("Content-Type", "application/json; charset=utf-8");
@@ -81,7 +81,7 @@ std::uint64_t Relay::affinity_key_for(const HttpRequest& request) const {
     return affinity_key(prompt_text(body), static_cast<std::size_t>(config_.affinity_prefix_chars));
 }
 
-void Relay::refuse(HttpExchange& exchange, RelayOutcome& outcome, const std::string& reason,
+void Relay::refuse(Exchange& exchange, RelayOutcome& outcome, const std::string& reason,
                    const std::string& message, const std::string& request_id) {
     outcome.status = 503;
     outcome.rejected = reason;
@@ -131,7 +131,7 @@ Headers client_response_headers(const Headers& upstream, const std::string& requ
     return out;
 }
 
-RelayOutcome Relay::forward(HttpExchange& exchange, const std::string& target,
+RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                             const std::string& request_id) {
     const auto& request = exchange.request();
     RelayOutcome outcome;

@@ -43,13 +43,13 @@ class Relay {
           metrics_(metrics),
           budget_(config.retry_budget_ratio, config.retry_budget_min) {}
 
-    RelayOutcome forward(HttpExchange& exchange, const std::string& target,
+    RelayOutcome forward(Exchange& exchange, const std::string& target,
                          const std::string& request_id);
 
     const ServiceRate& service_rate() const { return service_rate_; }
 
   private:
-    void refuse(HttpExchange& exchange, RelayOutcome& outcome, const std::string& reason,
+    void refuse(Exchange& exchange, RelayOutcome& outcome, const std::string& reason,
                 const std::string& message, const std::string& request_id);
     std::uint64_t affinity_key_for(const HttpRequest& request) const;
 
