@@ -6,6 +6,7 @@
 #include "proxy/backend_registry.hpp"
 #include "proxy/proxy_server.hpp"
 #include "supervisor/supervisor.hpp"
+#include "workloads/workload_routes.hpp"
 
 namespace llama_pool {
 
@@ -71,6 +72,9 @@ int serve(const PoolConfig& config, Logger& log, const sigset_t& signals,
     PoolMetrics metrics(LLAMA_POOL_VERSION);
     metrics.attach(&registry, &supervisor);
     ProxyServer proxy(config, registry, &supervisor, log, random, metrics, std::move(client_keys));
+    WorkloadRoutes workloads(config, proxy.relay(), registry, log);
+    workloads.start();
+    proxy.set_workload_routes(&workloads);
 
     std::string error;
     if (!proxy.start(error)) {
@@ -103,6 +107,9 @@ int serve(const PoolConfig& config, Logger& log, const sigset_t& signals,
             // Graceful: no new connections, in-flight requests (streams included) finish up
             // to the grace, then the workers stop. A second signal cuts this short.
             shutdown_thread = std::thread([&] {
+                // Jobs are not requests a client waits on: they end now, as interrupted
+                // (the record says so after the restart), while requests get the grace.
+                workloads.stop();
                 proxy.shutdown(Clock::now() + from_seconds(config.shutdown_grace));
                 supervisor.stop(Duration::zero());
                 shutdown_done = true;

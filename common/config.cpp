@@ -126,7 +126,7 @@ void apply_config_json(const std::string& text, const std::string& origin, PoolC
         if (!body.is_object()) {
             errors.push_back(
                 fmt::format("{}: key {}: must be an object of settings (sections: listen, workers, "
-                            "upstreams, proxy, auth, log)",
+                            "upstreams, proxy, summarize, jobs, auth, log)",
                             origin, quote_for_error(section)));
             continue;
         }
@@ -254,6 +254,22 @@ void validate_config(const PoolConfig& c, std::vector<std::string>& errors) {
             errors.push_back(
                 fmt::format("key \"workers.model\": {} does not exist or is not a file",
                             quote_for_error(c.model)));
+        }
+    }
+    if (c.summarize_overlap > c.summarize_max_chunk_chars / 2) {
+        errors.push_back(fmt::format(
+            "key \"summarize.overlap\": {} is more than half of summarize.max_chunk_chars ({}); "
+            "lower it to {} or less",
+            c.summarize_overlap, c.summarize_max_chunk_chars, c.summarize_max_chunk_chars / 2));
+    }
+    for (const auto& [key, prompt] :
+         {std::pair{"summarize.map_prompt", &c.summarize_map_prompt},
+          std::pair{"summarize.reduce_prompt", &c.summarize_reduce_prompt}}) {
+        if (!prompt->empty() && prompt->find("{text}") == std::string::npos) {
+            errors.push_back(fmt::format(
+                "key \"{}\": the prompt has no {{text}} placeholder, so the text would never "
+                "reach the model",
+                key));
         }
     }
     if (!c.api_key_file.empty() && ::access(c.api_key_file.c_str(), R_OK) != 0) {

@@ -71,6 +71,20 @@ struct PoolConfig {
     std::string upstream_api_key;        // sent to them as a Bearer token when set
     double dns_interval = 5;             // how often dns:// names are resolved again
 
+    // summarize: POST /v1/summarize and summarize jobs (a request may override the sizes)
+    int summarize_max_chunk_chars = 2048;
+    int summarize_overlap = 200;
+    int summarize_levels = 6;
+    int summarize_max_text_chars = 2'000'000;
+    std::string summarize_map_prompt;  // empty: the built-in prompt
+    std::string summarize_reduce_prompt;
+
+    // jobs: POST /v1/jobs
+    std::string jobs_data_dir = "llama-pool-data";  // finished results survive restarts here
+    int jobs_max = 100;
+    double jobs_max_age = 86400;
+    int jobs_concurrency = 2;
+
     // auth
     std::string admin_key;              // when set, /pool/* requires it (Bearer or X-Api-Key)
     std::vector<std::string> api_keys;  // when any, every relayed route requires one

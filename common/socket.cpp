@@ -64,12 +64,16 @@ int poll_timeout_ms(TimePoint deadline) {
 // Waits until `fd` is ready for `events`. Returns ok, timeout, woken or peer_gone.
 IoStatus wait_ready(int fd, short events, TimePoint deadline, const IoWatch& watch) {
     while (true) {
-        pollfd fds[3];
+        pollfd fds[4];
         nfds_t n = 0;
         fds[n++] = {fd, events, 0};
         const int wake_index = watch.wake_fd >= 0 ? static_cast<int>(n) : -1;
         if (watch.wake_fd >= 0) {
             fds[n++] = {watch.wake_fd, POLLIN, 0};
+        }
+        const int cancel_index = watch.cancel_fd >= 0 ? static_cast<int>(n) : -1;
+        if (watch.cancel_fd >= 0) {
+            fds[n++] = {watch.cancel_fd, POLLIN, 0};
         }
         const int watch_index = watch.watch_fd >= 0 ? static_cast<int>(n) : -1;
         if (watch.watch_fd >= 0) {
@@ -89,7 +93,8 @@ IoStatus wait_ready(int fd, short events, TimePoint deadline, const IoWatch& wat
         if (fds[0].revents != 0) {
             return IoStatus::ok;
         }
-        if (wake_index >= 0 && (fds[wake_index].revents & POLLIN)) {
+        if ((wake_index >= 0 && (fds[wake_index].revents & POLLIN)) ||
+            (cancel_index >= 0 && (fds[cancel_index].revents & POLLIN))) {
             return IoStatus::woken;
         }
         if (rc == 0 && Clock::now() >= deadline) {

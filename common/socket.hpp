@@ -50,6 +50,9 @@ const char* to_string(IoStatus status);
 struct IoWatch {
     int wake_fd = -1;
     int watch_fd = -1;
+    // A second wake source, for work done for several parties at once: a summary's chunk
+    // request stops for the server's shutdown (wake_fd) and for its own cancellation.
+    int cancel_fd = -1;
 };
 
 IoStatus read_some(int fd, char* buf, std::size_t cap, std::size_t& n, TimePoint deadline,

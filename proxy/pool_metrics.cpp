@@ -43,6 +43,12 @@ std::string_view route_label(std::string_view path) {
     if (path == "/pool" || path.rfind("/pool/", 0) == 0) {
         return "/pool";
     }
+    if (path == "/v1/summarize") {
+        return "/v1/summarize";
+    }
+    if (path == "/v1/jobs" || path.rfind("/v1/jobs/", 0) == 0) {
+        return "/v1/jobs";
+    }
     return "other";
 }
 

@@ -155,7 +155,8 @@ void ProxyServer::serve(Exchange& exchange, const std::string& path, const std::
             }
         }
     }
-    if (routes_.handle(exchange, path, request_id)) {
+    if (routes_.handle(exchange, path, request_id) ||
+        (workload_routes_ && workload_routes_->handle(exchange, path, request_id))) {
         outcome.status = exchange.response_status();
         return;
     }

@@ -13,6 +13,7 @@
 #include "proxy/pool_routes.hpp"
 #include "proxy/rate_limiter.hpp"
 #include "proxy/relay.hpp"
+#include "proxy/route_handler.hpp"
 
 namespace llama_pool {
 
@@ -33,6 +34,9 @@ class ProxyServer {
     // Cuts every running request short (second signal); shutdown() then returns at once.
     void abort() { server_->abort(); }
     HttpServer& http() { return *server_; }
+    Relay& relay() { return relay_; }
+    // Extra endpoints (summarize, jobs), tried after the pool's own; set before start().
+    void set_workload_routes(RouteHandler* routes) { workload_routes_ = routes; }
 
   private:
     void handle(Exchange& exchange);
@@ -47,6 +51,7 @@ class ProxyServer {
     Relay relay_;
     InboundAuth auth_;
     std::unique_ptr<KeyedRateLimiter> rate_limiter_;  // null when rate limiting is off
+    RouteHandler* workload_routes_ = nullptr;
     std::unique_ptr<HttpServer> server_;
 };
 

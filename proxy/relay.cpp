@@ -132,7 +132,7 @@ Headers client_response_headers(const Headers& upstream, const std::string& requ
 }
 
 RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
-                            const std::string& request_id) {
+                            const std::string& request_id, const std::set<std::string>& avoid) {
     const auto& request = exchange.request();
     RelayOutcome outcome;
     BudgetScope budget_scope(budget_);
@@ -156,7 +156,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
     const auto affinity = affinity_key_for(request);
     const ExponentialBackoff backoff(from_seconds(config_.retry_backoff_base),
                                      from_seconds(config_.retry_backoff_cap));
-    std::set<std::string> tried;
+    std::set<std::string> tried = avoid;
     std::string last_error = "no worker available";
     int last_status = 503;
     bool holding_retry = false;

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <set>
 #include <string>
 
 #include "common/config.hpp"
@@ -43,8 +44,10 @@ class Relay {
           metrics_(metrics),
           budget_(config.retry_budget_ratio, config.retry_budget_min) {}
 
+    // `avoid`: workers to use only when no other one has a free slot (a caller retrying
+    // work that failed there).
     RelayOutcome forward(Exchange& exchange, const std::string& target,
-                         const std::string& request_id);
+                         const std::string& request_id, const std::set<std::string>& avoid = {});
 
     const ServiceRate& service_rate() const { return service_rate_; }
 

@@ -1,0 +1,348 @@
+#include "workloads/job_store.hpp"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+namespace llama_pool {
+
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+constexpr std::string_view kIdPrefix = "job-";
+constexpr std::size_t kIdHexDigits = 24;
+
+bool write_file_atomically(const std::string& path, const std::string& data, std::string& error) {
+    const auto tmp = path + ".tmp";
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        error = fmt::format("open {}: {}", tmp, std::strerror(errno));
+        return false;
+    }
+    std::size_t written = 0;
+    while (written < data.size()) {
+        const auto n = ::write(fd, data.data() + written, data.size() - written);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            error = fmt::format("write {}: {}", tmp, std::strerror(errno));
+            ::close(fd);
+            return false;
+        }
+        written += static_cast<std::size_t>(n);
+    }
+    // The rename must not reach the disk before the data, or a crash leaves an empty record.
+    const bool synced = ::fsync(fd) == 0;
+    ::close(fd);
+    if (!synced || ::rename(tmp.c_str(), path.c_str()) != 0) {
+        error = fmt::format("save {}: {}", path, std::strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+}  // namespace
+
+std::string_view to_string(JobState state) {
+    switch (state) {
+        case JobState::queued:
+            return "queued";
+        case JobState::running:
+            return "running";
+        case JobState::succeeded:
+            return "succeeded";
+        case JobState::failed:
+            return "failed";
+        case JobState::cancelled:
+            return "cancelled";
+        case JobState::interrupted:
+            return "interrupted";
+    }
+    return "unknown";
+}
+
+bool is_final(JobState state) {
+    return state != JobState::queued && state != JobState::running;
+}
+
+json job_to_json(const JobRecord& job) {
+    json levels = json::array();
+    std::size_t done = 0;
+    for (const auto& l : job.progress) {
+        levels.push_back({{"level", l.level}, {"done", l.done}, {"total", l.total}});
+        done += l.done;
+    }
+    json out = {{"id", job.id},
+                {"object", "job"},
+                {"type", job.type},
+                {"state", to_string(job.state)},
+                {"created_at_ms", job.created_ms},
+                {"text_chars", job.text_chars},
+                {"progress", {{"chunks_done", done}, {"levels", levels}}}};
+    if (job.started_ms != 0) {
+        out["started_at_ms"] = job.started_ms;
+    }
+    if (job.finished_ms != 0) {
+        out["finished_at_ms"] = job.finished_ms;
+    }
+    if (job.state == JobState::succeeded) {
+        out["result"] = job.result;
+    }
+    if (!job.error.empty()) {
+        out["error"] = {{"code", job.error_status}, {"message", job.error}};
+    }
+    return out;
+}
+
+bool job_from_json(const json& in, JobRecord& job) {
+    try {
+        job.id = in.at("id").get<std::string>();
+        job.type = in.value("type", "summarize");
+        const auto state = in.at("state").get<std::string>();
+        bool known = false;
+        for (const auto s : {JobState::queued, JobState::running, JobState::succeeded,
+                             JobState::failed, JobState::cancelled, JobState::interrupted}) {
+            if (to_string(s) == state) {
+                job.state = s;
+                known = true;
+            }
+        }
+        job.created_ms = in.at("created_at_ms").get<std::int64_t>();
+        job.started_ms = in.value("started_at_ms", std::int64_t{0});
+        job.finished_ms = in.value("finished_at_ms", std::int64_t{0});
+        job.text_chars = in.value("text_chars", std::size_t{0});
+        job.progress.clear();
+        for (const auto& l : in.at("progress").at("levels")) {
+            job.progress.push_back({l.at("level").get<int>(), l.at("total").get<std::size_t>(),
+                                    l.at("done").get<std::size_t>()});
+        }
+        job.result = in.value("result", json());
+        if (in.contains("error")) {
+            job.error_status = in["error"].at("code").get<int>();
+            job.error = in["error"].at("message").get<std::string>();
+        }
+        return known && valid_job_id(job.id);
+    } catch (const json::exception&) {
+        return false;
+    }
+}
+
+std::string new_job_id() {
+    std::random_device entropy;
+    std::string id(kIdPrefix);
+    for (std::size_t i = 0; i < kIdHexDigits; i += 8) {
+        id += fmt::format("{:08x}", entropy());
+    }
+    return id;
+}
+
+bool valid_job_id(std::string_view id) {
+    if (id.size() != kIdPrefix.size() + kIdHexDigits ||
+        id.substr(0, kIdPrefix.size()) != kIdPrefix) {
+        return false;
+    }
+    return std::all_of(id.begin() + static_cast<std::ptrdiff_t>(kIdPrefix.size()), id.end(),
+                       [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+JobStore::JobStore(JobStoreOptions options, WallClock now_ms, Logger& log)
+    : options_(std::move(options)), now_ms_(std::move(now_ms)), log_(log) {}
+
+std::string JobStore::path_for(const std::string& id) const {
+    return (fs::path(options_.dir) / (id + ".json")).string();
+}
+
+std::size_t JobStore::load() {
+    std::lock_guard lock(mutex_);
+    if (options_.dir.empty()) {
+        return 0;
+    }
+    std::error_code ec;
+    if (!fs::is_directory(options_.dir, ec)) {
+        return 0;  // created with the first job
+    }
+    std::size_t loaded = 0;
+    for (const auto& entry : fs::directory_iterator(options_.dir, ec)) {
+        const auto path = entry.path();
+        if (path.extension() == ".tmp") {
+            fs::remove(path, ec);  // a save cut short; the record before it is intact
+            continue;
+        }
+        if (path.extension() != ".json") {
+            continue;
+        }
+        std::ifstream in(path);
+        std::stringstream text;
+        text << in.rdbuf();
+        JobRecord job;
+        if (!job_from_json(json::parse(text.str(), nullptr, false), job) ||
+            path.stem().string() != job.id) {
+            log_.warn("jobs", "job_file_unreadable", {{"path", path.string()}});
+            continue;
+        }
+        if (!is_final(job.state)) {
+            job.state = JobState::interrupted;
+            job.finished_ms = now_ms_();
+            job.error_status = 503;
+            job.error = "the pool stopped while this job was queued or running; submit it again";
+            persist_locked(job);
+        }
+        jobs_[job.id] = std::move(job);
+        ++loaded;
+    }
+    evict_locked(options_.max_jobs);
+    return loaded;
+}
+
+void JobStore::evict_locked(std::size_t keep) {
+    const auto now = now_ms_();
+    const auto max_age_ms = static_cast<std::int64_t>(options_.max_age * 1000);
+    for (auto it = jobs_.begin(); it != jobs_.end();) {
+        if (is_final(it->second.state) && now - it->second.finished_ms > max_age_ms) {
+            unlink_locked(it->first);
+            it = jobs_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    while (jobs_.size() > keep) {
+        auto oldest = jobs_.end();
+        for (auto it = jobs_.begin(); it != jobs_.end(); ++it) {
+            if (is_final(it->second.state) &&
+                (oldest == jobs_.end() || it->second.finished_ms < oldest->second.finished_ms)) {
+                oldest = it;
+            }
+        }
+        if (oldest == jobs_.end()) {
+            return;
+        }
+        unlink_locked(oldest->first);
+        jobs_.erase(oldest);
+    }
+}
+
+std::optional<std::string> JobStore::add(std::size_t text_chars, std::string& error) {
+    std::lock_guard lock(mutex_);
+    evict_locked(options_.max_jobs - 1);  // room for the new one, if a finished job can go
+    if (jobs_.size() >= options_.max_jobs) {
+        error = fmt::format(
+            "{} jobs are queued or running, the most this pool keeps "
+            "(jobs.max_jobs); retry when some have finished",
+            jobs_.size());
+        return std::nullopt;
+    }
+    JobRecord job;
+    job.id = new_job_id();
+    job.created_ms = now_ms_();
+    job.text_chars = text_chars;
+    persist_locked(job);
+    const auto id = job.id;
+    jobs_[id] = std::move(job);
+    return id;
+}
+
+std::optional<JobRecord> JobStore::get(const std::string& id) {
+    std::lock_guard lock(mutex_);
+    evict_locked(options_.max_jobs);
+    const auto it = jobs_.find(id);
+    if (it == jobs_.end()) {
+        return std::nullopt;
+    }
+    return it->second;
+}
+
+std::vector<JobRecord> JobStore::list() {
+    std::lock_guard lock(mutex_);
+    evict_locked(options_.max_jobs);
+    std::vector<JobRecord> out;
+    for (const auto& [id, job] : jobs_) {
+        out.push_back(job);
+        out.back().result = nlohmann::json();  // listings stay small
+    }
+    std::sort(out.begin(), out.end(),
+              [](const JobRecord& a, const JobRecord& b) { return a.created_ms < b.created_ms; });
+    return out;
+}
+
+void JobStore::set_running(const std::string& id) {
+    std::lock_guard lock(mutex_);
+    const auto it = jobs_.find(id);
+    if (it == jobs_.end() || it->second.state != JobState::queued) {
+        return;
+    }
+    it->second.state = JobState::running;
+    it->second.started_ms = now_ms_();
+    persist_locked(it->second);
+}
+
+void JobStore::set_progress(const std::string& id, const std::vector<LevelProgress>& progress) {
+    std::lock_guard lock(mutex_);
+    // Not persisted: progress changes with every chunk, and a restart ends the job anyway.
+    if (const auto it = jobs_.find(id); it != jobs_.end()) {
+        it->second.progress = progress;
+    }
+}
+
+void JobStore::finish(const std::string& id, JobState state, nlohmann::json result,
+                      int error_status, std::string error) {
+    std::lock_guard lock(mutex_);
+    const auto it = jobs_.find(id);
+    if (it == jobs_.end() || is_final(it->second.state)) {
+        return;
+    }
+    auto& job = it->second;
+    job.state = state;
+    job.finished_ms = now_ms_();
+    job.result = std::move(result);
+    job.error_status = error_status;
+    job.error = std::move(error);
+    persist_locked(job);
+}
+
+bool JobStore::remove(const std::string& id) {
+    std::lock_guard lock(mutex_);
+    const auto it = jobs_.find(id);
+    if (it == jobs_.end() || !is_final(it->second.state)) {
+        return false;
+    }
+    unlink_locked(id);
+    jobs_.erase(it);
+    return true;
+}
+
+void JobStore::persist_locked(const JobRecord& job) {
+    if (options_.dir.empty()) {
+        return;
+    }
+    std::error_code ec;
+    fs::create_directories(options_.dir, ec);
+    std::string error;
+    if (ec) {
+        error = fmt::format("create {}: {}", options_.dir, ec.message());
+    } else if (write_file_atomically(
+                   path_for(job.id),
+                   job_to_json(job).dump(-1, ' ', false, json::error_handler_t::replace), error)) {
+        return;
+    }
+    // The job goes on in memory; only its survival of a restart is lost.
+    log_.warn("jobs", "job_save_failed", {{"job", job.id}, {"error", error}});
+}
+
+void JobStore::unlink_locked(const std::string& id) {
+    if (!options_.dir.empty()) {
+        std::error_code ec;
+        fs::remove(path_for(id), ec);
+    }
+}
+
+}  // namespace llama_pool

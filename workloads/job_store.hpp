@@ -1,0 +1,94 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/log.hpp"
+#include "workloads/summarizer.hpp"
+
+namespace llama_pool {
+
+enum class JobState { queued, running, succeeded, failed, cancelled, interrupted };
+std::string_view to_string(JobState state);
+bool is_final(JobState state);
+
+// What the pool knows of one job; also its file in the data directory.
+struct JobRecord {
+    std::string id;
+    std::string type = "summarize";
+    JobState state = JobState::queued;
+    std::int64_t created_ms = 0;  // Unix time, so ages survive a restart
+    std::int64_t started_ms = 0;
+    std::int64_t finished_ms = 0;
+    std::size_t text_chars = 0;
+    std::vector<LevelProgress> progress;
+    nlohmann::json result;  // the summary reply, once succeeded
+    int error_status = 0;
+    std::string error;
+};
+
+// The API view of a job (GET /v1/jobs/{id}), also the persisted form.
+nlohmann::json job_to_json(const JobRecord& job);
+bool job_from_json(const nlohmann::json& json, JobRecord& job);
+
+struct JobStoreOptions {
+    std::size_t max_jobs = 100;  // queued, running and finished together
+    double max_age = 86400;      // seconds a finished job is kept
+    std::string dir;             // where records are written; empty: memory only
+};
+
+// The bounded set of jobs. Finished jobs go first when room is needed (oldest first) and
+// when they are older than max_age; unfinished ones are never evicted, so a full store of
+// unfinished jobs refuses new ones. Every state change is written to `dir` (one JSON file a
+// job, replaced atomically), so finished results survive a restart and jobs a restart cut
+// short read "interrupted". Thread-safe.
+class JobStore {
+  public:
+    using WallClock = std::function<std::int64_t()>;  // Unix milliseconds
+    JobStore(JobStoreOptions options, WallClock now_ms, Logger& log);
+
+    // Reads the records a previous run left; those it left queued or running become
+    // interrupted. Returns how many were loaded.
+    std::size_t load();
+
+    // A new queued job's id, or nullopt with `error` when the store is full.
+    std::optional<std::string> add(std::size_t text_chars, std::string& error);
+    std::optional<JobRecord> get(const std::string& id);
+    std::vector<JobRecord> list();
+
+    void set_running(const std::string& id);
+    void set_progress(const std::string& id, const std::vector<LevelProgress>& progress);
+    // Moves a job to a final state with its result (succeeded) or error.
+    void finish(const std::string& id, JobState state, nlohmann::json result, int error_status,
+                std::string error);
+    // Forgets a finished job and deletes its file. False when unknown or not finished.
+    bool remove(const std::string& id);
+
+  private:
+    // Drops expired finished jobs, then the oldest finished ones until at most `keep` remain.
+    void evict_locked(std::size_t keep);
+    void persist_locked(const JobRecord& job);
+    void unlink_locked(const std::string& id);
+    std::string path_for(const std::string& id) const;
+
+    JobStoreOptions options_;
+    WallClock now_ms_;
+    Logger& log_;
+    std::mutex mutex_;
+    std::map<std::string, JobRecord> jobs_;
+};
+
+// 96 random bits from the system's entropy source: the id is what gives access to a job's
+// result, so it must not be guessable.
+std::string new_job_id();
+// Whether `id` has the shape new_job_id() makes (checked before any lookup).
+bool valid_job_id(std::string_view id);
+
+}  // namespace llama_pool

@@ -1,0 +1,87 @@
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/clock.hpp"
+#include "workloads/cancel_token.hpp"
+#include "workloads/summarize_request.hpp"
+
+namespace llama_pool {
+
+// One completion's answer as the pool's relay gave it.
+struct CompletionReply {
+    int status = 0;  // 0: no answer at all (cancelled, or cut off mid-body)
+    std::string body;
+    std::string worker;
+};
+
+// Sends one /completion body through the pool. `avoid` names workers that already failed
+// this chunk, to be used only when nothing else is free.
+using CompletionCall = std::function<CompletionReply(
+    const std::string& body, const std::string& request_id, const std::set<std::string>& avoid)>;
+
+struct LevelProgress {
+    int level = 0;
+    std::size_t total = 0;  // chunks at this level
+    std::size_t done = 0;
+};
+
+struct LevelReport {
+    int level = 0;
+    std::size_t chunks = 0;
+    std::size_t input_chars = 0;
+    std::size_t output_chars = 0;
+    double seconds = 0;
+};
+
+struct SummaryResult {
+    bool ok = false;
+    int status = 200;   // the HTTP status a failure maps to (400, 499, 502, 503, 504)
+    std::string error;  // what failed, for the client
+    std::string summary;
+    // False when `levels` rounds still left more than one chunk: the summary is then the
+    // last round's summaries joined, nothing dropped.
+    bool converged = false;
+    std::vector<LevelReport> levels;
+    std::size_t completions = 0;  // successful calls
+    std::size_t retries = 0;
+    long long tokens_predicted = 0;
+    double seconds = 0;
+};
+
+// Recursive summarization: chunk the text, summarize every chunk in parallel, join the
+// summaries in order and repeat on the joined text until it fits one chunk. A chunk that
+// fails with a server error is retried on another worker; a client error (4xx) or the last
+// failed attempt ends the run, and the calls still running are cancelled.
+class Summarizer {
+  public:
+    // `parallelism()`: how many chunks to have in flight at once (the pool's free capacity);
+    // `attempts`: tries per chunk.
+    Summarizer(CompletionCall call, std::function<int()> parallelism, int attempts,
+               const TimeSource& time)
+        : call_(std::move(call)),
+          parallelism_(std::move(parallelism)),
+          attempts_(attempts < 1 ? 1 : attempts),
+          time_(time) {}
+
+    using ProgressFn = std::function<void(const std::vector<LevelProgress>&)>;
+    SummaryResult run(const SummarizeRequest& request, const std::string& request_id,
+                      CancelToken& cancel, const ProgressFn& progress = {}) const;
+
+  private:
+    struct ChunkOutcome;
+    ChunkOutcome summarize_chunk(const SummarizeRequest& request, const std::string& prompt,
+                                 const std::string& text, const std::string& request_id,
+                                 CancelToken& cancel) const;
+
+    CompletionCall call_;
+    std::function<int()> parallelism_;
+    int attempts_;
+    const TimeSource& time_;
+};
+
+}  // namespace llama_pool
