@@ -199,8 +199,11 @@ SummaryResult Summarizer::run(const SummarizeRequest& request, const std::string
         auto joined = join_summaries(outputs);
         result.levels.push_back({level, chunks.size(), count_chars(input), count_chars(joined),
                                  to_seconds(time_.now() - level_started)});
-        if (chunks.size() == 1 || level >= request.levels) {
-            result.converged = chunks.size() == 1;
+        // Another round only helps when this one shortened the text; a model that answers
+        // at length would otherwise spend every remaining level for nothing.
+        const bool shrank = result.levels.back().output_chars < result.levels.back().input_chars;
+        if (chunks.size() <= 1 || level >= request.levels || !shrank) {
+            result.converged = chunks.size() <= 1;
             result.summary = std::move(joined);
             break;
         }

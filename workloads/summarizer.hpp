@@ -43,8 +43,8 @@ struct SummaryResult {
     int status = 200;   // the HTTP status a failure maps to (400, 499, 502, 503, 504)
     std::string error;  // what failed, for the client
     std::string summary;
-    // False when `levels` rounds still left more than one chunk: the summary is then the
-    // last round's summaries joined, nothing dropped.
+    // False when `levels` rounds still left more than one chunk, or a round did not shorten
+    // the text: the summary is then the last round's summaries joined, nothing dropped.
     bool converged = false;
     std::vector<LevelReport> levels;
     std::size_t completions = 0;  // successful calls

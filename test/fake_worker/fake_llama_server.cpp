@@ -44,7 +44,23 @@ struct Options {
     // Re-read before every completion: lines "PORT fail STATUS" or "PORT ok". Lets a test
     // break one worker of a pool whose workers all get the same arguments.
     std::string fault_file;
+    // Non-stream replies carry the bracketed tags of the prompt ("[s12]") instead of tokens,
+    // so a test can see which parts of a document reached a summary, and in what order.
+    bool echo_tags = false;
 };
+
+std::string bracketed_tags(const std::string& text) {
+    std::string out;
+    for (std::size_t open = text.find('['); open != std::string::npos;
+         open = text.find('[', open + 1)) {
+        const auto close = text.find(']', open);
+        if (close == std::string::npos || close - open > 16) {
+            continue;
+        }
+        out += text.substr(open, close - open + 1) + " ";
+    }
+    return out;
+}
 
 void usage() {
     std::fprintf(stderr,
@@ -52,7 +68,8 @@ void usage() {
                  "  [--load-delay-ms MS] [--latency-ms MS] [--tokens-per-second N]\n"
                  "  [--fail-status CODE [--fail-after N]] [--hang] [--crash-after N] "
                  "[--stall-after-events N]\n"
-                 "  [--garbage] [--fault-file F] [--api-key K] [--model PATH] [llama-server flags "
+                 "  [--garbage] [--echo-tags] [--fault-file F] [--api-key K] [--model PATH] "
+                 "[llama-server flags "
                  "are accepted]\n");
 }
 
@@ -299,6 +316,9 @@ class FakeServer {
                 }
                 content += fmt::format(" tok{}", i);
             }
+            if (opt_.echo_tags) {
+                content = bracketed_tags(body->value("prompt", std::string()));
+            }
             tokens_total_ += n;
             return reply(ex, 200, final_object(shape, content, n, slot, id));
         }
@@ -467,6 +487,8 @@ int main(int argc, char** argv) {
             o.stall_after_events = std::stoi(next(i));
         else if (a == "--garbage")
             o.garbage = true;
+        else if (a == "--echo-tags")
+            o.echo_tags = true;
         else if (a == "--api-key")
             o.api_key = next(i);
         else if (a == "--model" || a == "-m")

@@ -460,3 +460,21 @@ TEST_CASE("the job runner runs, reports progress, cancels and interrupts", "[job
     CHECK(store.get(*fifth)->state == JobState::interrupted);
     CHECK_FALSE(runner.submit(request_for("late"), error));
 }
+
+TEST_CASE("a round that does not shorten the text ends the summary", "[summarize]") {
+    std::atomic<int> calls{0};
+    const CompletionCall call = [&](const std::string&, const std::string&,
+                                    const std::set<std::string>&) {
+        ++calls;
+        return CompletionReply{200, json{{"content", std::string(500, 'y')}}.dump(), "w0"};
+    };
+    test::FakeTime time;
+    const Summarizer summarizer(
+        call, [] { return 2; }, 1, time);
+    CancelToken cancel;
+    const auto result = summarizer.run(request_for(tagged_text(40), 400, 0), "req", cancel);
+    REQUIRE(result.ok);
+    CHECK_FALSE(result.converged);
+    CHECK(result.levels.size() == 1);
+    CHECK(static_cast<std::size_t>(calls.load()) == result.levels[0].chunks);
+}

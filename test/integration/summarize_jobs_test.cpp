@@ -1,0 +1,262 @@
+// /v1/summarize and /v1/jobs through a running pool of fake workers: fan-out, order,
+// retries, progress, cancellation and restart persistence.
+#include <signal.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <thread>
+
+#include "test/support/pool_fixture.hpp"
+
+using namespace llama_pool::test;
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string tagged_text(int sentences) {
+    std::string text;
+    for (int i = 1; i <= sentences; ++i) {
+        text += "Sentence [s" + std::to_string(i) + "] reports one more fact about the case. ";
+    }
+    return text;
+}
+
+// The sentence numbers in `text` in order, repeats from chunk overlaps skipped.
+std::vector<int> tag_order(const std::string& text) {
+    std::vector<int> order;
+    const std::regex tag("\\[s([0-9]+)\\]");
+    for (auto it = std::sregex_iterator(text.begin(), text.end(), tag);
+         it != std::sregex_iterator(); ++it) {
+        const int n = std::stoi((*it)[1].str());
+        if (order.empty() || n > order.back()) {
+            order.push_back(n);
+        }
+    }
+    return order;
+}
+
+struct DataDir {
+    std::filesystem::path path = std::filesystem::temp_directory_path() /
+                                 ("llama-pool-it-jobs-" + std::to_string(::getpid()) + "-" +
+                                  std::to_string(Clock::now().time_since_epoch().count()));
+    ~DataDir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path, ec);
+    }
+    using Clock = std::chrono::steady_clock;
+};
+
+json get_json(PoolProcess& pool, const std::string& path) {
+    const auto r = pool.client(10s).Get(path);
+    REQUIRE(r);
+    INFO(r->body);
+    REQUIRE(r->status == 200);
+    return json::parse(r->body);
+}
+
+// Polls a job until it reaches a final state.
+json wait_for_job(PoolProcess& pool, const std::string& id, std::chrono::seconds timeout) {
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    json job;
+    while (std::chrono::steady_clock::now() < until) {
+        job = get_json(pool, "/v1/jobs/" + id);
+        const auto state = job["state"].get<std::string>();
+        if (state != "queued" && state != "running") {
+            return job;
+        }
+        std::this_thread::sleep_for(50ms);
+    }
+    return job;
+}
+
+}  // namespace
+
+TEST_CASE("summarize fans chunks out over the workers and keeps the document's order",
+          "[integration][summarize]") {
+    PoolProcess pool(fake_pool_args(2, {"--parallel", "2"}, {"--echo-tags", "--latency-ms", "30"}));
+    REQUIRE(pool.wait_ready(2, 20s));
+    // The fake echoes tags and never shortens; chunks of 2000 make the second level fit one.
+    const json body = {{"text", tagged_text(200)}, {"max_chunk_chars", 2000}, {"overlap", 100}};
+    const auto r = pool.client(60s).Post("/v1/summarize", body.dump(), "application/json");
+    REQUIRE(r);
+    INFO(r->body);
+    REQUIRE(r->status == 200);
+    CHECK(r->get_header_value("X-Request-Id").size() > 0);
+    const auto reply = json::parse(r->body);
+    CHECK(reply["converged"] == true);
+    const auto order = tag_order(reply["summary"].get<std::string>());
+    REQUIRE(order.size() == 200);
+    CHECK(order.back() == 200);
+    REQUIRE(reply["levels"].size() >= 2);
+    CHECK(reply["levels"][0]["chunks"].get<int>() >= 5);
+    CHECK(reply["levels"].back()["chunks"] == 1);
+    // Both workers took chunks: the map ran in parallel across the pool.
+    const auto metrics = pool.client(10s).Get("/metrics");
+    REQUIRE(metrics);
+    const auto status = pool.status();
+    for (const auto& w : status["workers"]) {
+        const std::regex ok("llama_pool_upstream_requests_total\\{worker=\"" +
+                            w["id"].get<std::string>() + "\",outcome=\"ok\"\\} ([0-9]+)");
+        std::smatch m;
+        REQUIRE(std::regex_search(metrics->body, m, ok));
+        CHECK(std::stoi(m[1].str()) >= 3);
+    }
+}
+
+TEST_CASE("a chunk that fails on one worker is retried on another", "[integration][summarize]") {
+    const std::string faults = "/tmp/llama-pool-faults-summarize.txt";
+    std::ofstream(faults) << "";
+    PoolProcess pool(
+        fake_pool_args(2, {"--breaker-failures", "100"}, {"--echo-tags", "--fault-file", faults}));
+    REQUIRE(pool.wait_ready(2, 20s));
+    std::ofstream(faults) << pool.status()["workers"][0]["port"].get<int>() << " fail 500\n";
+    const json body = {{"text", tagged_text(60)}, {"max_chunk_chars", 800}, {"overlap", 0}};
+    const auto r = pool.client(60s).Post("/v1/summarize", body.dump(), "application/json");
+    REQUIRE(r);
+    INFO(r->body);
+    REQUIRE(r->status == 200);
+    const auto reply = json::parse(r->body);
+    CHECK(reply["retries"].get<int>() >= 1);
+    CHECK(tag_order(reply["summary"].get<std::string>()).size() == 60);
+    std::remove(faults.c_str());
+}
+
+TEST_CASE("bad summarize and job requests get 400 with the reason", "[integration][summarize]") {
+    PoolProcess pool(fake_pool_args(1));
+    REQUIRE(pool.wait_ready(1, 20s));
+    auto client = pool.client(10s);
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {R"({"text":""})", "empty"},
+        {R"({"text":"x","max_chunk_chars":5})", "max_chunk_chars"},
+        {R"({"text":"x","levels":"many"})", "levels"},
+        {R"({"text":"x","temperature":"hot"})", "temperature"},
+        {R"({"text":"x","colour":"red"})", "unknown field"},
+        {R"({"text":)", "not valid JSON"},
+    };
+    for (const auto& [body, reason] : cases) {
+        INFO(body);
+        const auto r = client.Post("/v1/summarize", body, "application/json");
+        REQUIRE(r);
+        CHECK(r->status == 400);
+        CHECK(r->body.find(reason) != std::string::npos);
+    }
+    const auto job = client.Post("/v1/jobs", R"({"text":"x"})", "application/json");
+    REQUIRE(job);
+    CHECK(job->status == 400);
+    CHECK(job->body.find("\"type\"") != std::string::npos);
+    CHECK(client.Get("/v1/summarize")->status == 405);
+    CHECK(client.Get("/v1/jobs/job-000000000000000000000000")->status == 404);
+    CHECK(client.Get("/v1/jobs/../pool/status")->status != 200);
+}
+
+TEST_CASE("a job reports progress, finishes, and survives a restart of the pool",
+          "[integration][jobs]") {
+    DataDir data;
+    const auto args = fake_pool_args(2, {"--data-dir", data.path.string()},
+                                     {"--echo-tags", "--latency-ms", "20"});
+    std::string done_id;
+    std::string running_id;
+    {
+        PoolProcess pool(args);
+        REQUIRE(pool.wait_ready(2, 20s));
+        const json body = {{"type", "summarize"},
+                           {"text", tagged_text(150)},
+                           {"max_chunk_chars", 800},
+                           {"overlap", 80}};
+        const auto r = pool.client(10s).Post("/v1/jobs", body.dump(), "application/json");
+        REQUIRE(r);
+        REQUIRE(r->status == 202);
+        const auto accepted = json::parse(r->body);
+        done_id = accepted["id"].get<std::string>();
+        CHECK(r->get_header_value("Location") == "/v1/jobs/" + done_id);
+        CHECK(accepted["status_url"] == "/v1/jobs/" + done_id);
+        // Progress is visible while it runs.
+        bool saw_partial = false;
+        for (int i = 0; i < 200; ++i) {
+            const auto job = get_json(pool, "/v1/jobs/" + done_id);
+            const auto& levels = job["progress"]["levels"];
+            if (job["state"] == "running" && !levels.empty() &&
+                levels[0]["done"].get<int>() < levels[0]["total"].get<int>() &&
+                levels[0]["total"].get<int>() > 1) {
+                saw_partial = true;
+            }
+            if (job["state"] != "queued" && job["state"] != "running") {
+                break;
+            }
+            std::this_thread::sleep_for(10ms);
+        }
+        CHECK(saw_partial);
+        const auto done = wait_for_job(pool, done_id, 60s);
+        INFO(done.dump());
+        REQUIRE(done["state"] == "succeeded");
+        CHECK(tag_order(done["result"]["summary"].get<std::string>()).size() == 150);
+        CHECK(done["progress"]["levels"][0]["done"] == done["progress"]["levels"][0]["total"]);
+
+        // A slow job is still running when the pool stops.
+        const json slow = {{"type", "summarize"},
+                           {"text", tagged_text(400)},
+                           {"max_chunk_chars", 400},
+                           {"overlap", 0}};
+        const auto r2 = pool.client(10s).Post("/v1/jobs", slow.dump(), "application/json");
+        REQUIRE(r2);
+        REQUIRE(r2->status == 202);
+        running_id = json::parse(r2->body)["id"].get<std::string>();
+        std::this_thread::sleep_for(200ms);
+        CHECK(get_json(pool, "/v1/jobs/" + running_id)["state"] == "running");
+        pool.process().signal(SIGTERM);
+        REQUIRE(pool.process().wait_exit(20s));
+    }
+    PoolProcess again(args);
+    REQUIRE(again.wait_listening(20s));
+    const auto done = get_json(again, "/v1/jobs/" + done_id);
+    CHECK(done["state"] == "succeeded");
+    CHECK(tag_order(done["result"]["summary"].get<std::string>()).size() == 150);
+    const auto cut = get_json(again, "/v1/jobs/" + running_id);
+    CHECK(cut["state"] == "interrupted");
+    CHECK(cut["error"]["message"].get<std::string>().find("submit it again") != std::string::npos);
+    const auto list = get_json(again, "/v1/jobs");
+    CHECK(list["data"].size() == 2);
+}
+
+TEST_CASE("DELETE cancels a running job and its calls on the workers", "[integration][jobs]") {
+    DataDir data;
+    // Slow workers: each chunk takes seconds, so the job is surely mid-flight.
+    PoolProcess pool(
+        fake_pool_args(2, {"--data-dir", data.path.string()}, {"--tokens-per-second", "20"}));
+    REQUIRE(pool.wait_ready(2, 20s));
+    const json body = {{"type", "summarize"},
+                       {"text", tagged_text(100)},
+                       {"max_chunk_chars", 600},
+                       {"n_predict", 200}};
+    const auto r = pool.client(10s).Post("/v1/jobs", body.dump(), "application/json");
+    REQUIRE(r);
+    REQUIRE(r->status == 202);
+    const auto id = json::parse(r->body)["id"].get<std::string>();
+    // Wait until chunks occupy the workers' slots.
+    int inflight = 0;
+    for (int i = 0; i < 100 && inflight < 2; ++i) {
+        inflight = pool.status()["totals"]["inflight"].get<int>();
+        std::this_thread::sleep_for(20ms);
+    }
+    REQUIRE(inflight >= 2);
+    const auto del = pool.client(20s).Delete("/v1/jobs/" + id);
+    REQUIRE(del);
+    INFO(del->body);
+    CHECK(del->status == 200);
+    CHECK(json::parse(del->body)["state"] == "cancelled");
+    // The chunk requests were cancelled on the workers, not left to run out.
+    for (int i = 0; i < 100 && inflight > 0; ++i) {
+        inflight = pool.status()["totals"]["inflight"].get<int>();
+        std::this_thread::sleep_for(20ms);
+    }
+    CHECK(inflight == 0);
+    // A second DELETE forgets the finished job.
+    const auto again = pool.client(10s).Delete("/v1/jobs/" + id);
+    REQUIRE(again);
+    CHECK(again->status == 200);
+    CHECK(pool.client(10s).Get("/v1/jobs/" + id)->status == 404);
+}
