@@ -166,7 +166,9 @@ bool parse_summarize_request(const json& body, const SummarizeDefaults& defaults
         return false;
     }
     out = SummarizeRequest{};
-    for (const auto& [name, value] : body.items()) {
+    for (const auto& item : body.items()) {
+        const auto& name = item.key();
+        const auto& value = item.value();
         const bool own =
             std::find(kOwnFields.begin(), kOwnFields.end(), name) != kOwnFields.end() &&
             (job || name != "type");
