@@ -13,6 +13,7 @@
 #include "proxy/pool_routes.hpp"
 #include "proxy/rate_limiter.hpp"
 #include "proxy/relay.hpp"
+#include "proxy/reply_reuse.hpp"
 
 namespace llama_pool {
 
@@ -45,6 +46,8 @@ class ProxyServer {
     PoolMetrics& metrics_;
     PoolRoutes routes_;
     Relay relay_;
+    SteadyTimeSource time_;
+    ReplyReuse reuse_;
     InboundAuth auth_;
     std::unique_ptr<KeyedRateLimiter> rate_limiter_;  // null when rate limiting is off
     std::unique_ptr<HttpServer> server_;
