@@ -3,10 +3,20 @@
 namespace llama_pool {
 
 std::shared_ptr<const StoredReply> RecordingExchange::reply() const {
-    if (!head_sent_ || !finished_ || aborted_ || overflowed_) {
+    if (!complete_ || aborted_ || overflowed_) {
         return nullptr;
     }
     return std::make_shared<const StoredReply>(recorded_);
+}
+
+void RecordingExchange::complete_when_whole() {
+    if (complete_ || !length_ || recorded_.body.size() < *length_) {
+        return;
+    }
+    complete_ = true;
+    if (options_.on_complete && !overflowed_ && !aborted_) {
+        options_.on_complete(reply());
+    }
 }
 
 void RecordingExchange::record_head(int status, const Headers& headers) {
@@ -58,7 +68,9 @@ bool RecordingExchange::respond(int status, Headers headers, std::string_view bo
         return false;
     }
     record_head(status, headers);
+    length_ = body.size();
     record_body(body);
+    complete_when_whole();
     finished_ = true;
     if (gone_before_reply()) {
         return true;
@@ -72,6 +84,8 @@ bool RecordingExchange::begin(int status, Headers headers,
         return false;
     }
     record_head(status, headers);
+    length_ = content_length;
+    complete_when_whole();
     if (gone_before_reply()) {
         return true;
     }
@@ -83,6 +97,7 @@ bool RecordingExchange::write(std::string_view data) {
         return false;
     }
     record_body(data);
+    complete_when_whole();
     if (client_lost_) {
         return true;
     }
@@ -94,6 +109,8 @@ bool RecordingExchange::finish() {
         return false;
     }
     finished_ = true;
+    // A chunked reply ends here, whole or cut short: the relay's outcome tells which.
+    complete_ = complete_ || !length_;
     if (client_lost_) {
         return true;
     }

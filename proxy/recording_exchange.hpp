@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -27,13 +28,19 @@ class RecordingExchange final : public Exchange {
         // Fields added to the head sent to the client (not to the recording), each replacing
         // a field of the same name: X-Cache, for instance.
         Headers extra_headers;
+        // Called once with a length-delimited reply (respond(), or begin() with a content
+        // length) as soon as all of it is recorded, before its last bytes go to the client:
+        // whoever the client tells next already finds it stored. A chunked reply is only
+        // known whole by what the relay reports after it (finish() also ends a reply cut
+        // short), so it is not announced here.
+        std::function<void(std::shared_ptr<const StoredReply>)> on_complete;
     };
 
     RecordingExchange(Exchange& client, Options options)
         : client_(client), options_(std::move(options)) {}
 
     // The reply, when one was sent completely within the size bound; null otherwise
-    // (aborted, truncated, too large, or nothing sent).
+    // (aborted, cut short of its length, too large, or nothing sent).
     std::shared_ptr<const StoredReply> reply() const;
     // The client hung up or could not be written to while the reply went on without it.
     bool client_lost() const { return client_lost_; }
@@ -53,6 +60,8 @@ class RecordingExchange final : public Exchange {
   private:
     void record_head(int status, const Headers& headers);
     void record_body(std::string_view data);
+    // Marks the reply whole once its announced length is recorded, and announces it.
+    void complete_when_whole();
     Headers client_headers(Headers headers) const;
     bool gone_before_reply();
     // What a call on the client returns to the relay: its own result, unless the reply must
@@ -63,6 +72,8 @@ class RecordingExchange final : public Exchange {
     Options options_;
     bool head_sent_ = false;
     int status_ = 0;
+    std::optional<std::size_t> length_;  // announced by the head; none when chunked
+    bool complete_ = false;
     bool finished_ = false;
     bool aborted_ = false;
     bool overflowed_ = false;

@@ -111,8 +111,7 @@ RelayOutcome ReplyReuse::forward(Exchange& exchange, const std::string& target,
         return coalesce(exchange, target, request_id, traits);
     }
     if (cache_ && traits.cacheable()) {
-        std::shared_ptr<const StoredReply> reply;
-        return serve_fresh(exchange, target, request_id, traits, false, reply);
+        return serve_fresh(exchange, target, request_id, traits, false, {});
     }
     return relay_.forward(exchange, target, request_id);
 }
@@ -155,6 +154,8 @@ RelayOutcome ReplyReuse::coalesce(Exchange& exchange, const std::string& target,
         auto ticket = coalescer_->join(scope, traits.fingerprint, request_id);
         switch (ticket.role) {
             case Coalescer::Role::conflict:
+                metrics_.idempotent_request("conflict");
+                log_.info(kComponent, "idempotency_conflict", {{"request_id", request_id}});
                 // The IETF Idempotency-Key draft's answer: same key, different request.
                 respond_error(exchange, 422,
                               "this Idempotency-Key was used with a different request (method, "
@@ -163,15 +164,13 @@ RelayOutcome ReplyReuse::coalesce(Exchange& exchange, const std::string& target,
                 outcome.status = 422;
                 outcome.rejected = "idempotency_conflict";
                 outcome.idempotency = "conflict";
-                metrics_.idempotent_request("conflict");
-                log_.info(kComponent, "idempotency_conflict", {{"request_id", request_id}});
                 return outcome;
             case Coalescer::Role::replay:
+                metrics_.idempotent_request("replayed");
+                log_.info(kComponent, "idempotency_replayed", {{"request_id", request_id}});
                 send_stored_reply(exchange, *ticket.reply, request_id, replayed);
                 outcome.status = ticket.reply->status;
                 outcome.idempotency = "replayed";
-                metrics_.idempotent_request("replayed");
-                log_.info(kComponent, "idempotency_replayed", {{"request_id", request_id}});
                 return outcome;
             case Coalescer::Role::attach: {
                 log_.info(kComponent, "idempotency_attached",
@@ -196,22 +195,24 @@ RelayOutcome ReplyReuse::coalesce(Exchange& exchange, const std::string& target,
                 if (!reply) {
                     continue;  // the leader got no complete reply: join again
                 }
+                metrics_.idempotent_request("attached");
                 send_stored_reply(exchange, *reply, request_id, replayed);
                 outcome.status = reply->status;
                 outcome.idempotency = "attached";
-                metrics_.idempotent_request("attached");
                 return outcome;
             }
             case Coalescer::Role::lead: {
                 LeadScope lead(*coalescer_, scope, ticket);
                 metrics_.idempotent_request("executed");
-                std::shared_ptr<const StoredReply> reply;
-                outcome = serve_fresh(exchange, target, request_id, traits, true, reply);
+                outcome = serve_fresh(exchange, target, request_id, traits, true,
+                                      [&](std::shared_ptr<const StoredReply> reply) {
+                                          // Refusals and worker failures are for the moment:
+                                          // requests attached now get them, a later retry
+                                          // gets a fresh attempt.
+                                          const bool keep = reply && reply->status < 500;
+                                          lead.finish(std::move(reply), keep);
+                                      });
                 outcome.idempotency = "executed";
-                // Refusals and worker failures are for the moment; a retry deserves a fresh
-                // attempt, not a replay of them. Requests attached right now still get them.
-                const bool keep = reply && reply->status < 500 && !outcome.upstream_broke;
-                lead.finish(std::move(reply), keep);
                 return outcome;
             }
         }
@@ -220,8 +221,7 @@ RelayOutcome ReplyReuse::coalesce(Exchange& exchange, const std::string& target,
 
 RelayOutcome ReplyReuse::serve_fresh(Exchange& exchange, const std::string& target,
                                      const std::string& request_id, const RequestTraits& traits,
-                                     bool outlive_client,
-                                     std::shared_ptr<const StoredReply>& reply) {
+                                     bool outlive_client, const ReplyHandler& on_reply) {
     const bool cacheable = cache_ && traits.cacheable();
     std::string cache_key;
     std::string cache_result;
@@ -232,23 +232,39 @@ RelayOutcome ReplyReuse::serve_fresh(Exchange& exchange, const std::string& targ
             cache_result = "bypass";
         } else if (auto hit = cache_->get(cache_key)) {
             metrics_.cache_lookup("hit");
+            log_.debug(kComponent, "cache_hit", {{"request_id", request_id}});
+            if (on_reply) {
+                on_reply(hit->reply);
+            }
             Headers extra;
             extra.add("X-Cache", "HIT");
             extra.add("Age", std::to_string(to_millis(hit->age) / 1000));
             send_stored_reply(exchange, *hit->reply, request_id, extra);
-            log_.debug(kComponent, "cache_hit", {{"request_id", request_id}});
             RelayOutcome outcome;
             outcome.status = hit->reply->status;
             outcome.cache = "hit";
-            reply = std::move(hit->reply);
             return outcome;
         } else {
             cache_result = "miss";
         }
         metrics_.cache_lookup(cache_result);
     }
+    bool delivered = false;
+    const auto deliver = [&](std::shared_ptr<const StoredReply> reply) {
+        if (delivered) {
+            return;
+        }
+        delivered = true;
+        if (reply && cacheable && !traits.no_store) {
+            cache_->put(cache_key, reply);
+        }
+        if (on_reply) {
+            on_reply(std::move(reply));
+        }
+    };
     RecordingExchange::Options options;
     options.outlive_client = outlive_client;
+    options.on_complete = deliver;
     if (cacheable) {
         options.max_bytes = static_cast<std::size_t>(config_.cache_max_bytes);
         options.extra_headers.add("X-Cache", cache_result == "bypass" ? "BYPASS" : "MISS");
@@ -260,14 +276,13 @@ RelayOutcome ReplyReuse::serve_fresh(Exchange& exchange, const std::string& targ
     RecordingExchange tee(exchange, std::move(options));
     auto outcome = relay_.forward(tee, target, request_id);
     outcome.cache = cache_result;
+    // A chunked reply the worker broke off still ended cleanly for the client; it is not
+    // one to keep or share.
+    deliver(outcome.upstream_broke ? nullptr : tee.reply());
     if (tee.client_lost()) {
-        // The work went on without its client; the reply waits for a retry with the key.
+        // The work went on without its client, for a retry with the same key.
         outcome.client_gone = true;
-        log_.info(kComponent, "idempotency_reply_kept_for_retry", {{"request_id", request_id}});
-    }
-    reply = tee.reply();
-    if (cacheable && !traits.no_store && reply && !outcome.upstream_broke) {
-        cache_->put(cache_key, reply);
+        log_.info(kComponent, "idempotency_leader_client_left", {{"request_id", request_id}});
     }
     return outcome;
 }

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -37,11 +38,14 @@ class ReplyReuse {
   private:
     RelayOutcome coalesce(Exchange& exchange, const std::string& target,
                           const std::string& request_id, const RequestTraits& traits);
-    // Cache lookup, then the relay through a recording tee. `reply` gets what was sent when
-    // it was complete. `outlive_client`: the work goes on when the client leaves.
+    using ReplyHandler = std::function<void(std::shared_ptr<const StoredReply>)>;
+    // Cache lookup, then the relay through a recording tee. `on_reply` is called once with
+    // the complete reply (null when there is none), as early as it is known: before the
+    // client has all of it when the reply has a length. `outlive_client`: the work goes on
+    // when the client leaves.
     RelayOutcome serve_fresh(Exchange& exchange, const std::string& target,
                              const std::string& request_id, const RequestTraits& traits,
-                             bool outlive_client, std::shared_ptr<const StoredReply>& reply);
+                             bool outlive_client, const ReplyHandler& on_reply);
 
     const PoolConfig& config_;
     Relay& relay_;

@@ -166,3 +166,54 @@ TEST_CASE("a leader that outlives its client hides the hang-up and records the w
     REQUIRE(tee.reply());
     CHECK(tee.reply()->body == "all");
 }
+
+TEST_CASE("a length-delimited reply is announced once, before its last bytes reach the client",
+          "[recording]") {
+    FakeClient client;
+    auto o = options();
+    int announced = 0;
+    std::string client_had;
+    o.on_complete = [&](std::shared_ptr<const StoredReply> reply) {
+        ++announced;
+        REQUIRE(reply);
+        CHECK(reply->body == "0123456789");
+        client_had = client.body;
+    };
+    RecordingExchange tee(client, o);
+    SECTION("begin with a length, then the pieces") {
+        tee.begin(200, reply_headers(), 10);
+        tee.write("01234");
+        CHECK(announced == 0);
+        tee.write("56789");
+        CHECK(announced == 1);
+        CHECK(client_had == "01234");  // the last piece was not with the client yet
+        tee.finish();
+    }
+    SECTION("respond()") {
+        tee.respond(200, reply_headers(), "0123456789");
+        CHECK(client_had.empty());
+    }
+    CHECK(announced == 1);
+    CHECK(client.body == "0123456789");
+}
+
+TEST_CASE("a chunked or short reply is not announced", "[recording]") {
+    FakeClient client;
+    auto o = options();
+    int announced = 0;
+    o.on_complete = [&](std::shared_ptr<const StoredReply>) { ++announced; };
+    RecordingExchange tee(client, o);
+    SECTION("chunked: whole only by the relay's word, after finish()") {
+        tee.begin(200, reply_headers(), std::nullopt);
+        tee.write("all");
+        tee.finish();
+        CHECK(tee.reply());
+    }
+    SECTION("cut short of its length") {
+        tee.begin(200, reply_headers(), 10);
+        tee.write("01234");
+        tee.finish();
+        CHECK_FALSE(tee.reply());
+    }
+    CHECK(announced == 0);
+}
