@@ -278,7 +278,9 @@ RelayOutcome ReplyReuse::serve_fresh(Exchange& exchange, const std::string& targ
     outcome.cache = cache_result;
     // A chunked reply the worker broke off still ended cleanly for the client; it is not
     // one to keep or share.
-    deliver(outcome.upstream_broke ? nullptr : tee.reply());
+    if (!delivered) {
+        deliver(outcome.upstream_broke ? nullptr : tee.reply());
+    }
     if (tee.client_lost()) {
         // The work went on without its client, for a retry with the same key.
         outcome.client_gone = true;
