@@ -126,7 +126,7 @@ void apply_config_json(const std::string& text, const std::string& origin, PoolC
         if (!body.is_object()) {
             errors.push_back(
                 fmt::format("{}: key {}: must be an object of settings (sections: listen, workers, "
-                            "upstreams, proxy, summarize, jobs, auth, log)",
+                            "upstreams, proxy, cache, summarize, jobs, auth, log)",
                             origin, quote_for_error(section)));
             continue;
         }

@@ -66,6 +66,13 @@ struct PoolConfig {
     double breaker_max_ejection = 300;
     int breaker_half_open_trials = 1;
 
+    // cache: replies reused instead of generated again (response cache, Idempotency-Key)
+    bool cache_enabled = false;  // deterministic non-stream replies, keyed by route and body
+    int cache_max_bytes = 64 * 1024 * 1024;
+    double cache_ttl = 600;
+    double idempotency_window = 60;  // completed keyed replies kept this long; 0 = keys ignored
+    int idempotency_max_bytes = 16 * 1024 * 1024;
+
     // upstreams the pool fronts but does not manage (other machines, other pools)
     std::vector<std::string> upstreams;  // http://host:port
     std::string upstream_api_key;        // sent to them as a Bearer token when set

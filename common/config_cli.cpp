@@ -146,6 +146,22 @@ std::span<const FieldSpec> config_fields() {
         {"proxy.breaker_half_open_trials", "--breaker-half-open-trials", "",
          "trial requests at once to an ejected worker whose time is up",
          &P::breaker_half_open_trials, 1, 1000},
+        {"cache.enabled", "--cache", "LLAMA_POOL_CACHE",
+         "answer repeated deterministic requests (temperature 0 or a fixed seed, not streamed) "
+         "from a reply cache",
+         &P::cache_enabled},
+        {"cache.max_bytes", "--cache-max-bytes", "LLAMA_POOL_CACHE_MAX_BYTES",
+         "memory the reply cache may hold; least recently used replies go first",
+         &P::cache_max_bytes, 1024},
+        {"cache.ttl", "--cache-ttl", "LLAMA_POOL_CACHE_TTL", "how long a cached reply is served",
+         &P::cache_ttl, 0.001, 30 * day, "seconds"},
+        {"cache.idempotency_window", "--idempotency-window", "LLAMA_POOL_IDEMPOTENCY_WINDOW",
+         "a request with an Idempotency-Key joins the same client's request in flight, and gets "
+         "its reply for this long after it ended; 0 = the header is ignored",
+         &P::idempotency_window, 0, day, "seconds"},
+        {"cache.idempotency_max_bytes", "--idempotency-max-bytes", "",
+         "memory the replies kept for Idempotency-Key replays may hold; oldest go first",
+         &P::idempotency_max_bytes, 1024},
         {"upstreams.urls", "--upstream", "LLAMA_POOL_UPSTREAMS",
          "an upstream the pool fronts without managing it: http://host:port, or "
          "dns://name:port for every address the name resolves to (repeatable; "

@@ -117,6 +117,8 @@ const char* reason_phrase(int status) {
             return "URI Too Long";
         case 417:
             return "Expectation Failed";
+        case 422:
+            return "Unprocessable Content";
         case 429:
             return "Too Many Requests";
         case 431:

@@ -77,11 +77,27 @@ PoolMetrics::PoolMetrics(std::string version)
                                           {"worker"})),
       prompt_tokens_(registry_.counter("llama_pool_prompt_tokens_total",
                                        "Prompt tokens evaluated, read from the workers' replies.",
-                                       {"worker"})) {
+                                       {"worker"})),
+      cache_lookups_(registry_.counter(
+          "llama_pool_cache_lookups_total",
+          "Response cache lookups of cacheable requests: hit, miss, or bypass (no-cache).",
+          {"result"})),
+      idempotent_(registry_.counter("llama_pool_idempotent_requests_total",
+                                    "Requests with an Idempotency-Key: executed, attached to "
+                                    "one in flight, replayed, or refused as a conflict.",
+                                    {"result"})) {
+    // Every result from the start, so ratios and dashboards have series before the first use.
+    for (const auto* result : {"hit", "miss", "bypass"}) {
+        cache_lookups_.labels({result});
+    }
+    for (const auto* result : {"executed", "attached", "replayed", "conflict"}) {
+        idempotent_.labels({result});
+    }
     registry_.gauge("llama_pool_build_info", "Always 1; the version is a label.", {"version"})
         .labels({version})
         .set(1);
     registry_.add_collector([this](std::string& out) { render_pool_state(out); });
+    registry_.add_collector([this](std::string& out) { render_reuse_state(out); });
     registry_.add_collector(render_process_metrics);
     registry_.add_collector([this](std::string& out) { render_worker_metrics(out); });
 }
@@ -89,6 +105,11 @@ PoolMetrics::PoolMetrics(std::string version)
 void PoolMetrics::attach(BackendRegistry* registry, Supervisor* supervisor) {
     backends_ = registry;
     supervisor_ = supervisor;
+}
+
+void PoolMetrics::attach_reuse(std::function<ReuseSnapshot()> source) {
+    std::lock_guard lock(reuse_mutex_);
+    reuse_ = std::move(source);
 }
 
 std::string PoolMetrics::render() {
@@ -127,6 +148,14 @@ void PoolMetrics::client_disconnect() {
 void PoolMetrics::tokens(const std::string& worker, long long predicted, long long prompt) {
     tokens_predicted_.labels({worker}).inc(static_cast<double>(predicted));
     prompt_tokens_.labels({worker}).inc(static_cast<double>(prompt));
+}
+
+void PoolMetrics::cache_lookup(std::string_view result) {
+    cache_lookups_.labels({std::string(result)}).inc();
+}
+
+void PoolMetrics::idempotent_request(std::string_view result) {
+    idempotent_.labels({std::string(result)}).inc();
 }
 
 namespace {
@@ -208,6 +237,40 @@ void PoolMetrics::render_pool_state(std::string& out) {
                    label("worker", w.id) + "," + label("reason", reason), n);
         }
     }
+}
+
+void PoolMetrics::render_reuse_state(std::string& out) {
+    ReuseSnapshot s;
+    {
+        std::lock_guard lock(reuse_mutex_);
+        if (reuse_) {
+            s = reuse_();
+        }
+    }
+    append_family_header(out, "llama_pool_cache_entries", "Replies held by the response cache.",
+                         "gauge");
+    sample(out, "llama_pool_cache_entries", "", static_cast<double>(s.cache_entries));
+    append_family_header(out, "llama_pool_cache_bytes",
+                         "Memory held by the response cache (keys and replies).", "gauge");
+    sample(out, "llama_pool_cache_bytes", "", static_cast<double>(s.cache_bytes));
+    append_family_header(out, "llama_pool_cache_evictions_total",
+                         "Cached replies dropped: capacity (least recently used, for room) or "
+                         "expired (past the TTL).",
+                         "counter");
+    sample(out, "llama_pool_cache_evictions_total", label("reason", "capacity"),
+           static_cast<double>(s.cache_evicted));
+    sample(out, "llama_pool_cache_evictions_total", label("reason", "expired"),
+           static_cast<double>(s.cache_expired));
+    append_family_header(out, "llama_pool_idempotency_keys",
+                         "Idempotency-Keys tracked: in flight, or completed and replayable.",
+                         "gauge");
+    sample(out, "llama_pool_idempotency_keys", label("state", "in_flight"),
+           static_cast<double>(s.idempotency_in_flight));
+    sample(out, "llama_pool_idempotency_keys", label("state", "completed"),
+           static_cast<double>(s.idempotency_completed));
+    append_family_header(out, "llama_pool_idempotency_bytes",
+                         "Memory held by replies kept for Idempotency-Key replays.", "gauge");
+    sample(out, "llama_pool_idempotency_bytes", "", static_cast<double>(s.idempotency_bytes));
 }
 
 std::string merge_worker_expositions(

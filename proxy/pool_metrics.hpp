@@ -1,6 +1,8 @@
 #pragma once
 
+#include <cstdint>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -13,6 +15,17 @@ namespace llama_pool {
 class BackendRegistry;
 class Supervisor;
 
+// What the response cache and the Idempotency-Key store hold, read at scrape time.
+struct ReuseSnapshot {
+    std::size_t cache_entries = 0;
+    std::size_t cache_bytes = 0;
+    std::uint64_t cache_evicted = 0;  // pushed out by the byte bound
+    std::uint64_t cache_expired = 0;  // found past their TTL
+    std::size_t idempotency_in_flight = 0;
+    std::size_t idempotency_completed = 0;
+    std::size_t idempotency_bytes = 0;
+};
+
 // The pool's own metrics (prefix llama_pool_), the process metrics, and every worker's
 // llama.cpp metrics re-exported with a `worker` label. Request-path updates touch only
 // atomics and one short per-family lookup, never a pool-wide lock. State that already lives
@@ -24,6 +37,8 @@ class PoolMetrics {
 
     // Scrape-time sources; `supervisor` may be null (a pool of unmanaged upstreams).
     void attach(BackendRegistry* registry, Supervisor* supervisor);
+    // The cache's and coalescer's state; an empty function detaches it (before its owner goes).
+    void attach_reuse(std::function<ReuseSnapshot()> source);
     std::string render();
 
     void request_done(std::string_view route, int status, double seconds);
@@ -34,10 +49,15 @@ class PoolMetrics {
     void rejected(std::string_view reason);
     void client_disconnect();
     void tokens(const std::string& worker, long long predicted, long long prompt);
+    // result: hit, miss or bypass (Cache-Control: no-cache).
+    void cache_lookup(std::string_view result);
+    // result: executed, attached, replayed or conflict.
+    void idempotent_request(std::string_view result);
 
   private:
     void render_pool_state(std::string& out);
     void render_worker_metrics(std::string& out);
+    void render_reuse_state(std::string& out);
 
     MetricsRegistry registry_;
     Family<Counter>& requests_;
@@ -50,8 +70,12 @@ class PoolMetrics {
     Family<Counter>& disconnects_;
     Family<Counter>& tokens_predicted_;
     Family<Counter>& prompt_tokens_;
+    Family<Counter>& cache_lookups_;
+    Family<Counter>& idempotent_;
     BackendRegistry* backends_ = nullptr;
     Supervisor* supervisor_ = nullptr;
+    std::mutex reuse_mutex_;  // the source is detached while scrapes may run
+    std::function<ReuseSnapshot()> reuse_;
 };
 
 // Workers' own expositions (worker id, /metrics text) merged under a `worker` label, as

@@ -25,7 +25,9 @@ ProxyServer::ProxyServer(const PoolConfig& config, BackendRegistry& registry,
       metrics_(metrics),
       routes_(registry, supervisor, LLAMA_POOL_VERSION, config.admin_key),
       relay_(config, registry, log, random, metrics),
+      reuse_(config, relay_, log, metrics, time_),
       auth_(std::move(client_keys)) {
+    metrics.attach_reuse([this] { return reuse_.snapshot(); });
     if (config.rate_limit_rps > 0) {
         rate_limiter_ =
             std::make_unique<KeyedRateLimiter>(config.rate_limit_rps, config.rate_limit_burst);
@@ -45,6 +47,7 @@ ProxyServer::ProxyServer(const PoolConfig& config, BackendRegistry& registry,
 
 ProxyServer::~ProxyServer() {
     server_->stop();
+    metrics_.attach_reuse({});
 }
 
 bool ProxyServer::start(std::string& error) {
@@ -101,6 +104,8 @@ void ProxyServer::handle(Exchange& exchange) {
               {"client_gone", outcome.client_gone},
               {"upstream_broke", outcome.upstream_broke},
               {"rejected", outcome.rejected},
+              {"cache", outcome.cache},
+              {"idempotency", outcome.idempotency},
               {"retries", outcome.retry_reasons}});
 }
 
@@ -160,7 +165,7 @@ void ProxyServer::serve(Exchange& exchange, const std::string& path, const std::
         outcome.status = exchange.response_status();
         return;
     }
-    outcome = relay_.forward(exchange, target, request_id);
+    outcome = reuse_.forward(exchange, target, request_id);
 }
 
 }  // namespace llama_pool

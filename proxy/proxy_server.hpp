@@ -14,6 +14,7 @@
 #include "proxy/rate_limiter.hpp"
 #include "proxy/relay.hpp"
 #include "proxy/route_handler.hpp"
+#include "proxy/reply_reuse.hpp"
 
 namespace llama_pool {
 
@@ -49,6 +50,8 @@ class ProxyServer {
     PoolMetrics& metrics_;
     PoolRoutes routes_;
     Relay relay_;
+    SteadyTimeSource time_;
+    ReplyReuse reuse_;
     InboundAuth auth_;
     std::unique_ptr<KeyedRateLimiter> rate_limiter_;  // null when rate limiting is off
     RouteHandler* workload_routes_ = nullptr;

@@ -27,6 +27,8 @@ struct RelayOutcome {
         retry_reasons;               // one per retry: connect, timeout, reset, status_503...
     std::string retry_refused;       // why no further retry: budget, attempts, deadline
     double first_byte_seconds = -1;  // when the response head went out; -1 when it did not
+    std::string cache;               // hit, miss, bypass; empty when the response cache had no say
+    std::string idempotency;         // executed, attached, replayed, conflict; empty without a key
 };
 
 // Forwards one client request to a worker and the worker's response back, faithfully:

@@ -96,6 +96,28 @@ TEST_CASE("flags override the environment, which overrides the file", "[config]"
     std::remove(file.c_str());
 }
 
+TEST_CASE("the cache section is off by default and set from file, environment and flags",
+          "[config]") {
+    CHECK_FALSE(PoolConfig{}.cache_enabled);
+    const auto file = write_temp(R"({"cache": {"enabled": true, "ttl": 30, "max_bytes": 4096}})");
+    Env env;
+    env.values["LLAMA_POOL_CACHE_TTL"] = "45";
+    env.values["LLAMA_POOL_IDEMPOTENCY_WINDOW"] = "0";
+    const auto r = load_config({"--workers", "0", "--config", file, "--cache-max-bytes", "8192",
+                                "--idempotency-max-bytes", "2048"},
+                               env.lookup());
+    REQUIRE(r.ok());
+    CHECK(r.config.cache_enabled);
+    CHECK(r.config.cache_ttl == 45);
+    CHECK(r.config.cache_max_bytes == 8192);
+    CHECK(r.config.idempotency_window == 0);
+    CHECK(r.config.idempotency_max_bytes == 2048);
+    CHECK(load_config({"--workers", "0", "--cache"}, Env{}.lookup()).config.cache_enabled);
+    const auto bad = load_config({"--workers", "0", "--cache-max-bytes", "10"}, Env{}.lookup());
+    CHECK(any_error_contains(bad, "key \"cache.max_bytes\": 10 is out of range"));
+    std::remove(file.c_str());
+}
+
 TEST_CASE("bad flags are reported", "[config]") {
     const auto r = load_config({"--workers", "many", "--bogus", "--port"}, Env{}.lookup());
     CHECK(any_error_contains(
