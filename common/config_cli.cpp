@@ -146,7 +146,7 @@ std::span<const FieldSpec> config_fields() {
         {"proxy.breaker_half_open_trials", "--breaker-half-open-trials", "",
          "trial requests at once to an ejected worker whose time is up",
          &P::breaker_half_open_trials, 1, 1000},
-        {"cache.enabled", "--cache", "LLAMA_POOL_CACHE",
+        {"cache.enabled", "--cache", "LLAMA_POOL_CACHE_ENABLED",
          "answer repeated deterministic requests (temperature 0 or a fixed seed, not streamed) "
          "from a reply cache",
          &P::cache_enabled},

@@ -70,3 +70,25 @@ TEST_CASE("real workers summarize a document in parallel and as a job", "[e2e]")
     CHECK(std::filesystem::exists(data / "jobs" / (id + ".json")));
     std::filesystem::remove_all(data);
 }
+
+TEST_CASE("a real worker's deterministic reply is served from the cache", "[e2e]") {
+    PoolProcess pool(real_pool_args(1, {"--cache"}));
+    REQUIRE(pool.wait_ready(1, 120s));
+    auto client = pool.client(60s);
+    const std::string body =
+        R"({"prompt":"The river rose","n_predict":12,"ignore_eos":true,"temperature":0})";
+    const auto first = client.Post("/completion", body, "application/json");
+    REQUIRE(first);
+    REQUIRE(first->status == 200);
+    CHECK(first->get_header_value("X-Cache") == "MISS");
+    const auto second = client.Post("/completion", body, "application/json");
+    REQUIRE(second);
+    REQUIRE(second->status == 200);
+    CHECK(second->get_header_value("X-Cache") == "HIT");
+    CHECK(second->body == first->body);
+    // Sampling at a temperature is not deterministic: never cached.
+    const std::string sampled = R"({"prompt":"The river rose","n_predict":12,"temperature":0.8})";
+    const auto third = client.Post("/completion", sampled, "application/json");
+    REQUIRE(third);
+    CHECK(third->get_header_value("X-Cache") != "HIT");
+}
