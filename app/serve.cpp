@@ -75,6 +75,12 @@ int serve(const PoolConfig& config, Logger& log, const sigset_t& signals,
     WorkloadRoutes workloads(config, proxy.relay(), registry, log);
     workloads.start();
     proxy.set_workload_routes(&workloads);
+    metrics.attach_jobs([&workloads] { return workloads.job_counts(); });
+    // Scrapes may still come while the objects above are torn down.
+    struct DetachJobs {
+        PoolMetrics& metrics;
+        ~DetachJobs() { metrics.attach_jobs({}); }
+    } detach_jobs{metrics};
 
     std::string error;
     if (!proxy.start(error)) {

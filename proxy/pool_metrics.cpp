@@ -112,6 +112,11 @@ void PoolMetrics::attach_reuse(std::function<ReuseSnapshot()> source) {
     reuse_ = std::move(source);
 }
 
+void PoolMetrics::attach_jobs(std::function<JobCounts()> source) {
+    std::lock_guard lock(reuse_mutex_);
+    jobs_ = std::move(source);
+}
+
 std::string PoolMetrics::render() {
     return registry_.render();
 }
@@ -241,10 +246,22 @@ void PoolMetrics::render_pool_state(std::string& out) {
 
 void PoolMetrics::render_reuse_state(std::string& out) {
     ReuseSnapshot s;
+    JobCounts jobs;
     {
         std::lock_guard lock(reuse_mutex_);
         if (reuse_) {
             s = reuse_();
+        }
+        if (jobs_) {
+            jobs = jobs_();
+        }
+    }
+    if (!jobs.empty()) {
+        append_family_header(out, "llama_pool_jobs",
+                             "Background jobs (POST /v1/jobs) kept by the pool, by state.",
+                             "gauge");
+        for (const auto& [state, count] : jobs) {
+            sample(out, "llama_pool_jobs", label("state", state), static_cast<double>(count));
         }
     }
     append_family_header(out, "llama_pool_cache_entries", "Replies held by the response cache.",

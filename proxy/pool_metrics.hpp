@@ -39,6 +39,9 @@ class PoolMetrics {
     void attach(BackendRegistry* registry, Supervisor* supervisor);
     // The cache's and coalescer's state; an empty function detaches it (before its owner goes).
     void attach_reuse(std::function<ReuseSnapshot()> source);
+    // Jobs per state (queued, running, succeeded...); empty function detaches.
+    using JobCounts = std::vector<std::pair<std::string, std::size_t>>;
+    void attach_jobs(std::function<JobCounts()> source);
     std::string render();
 
     void request_done(std::string_view route, int status, double seconds);
@@ -76,6 +79,7 @@ class PoolMetrics {
     Supervisor* supervisor_ = nullptr;
     std::mutex reuse_mutex_;  // the source is detached while scrapes may run
     std::function<ReuseSnapshot()> reuse_;
+    std::function<JobCounts()> jobs_;  // guarded by reuse_mutex_ too: both are rarely set
 };
 
 // Workers' own expositions (worker id, /metrics text) merged under a `worker` label, as

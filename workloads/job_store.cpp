@@ -274,6 +274,19 @@ std::vector<JobRecord> JobStore::list() {
     return out;
 }
 
+std::vector<std::pair<std::string, std::size_t>> JobStore::counts() {
+    std::lock_guard lock(mutex_);
+    std::vector<std::pair<std::string, std::size_t>> out;
+    for (const auto state : {JobState::queued, JobState::running, JobState::succeeded,
+                             JobState::failed, JobState::cancelled, JobState::interrupted}) {
+        out.emplace_back(std::string(to_string(state)),
+                         static_cast<std::size_t>(std::count_if(
+                             jobs_.begin(), jobs_.end(),
+                             [&](const auto& entry) { return entry.second.state == state; })));
+    }
+    return out;
+}
+
 void JobStore::set_running(const std::string& id) {
     std::lock_guard lock(mutex_);
     const auto it = jobs_.find(id);

@@ -62,6 +62,8 @@ class JobStore {
     std::optional<std::string> add(std::size_t text_chars, std::string& error);
     std::optional<JobRecord> get(const std::string& id);
     std::vector<JobRecord> list();
+    // How many jobs are in each state, every state listed.
+    std::vector<std::pair<std::string, std::size_t>> counts();
 
     void set_running(const std::string& id);
     void set_progress(const std::string& id, const std::vector<LevelProgress>& progress);

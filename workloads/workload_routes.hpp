@@ -25,6 +25,7 @@ class WorkloadRoutes final : public RouteHandler {
     void start();
     // Ends the jobs still queued or running as interrupted; call before the relay stops.
     void stop() { runner_.stop(); }
+    std::vector<std::pair<std::string, std::size_t>> job_counts() { return store_.counts(); }
 
     bool handle(Exchange& exchange, const std::string& path,
                 const std::string& request_id) override;

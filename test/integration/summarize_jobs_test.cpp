@@ -195,6 +195,10 @@ TEST_CASE("a job reports progress, finishes, and survives a restart of the pool"
         REQUIRE(done["state"] == "succeeded");
         CHECK(tag_order(done["result"]["summary"].get<std::string>()).size() == 150);
         CHECK(done["progress"]["levels"][0]["done"] == done["progress"]["levels"][0]["total"]);
+        const auto metrics = pool.client(10s).Get("/metrics");
+        REQUIRE(metrics);
+        CHECK(metrics->body.find("llama_pool_jobs{state=\"succeeded\"} 1\n") != std::string::npos);
+        CHECK(metrics->body.find("llama_pool_jobs{state=\"running\"} 0\n") != std::string::npos);
 
         // A slow job is still running when the pool stops.
         const json slow = {{"type", "summarize"},
