@@ -117,6 +117,34 @@ TEST_CASE("half-open admits exactly half_open_trials requests at once", "[resili
     }
 }
 
+TEST_CASE("a half-open trial whose client left gives its slot back and decides nothing",
+          "[resilience][breaker]") {
+    // Regression: the relay reported nothing when a trial's client hung up, so the slot was
+    // never given back and the worker stayed half-open with no trial slot: out of rotation
+    // for good (an unmanaged upstream is never re-published to reset it).
+    CircuitBreaker b(consecutive_only(1));
+    b.on_failure(t0);
+    const auto later = t0 + 10s;
+    REQUIRE(b.try_acquire(later));
+    REQUIRE_FALSE(b.try_acquire(later));
+    b.on_abandoned(later);
+    CHECK(b.state(later) == BreakerState::half_open);
+    CHECK(b.try_acquire(later));
+    // Only a trial slot that was taken is given back.
+    b.on_abandoned(later);
+    b.on_abandoned(later);
+    CHECK(b.try_acquire(later));
+    CHECK_FALSE(b.try_acquire(later));
+    // Closed or open, an abandoned request changes nothing.
+    CircuitBreaker closed(consecutive_only(2));
+    closed.on_failure(t0);
+    closed.on_abandoned(t0);
+    closed.on_failure(t0);
+    CHECK(closed.state(t0) == BreakerState::open);
+    closed.on_abandoned(t0 + 1s);
+    CHECK(closed.state(t0 + 1s) == BreakerState::open);
+}
+
 TEST_CASE("one success in half-open closes the breaker and clears its counters",
           "[resilience][breaker]") {
     auto config = consecutive_only(3);
