@@ -76,6 +76,15 @@ run: build
 bench: build
 	@python3 scripts/bench/bench.py --write
 
+# Chaos: faults injected in turn under a steady mixed load on real workers; fails on any lost
+# request, orphan process or resource growth (scripts/chaos/chaos.py; CHAOS_SCALE stretches
+# every phase). A short version runs in `make test`.
+.PHONY: chaos
+chaos: build
+	@LLAMA_POOL_TEST_SERVER="$$($(TOOLCHAIN) server-path)" \
+	 LLAMA_POOL_TEST_MODEL="$$($(TOOLCHAIN) model-path)" \
+	 python3 scripts/chaos/chaos.py --build $(BUILD_DIR)
+
 format:
 	@git ls-files '*.cpp' '*.hpp' | xargs clang-format -i
 
