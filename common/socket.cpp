@@ -7,6 +7,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -309,6 +310,26 @@ void WakeSignal::notify() {
 bool WakeSignal::notified() const {
     pollfd p{fd_.get(), POLLIN, 0};
     return ::poll(&p, 1, 0) > 0;
+}
+
+FdLimit raise_fd_limit() {
+    FdLimit out;
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+        return out;
+    }
+    out.before = limit.rlim_cur;
+    out.after = limit.rlim_cur;
+    if (limit.rlim_cur < limit.rlim_max) {
+        const auto before = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if (::setrlimit(RLIMIT_NOFILE, &limit) == 0) {
+            out.after = limit.rlim_cur;
+        } else {
+            out.after = before;
+        }
+    }
+    return out;
 }
 
 }  // namespace llama_pool
