@@ -72,7 +72,11 @@ std::optional<Duration> client_deadline(const Headers& headers) {
 }
 
 std::uint64_t Relay::affinity_key_for(const HttpRequest& request) const {
-    if (config_.balancer != "prefix-affinity" || request.body.empty()) {
+    // A prompt sits a few levels deep; a body nested deeper than this is not worth a DOM
+    // (an absurdly nested one would cost memory in proportion), and simply gets no affinity.
+    constexpr std::size_t kMaxAffinityNesting = 256;
+    if (config_.balancer != "prefix-affinity" || request.body.empty() ||
+        !json_nesting_at_most(request.body, kMaxAffinityNesting)) {
         return 0;
     }
     const auto body = nlohmann::json::parse(request.body, nullptr, false);

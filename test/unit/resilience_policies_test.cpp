@@ -649,6 +649,21 @@ TEST_CASE("completions reported out of order still count", "[resilience][service
 
 // ---- Prefix affinity ------------------------------------------------------------------------
 
+TEST_CASE("the nesting guard counts brackets outside strings, without allocating",
+          "[resilience][affinity]") {
+    CHECK(json_nesting_at_most("", 0));
+    CHECK(json_nesting_at_most(R"({"prompt":"x"})", 1));
+    CHECK_FALSE(json_nesting_at_most(R"({"prompt":"x"})", 0));
+    CHECK(json_nesting_at_most(R"({"messages":[{"content":"[[[[{{{{"}]})", 3));
+    CHECK_FALSE(json_nesting_at_most(R"({"messages":[{"content":"x"}]})", 2));
+    CHECK(json_nesting_at_most(R"({"a":"\"[[[["})", 1));  // an escaped quote stays in the string
+    CHECK(json_nesting_at_most("]]]]}}}}[", 1));          // not JSON, still no crash
+    // 100,000 nested arrays: refused at the limit, whatever follows.
+    const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+    CHECK_FALSE(json_nesting_at_most(deep, 256));
+    CHECK(json_nesting_at_most(deep, 100000));
+}
+
 TEST_CASE("prompt_text finds the prompt a request's cache starts with", "[resilience][affinity]") {
     using nlohmann::json;
     CHECK(prompt_text(json{{"prompt", "Once upon a time"}}) == "Once upon a time");
