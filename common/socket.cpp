@@ -262,6 +262,19 @@ std::string peer_address(int fd) {
     return text;
 }
 
+bool is_loopback_address(std::string_view address) {
+    constexpr std::string_view mapped = "::ffff:";
+    if (address.size() > mapped.size() && address.substr(0, mapped.size()) == mapped) {
+        address.remove_prefix(mapped.size());
+    }
+    if (address == "::1") {
+        return true;
+    }
+    in_addr v4{};
+    return ::inet_pton(AF_INET, std::string(address).c_str(), &v4) == 1 &&
+           (ntohl(v4.s_addr) >> 24) == 127;
+}
+
 std::vector<std::string> resolve_all(const std::string& name, std::string& error) {
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;

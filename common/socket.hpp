@@ -66,6 +66,9 @@ std::uint16_t local_port(int fd);
 // and without duplicates. Empty with `error` set when the name does not resolve.
 std::vector<std::string> resolve_all(const std::string& name, std::string& error);
 std::string peer_address(int fd);
+// Whether an address as peer_address() writes it is a loopback one: 127.0.0.0/8, ::1, or
+// 127.0.0.0/8 mapped into IPv6 (::ffff:127.x.x.x).
+bool is_loopback_address(std::string_view address);
 
 // An unused loopback port, verified free by binding it (the bind is released at once, so
 // the caller must still cope with losing a race for it).
