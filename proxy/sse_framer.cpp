@@ -20,8 +20,8 @@ void SseFramer::feed(std::string_view piece) {
 
 std::string SseFramer::take() {
     std::size_t cut = boundary_;
-    if (cut == 0 && buffer_.size() > max_pending_) {
-        cut = buffer_.size();
+    if (buffer_.size() - cut > max_pending_) {
+        cut = buffer_.size();  // an event this long is passed on as it is
         unaligned_ = true;
     }
     if (cut == 0) {

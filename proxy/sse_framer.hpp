@@ -21,7 +21,8 @@ class SseFramer {
     // Adds the next piece of the stream.
     void feed(std::string_view piece);
     // Removes and returns the bytes up to and including the last complete event (empty when
-    // none is complete), or everything held once more than `max_pending` bytes are waiting.
+    // none is complete), or everything held when more than `max_pending` bytes would stay
+    // behind: what is held back after take() never exceeds `max_pending`.
     std::string take();
     // Whatever is held back: the start of an event whose end has not arrived.
     const std::string& pending() const { return buffer_; }
