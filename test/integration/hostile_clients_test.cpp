@@ -21,6 +21,7 @@
 using namespace llama_pool::test;
 using json = nlohmann::json;
 using namespace std::chrono_literals;
+using namespace std::string_view_literals;
 
 namespace {
 
@@ -236,7 +237,7 @@ TEST_CASE("invalid UTF-8 and binary bodies reach the worker byte for byte and ej
     }
     const std::vector<std::string> bodies = {
         all_bytes, std::string("{\"prompt\":\"\xff\xfe\xc0\xaf\",\"max_tokens\":2}"),
-        std::string("{\"prompt\":\"a\0b\",\"max_tokens\":2}", 33), std::string(3000, '\x80')};
+        std::string("{\"prompt\":\"a\0b\",\"max_tokens\":2}"sv), std::string(3000, '\x80')};
     for (const auto& body : bodies) {
         const auto r = raw_exchange(pool.port(), post("/completion", body), 10s);
         CHECK(raw_status(r) == 500);  // the worker's answer to a body that is not JSON
