@@ -76,6 +76,25 @@ run: build
 bench: build
 	@python3 scripts/bench/bench.py --write
 
+# Chaos: faults injected in turn under a steady mixed load on real workers; fails on any lost
+# request, orphan process or resource growth (scripts/chaos/chaos.py; CHAOS_SCALE stretches
+# every phase). A short version runs in `make test`.
+.PHONY: chaos
+chaos: build
+	@LLAMA_POOL_TEST_SERVER="$$($(TOOLCHAIN) server-path)" \
+	 LLAMA_POOL_TEST_MODEL="$$($(TOOLCHAIN) model-path)" \
+	 python3 scripts/chaos/chaos.py --build $(BUILD_DIR)
+
+# Soak: a long mixed load on real workers with periodic faults (a worker killed, 500s),
+# sampling the pool's RSS, descriptors and threads; fails on growth after the warm-up
+# (scripts/chaos/soak.py). SOAK_SECONDS, 600 by default.
+SOAK_SECONDS ?= 600
+.PHONY: soak
+soak: build
+	@LLAMA_POOL_TEST_SERVER="$$($(TOOLCHAIN) server-path)" \
+	 LLAMA_POOL_TEST_MODEL="$$($(TOOLCHAIN) model-path)" \
+	 python3 scripts/chaos/soak.py --build $(BUILD_DIR) --seconds $(SOAK_SECONDS)
+
 format:
 	@git ls-files '*.cpp' '*.hpp' | xargs clang-format -i
 

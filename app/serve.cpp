@@ -3,6 +3,7 @@
 #include <atomic>
 #include <thread>
 
+#include "common/socket.hpp"
 #include "proxy/backend_registry.hpp"
 #include "proxy/proxy_server.hpp"
 #include "supervisor/supervisor.hpp"
@@ -68,6 +69,14 @@ int serve(const PoolConfig& config, Logger& log, const sigset_t& signals,
     if (!client_keys.empty()) {
         log.info("pool", "client_auth", {{"keys", client_keys.size()}});  // never the keys
     }
+    // Each client connection costs a descriptor, and one to a worker while it is relayed.
+    const auto fds = raise_fd_limit();
+    const auto needed = 2 * static_cast<std::uint64_t>(config.max_connections) + 64;
+    log.log(fds.after < needed ? LogLevel::warn : LogLevel::info, "pool", "fd_limit",
+            {{"soft_limit_before", fds.before},
+             {"soft_limit", fds.after},
+             {"max_connections", config.max_connections},
+             {"enough", fds.after >= needed}});
     Supervisor supervisor(config, log, registry, random);
     PoolMetrics metrics(LLAMA_POOL_VERSION);
     metrics.attach(&registry, &supervisor);

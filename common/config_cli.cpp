@@ -244,7 +244,8 @@ std::span<const FieldSpec> config_fields() {
         {"auth.admin_key",
          "--admin-key",
          "LLAMA_POOL_ADMIN_KEY",
-         "key required by /pool/* (Authorization: Bearer KEY or X-Api-Key); empty = open",
+         "key required by /pool/* (Authorization: Bearer KEY or X-Api-Key); empty = only "
+         "clients on this machine",
          &P::admin_key,
          0,
          0,

@@ -414,12 +414,71 @@ ChunkedDecoder::Status ChunkedDecoder::feed(std::string_view in, std::size_t& co
     }
 }
 
+namespace {
+
+int hex_value(char c) {
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+bool is_unreserved(unsigned char c) {
+    return std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~';
+}
+
+// Decodes the percent-encoded unreserved characters of a path (RFC 3986 §6.2.2.2: "%2e" is
+// "."), so that the pool routes on the same path the worker will see after decoding. Other
+// escapes stay as they are ("%2F" must not become a segment boundary). False for an encoded
+// control character: no API path has one, and a worker would decode it into its path.
+bool decode_unreserved(std::string_view path, std::string& out) {
+    out.clear();
+    for (std::size_t i = 0; i < path.size(); ++i) {
+        const bool escape = path[i] == '%' && i + 2 < path.size() && hex_value(path[i + 1]) >= 0 &&
+                            hex_value(path[i + 2]) >= 0;
+        if (!escape) {
+            out += path[i];
+            continue;
+        }
+        const auto c =
+            static_cast<unsigned char>(hex_value(path[i + 1]) * 16 + hex_value(path[i + 2]));
+        if (c < 0x20 || c == 0x7f) {
+            return false;
+        }
+        // A decoded hex digit must not complete an escape with what precedes it ("%%32e"
+        // would become "%2e"): decoding again would then give a different path.
+        const bool would_form_escape =
+            hex_value(static_cast<char>(c)) >= 0 &&
+            ((!out.empty() && out.back() == '%') ||
+             (out.size() >= 2 && out[out.size() - 2] == '%' && hex_value(out.back()) >= 0));
+        if (is_unreserved(c) && !would_form_escape) {
+            out += static_cast<char>(c);
+        } else {
+            out.append(path.substr(i, 3));
+        }
+        i += 2;
+    }
+    return true;
+}
+
+}  // namespace
+
 bool normalize_target(std::string_view target, std::string& out) {
     if (target.empty() || target.front() != '/') {
         return false;
     }
     const auto q = target.find('?');
-    const auto path = target.substr(0, q);
+    std::string decoded;
+    if (!decode_unreserved(target.substr(0, q), decoded)) {
+        return false;
+    }
+    const std::string_view path = decoded;
     std::vector<std::string_view> segments;
     std::size_t pos = 1;
     while (pos <= path.size()) {

@@ -69,8 +69,10 @@ class ChunkedDecoder {
     std::string error_;
 };
 
-// Collapses repeated slashes and resolves "." and ".." segments in the path part of a
-// target (the query is kept verbatim). Returns false for targets that are not origin-form.
+// Normalizes the path part of a target (the query is kept verbatim): decodes percent-encoded
+// unreserved characters ("%2e" is "."), collapses repeated slashes and resolves "." and ".."
+// segments, so that routing sees the same path a worker will. Returns false for targets that
+// are not origin-form and for paths with an encoded control character ("%00").
 bool normalize_target(std::string_view target, std::string& out);
 
 }  // namespace llama_pool

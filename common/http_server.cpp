@@ -1,11 +1,14 @@
 #include "common/http_server.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include "common/error_body.hpp"
 
@@ -141,6 +144,7 @@ bool HttpServer::start(std::string& error) {
         return false;
     }
     port_ = local_port(listener_.get());
+    reserve_fd_ = Fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
     accepting_ = true;
     accept_thread_ = std::thread([this] { accept_loop(); });
     return true;
@@ -163,6 +167,9 @@ void HttpServer::accept_loop() {
         }
         Fd client(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
         if (!client.valid()) {
+            if (errno == EMFILE || errno == ENFILE) {
+                shed_pending_connection();
+            }
             continue;
         }
         // A relay writes pieces as they arrive; Nagle would hold each small write back until
@@ -172,7 +179,7 @@ void HttpServer::accept_loop() {
         std::lock_guard lock(mutex_);
         if (connections_.size() >= options_.max_connections) {
             // Over the connection limit: a clean 503 is better than a silent backlog.
-            send_error(client.get(), 503, "too many open connections");
+            refuse(client.get(), "too many open connections");
             continue;
         }
         const auto id = next_id_++;
@@ -204,6 +211,48 @@ void HttpServer::send_error(int fd, int status, std::string_view message) {
     auto bytes = render_head(status, 1, headers);
     bytes += body;
     write_all(fd, bytes, Clock::now() + milliseconds(1000), {hard_wake_.fd(), -1});
+}
+
+namespace {
+
+// Reads and drops whatever the client has sent so far, without waiting: closing a socket
+// with unread input sends a reset, which can destroy the answer before the client reads it.
+void discard_pending_input(int fd) {
+    char buf[16384];
+    for (int i = 0; i < 4; ++i) {
+        if (::recv(fd, buf, sizeof buf, MSG_DONTWAIT) <= 0) {
+            return;
+        }
+    }
+}
+
+}  // namespace
+
+void HttpServer::refuse(int fd, std::string_view message) {
+    ++refused_connections_;
+    discard_pending_input(fd);
+    send_error(fd, 503, message);
+    ::shutdown(fd, SHUT_WR);
+    discard_pending_input(fd);
+}
+
+void HttpServer::shed_pending_connection() {
+    reserve_fd_.reset();
+    bool shed_one = false;
+    {
+        Fd shed(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+        if (shed.valid()) {
+            refuse(shed.get(), "the pool is out of file descriptors, retry later");
+            shed_one = true;
+        }
+    }
+    reserve_fd_ = Fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    if (!shed_one || !reserve_fd_.valid()) {
+        // Not even that worked: wait a moment rather than spin on a listener that stays
+        // readable.
+        pollfd wake{accept_wake_.fd(), POLLIN, 0};
+        ::poll(&wake, 1, 10);
+    }
 }
 
 bool HttpServer::read_request(Fd& fd, std::string& buffer, HttpRequest& request, bool first,

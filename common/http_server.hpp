@@ -119,6 +119,8 @@ class HttpServer {
 
     std::size_t open_connections() const;
     std::size_t active_requests() const { return active_requests_.load(); }
+    // Connections refused at accept time: over max_connections, or out of descriptors.
+    std::uint64_t refused_connections() const { return refused_connections_.load(); }
 
   private:
     struct Connection {
@@ -131,10 +133,16 @@ class HttpServer {
     bool read_request(Fd& fd, std::string& buffer, HttpRequest& request, bool first,
                       int& error_status, std::string& error);
     void send_error(int fd, int status, std::string_view message);
+    // Answers a connection we will not serve with a 503 and closes it without a reset.
+    void refuse(int fd, std::string_view message);
+    // Out of descriptors: takes one pending connection with the reserve descriptor and
+    // refuses it, instead of leaving it hanging in the backlog (and the accept loop spinning).
+    void shed_pending_connection();
 
     HttpServerOptions options_;
     HttpHandler handler_;
     Fd listener_;
+    Fd reserve_fd_;  // given up for a moment when the process runs out of descriptors
     std::uint16_t port_ = 0;
     WakeSignal accept_wake_;  // stops the accept loop
     WakeSignal idle_wake_;    // closes connections waiting for their next request
@@ -147,6 +155,7 @@ class HttpServer {
     std::vector<std::uint64_t> finished_;
     std::uint64_t next_id_ = 0;
     std::atomic<std::size_t> active_requests_{0};
+    std::atomic<std::uint64_t> refused_connections_{0};
     std::atomic<bool> accepting_{false};
     bool stopped_ = false;
 };

@@ -7,6 +7,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -266,6 +267,19 @@ std::string peer_address(int fd) {
     return text;
 }
 
+bool is_loopback_address(std::string_view address) {
+    constexpr std::string_view mapped = "::ffff:";
+    if (address.size() > mapped.size() && address.substr(0, mapped.size()) == mapped) {
+        address.remove_prefix(mapped.size());
+    }
+    if (address == "::1") {
+        return true;
+    }
+    in_addr v4{};
+    return ::inet_pton(AF_INET, std::string(address).c_str(), &v4) == 1 &&
+           (ntohl(v4.s_addr) >> 24) == 127;
+}
+
 std::vector<std::string> resolve_all(const std::string& name, std::string& error) {
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
@@ -314,6 +328,26 @@ void WakeSignal::notify() {
 bool WakeSignal::notified() const {
     pollfd p{fd_.get(), POLLIN, 0};
     return ::poll(&p, 1, 0) > 0;
+}
+
+FdLimit raise_fd_limit() {
+    FdLimit out;
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+        return out;
+    }
+    out.before = limit.rlim_cur;
+    out.after = limit.rlim_cur;
+    if (limit.rlim_cur < limit.rlim_max) {
+        const auto before = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if (::setrlimit(RLIMIT_NOFILE, &limit) == 0) {
+            out.after = limit.rlim_cur;
+        } else {
+            out.after = before;
+        }
+    }
+    return out;
 }
 
 }  // namespace llama_pool

@@ -69,10 +69,23 @@ std::uint16_t local_port(int fd);
 // and without duplicates. Empty with `error` set when the name does not resolve.
 std::vector<std::string> resolve_all(const std::string& name, std::string& error);
 std::string peer_address(int fd);
+// Whether an address as peer_address() writes it is a loopback one: 127.0.0.0/8, ::1, or
+// 127.0.0.0/8 mapped into IPv6 (::ffff:127.x.x.x).
+bool is_loopback_address(std::string_view address);
 
 // An unused loopback port, verified free by binding it (the bind is released at once, so
 // the caller must still cope with losing a race for it).
 std::uint16_t pick_free_port(const std::string& host = "127.0.0.1");
+
+// The process's open-file limit (RLIMIT_NOFILE). raise_fd_limit() lifts the soft limit to the
+// hard one, the way servers do at start: a soft limit of 1024 (systemd's and most shells'
+// default) runs out before 1024 client connections, each of which may hold an upstream
+// connection too. Returns the soft limit before and after.
+struct FdLimit {
+    std::uint64_t before = 0;
+    std::uint64_t after = 0;
+};
+FdLimit raise_fd_limit();
 
 // An eventfd used to wake every blocked operation at shutdown. Stays readable once set.
 class WakeSignal {

@@ -87,6 +87,42 @@ std::string prompt_text(const nlohmann::json& body) {
     return text;
 }
 
+bool json_nesting_at_most(std::string_view text, std::size_t max_depth) {
+    std::size_t depth = 0;
+    bool in_string = false;
+    bool escaped = false;
+    for (const char c : text) {
+        if (in_string) {
+            if (escaped) {
+                escaped = false;
+            } else if (c == '\\') {
+                escaped = true;
+            } else if (c == '"') {
+                in_string = false;
+            }
+            continue;
+        }
+        switch (c) {
+            case '"':
+                in_string = true;
+                break;
+            case '[':
+            case '{':
+                if (++depth > max_depth) {
+                    return false;
+                }
+                break;
+            case ']':
+            case '}':
+                depth = depth > 0 ? depth - 1 : 0;
+                break;
+            default:
+                break;
+        }
+    }
+    return true;
+}
+
 std::uint64_t affinity_key(std::string_view text, std::size_t prefix_chars) {
     const auto prefix = text.substr(0, std::min(prefix_chars, text.size()));
     if (prefix.empty()) {

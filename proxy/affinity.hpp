@@ -17,6 +17,12 @@ namespace llama_pool {
 // Empty when there is none.
 std::string prompt_text(const nlohmann::json& body);
 
+// Whether the JSON text nests arrays and objects at most `max_depth` deep (brackets inside
+// strings do not count; the text need not be valid). A linear scan with no allocation: the
+// relay checks it before building a DOM of a client's body, which for a body of 32 MiB of
+// '[' would take gigabytes.
+bool json_nesting_at_most(std::string_view text, std::size_t max_depth);
+
 // A stable 64-bit key of the first `prefix_chars` bytes of `text` (FNV-1a). Empty text -> 0.
 std::uint64_t affinity_key(std::string_view text, std::size_t prefix_chars);
 

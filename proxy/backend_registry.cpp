@@ -213,6 +213,14 @@ BackendRegistry::BreakerChange BackendRegistry::report(const std::string& id, bo
     return change;
 }
 
+void BackendRegistry::report_abandoned(const std::string& id) {
+    std::lock_guard lock(mutex_);
+    if (const auto it = entries_.find(id); it != entries_.end()) {
+        it->second.breaker.on_abandoned(time_.now());
+        dispatch_locked();
+    }
+}
+
 void BackendRegistry::dispatch_locked() {
     for (auto* waiter : waiters_) {
         if (waiter->assigned) {

@@ -103,6 +103,9 @@ class BackendRegistry final : public WorkerListener {
     };
     // The outcome of one attempt on a backend, for its circuit breaker.
     BreakerChange report(const std::string& id, bool success);
+    // An attempt that ended without telling anything about the backend (the client left):
+    // only gives back a half-open trial slot. Every attempt ends in exactly one report.
+    void report_abandoned(const std::string& id);
     // Nothing listens there (connection refused): the process is gone or restarting. No new
     // request goes there for a moment, or until it is published ready again, so requests
     // stop piling onto a dead worker before its probes or breaker have noticed.

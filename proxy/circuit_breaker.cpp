@@ -99,6 +99,12 @@ void CircuitBreaker::on_failure(TimePoint now) {
     }
 }
 
+void CircuitBreaker::on_abandoned(TimePoint now) {
+    if (state(now) == BreakerState::half_open && trials_in_flight_ > 0) {
+        --trials_in_flight_;
+    }
+}
+
 CircuitBreaker::Bucket& CircuitBreaker::bucket(TimePoint now) {
     const auto epoch = epoch_of(now, std::max(config_.window / kBuckets, Duration{1}));
     auto& b = buckets_[static_cast<std::size_t>(((epoch % kBuckets) + kBuckets) % kBuckets)];

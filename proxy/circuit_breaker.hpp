@@ -40,6 +40,10 @@ class CircuitBreaker {
     bool try_acquire(TimePoint now);
     void on_success(TimePoint now);
     void on_failure(TimePoint now);
+    // A request that ended without a verdict on the worker (its client left first): gives
+    // back the half-open trial slot it may hold and changes nothing else. Without it, a
+    // trial whose client hung up kept its slot forever and the worker never served again.
+    void on_abandoned(TimePoint now);
 
     // When an open breaker lets trials through again (meaningful when open).
     TimePoint reopens_at() const { return open_until_; }

@@ -260,6 +260,16 @@ bool PoolRoutes::handle(Exchange& exchange, const std::string& path,
             respond_json(exchange, 401, make_error_body(401, "Invalid API Key"), request_id);
             return true;
         }
+    } else if (!is_loopback_address(exchange.remote_address())) {
+        // No key set: restarts and worker logs are for this machine only, so a pool told to
+        // listen on every address does not hand them to the network by default.
+        respond_json(exchange, 403,
+                     make_error_body(403,
+                                     "/pool/* answers only clients on this machine while no "
+                                     "admin key is set (auth.admin_key, --admin-key)",
+                                     "authentication_error"),
+                     request_id);
+        return true;
     }
     if (path == "/pool/restart" && method == "POST" && supervisor_ != nullptr) {
         switch (supervisor_->rolling_restart(supervisor_->config())) {

@@ -10,7 +10,8 @@ namespace llama_pool {
 
 // The endpoints the pool answers itself: GET /health, GET /, /pool/status,
 // /pool/workers/{id}/log, POST /pool/workers/{id}/restart. `supervisor` may be null (a pool
-// of unmanaged upstreams).
+// of unmanaged upstreams). /pool/* needs `admin_key` when one is set, and answers only
+// loopback clients when none is.
 class PoolRoutes {
   public:
     PoolRoutes(BackendRegistry& registry, Supervisor* supervisor, std::string version,

@@ -69,7 +69,10 @@ void ProxyServer::handle(Exchange& exchange) {
     RelayOutcome outcome;
     std::string path = "invalid";
     if (!normalize_target(request.target, target)) {
-        respond_json(exchange, 400, make_error_body(400, "request target must be a path"),
+        respond_json(exchange, 400,
+                     make_error_body(400,
+                                     "request target must be a path, with no encoded "
+                                     "control character"),
                      request_id);
         outcome.status = 400;
     } else {

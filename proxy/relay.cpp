@@ -8,6 +8,7 @@
 #include "common/error_body.hpp"
 #include "common/http_client.hpp"
 #include "proxy/affinity.hpp"
+#include "proxy/sse_framer.hpp"
 #include "proxy/usage_scanner.hpp"
 
 namespace llama_pool {
@@ -71,7 +72,11 @@ std::optional<Duration> client_deadline(const Headers& headers) {
 }
 
 std::uint64_t Relay::affinity_key_for(const HttpRequest& request) const {
-    if (config_.balancer != "prefix-affinity" || request.body.empty()) {
+    // A prompt sits a few levels deep; a body nested deeper than this is not worth a DOM
+    // (an absurdly nested one would cost memory in proportion), and simply gets no affinity.
+    constexpr std::size_t kMaxAffinityNesting = 256;
+    if (config_.balancer != "prefix-affinity" || request.body.empty() ||
+        !json_nesting_at_most(request.body, kMaxAffinityNesting)) {
         return 0;
     }
     const auto body = nlohmann::json::parse(request.body, nullptr, false);
@@ -131,6 +136,52 @@ Headers client_response_headers(const Headers& upstream, const std::string& requ
     return out;
 }
 
+namespace {
+
+// A JSON reply is read whole before its head goes to the client (up to this size), so that a
+// worker that dies while sending it is retried instead of cutting the client's reply.
+constexpr std::size_t kMaxBufferedReply = 8 * 1024 * 1024;
+
+// One attempt's verdict on its worker, for the circuit breaker: exactly one report per
+// attempt, whatever path ends it. An attempt that ends without one (its client left) gives
+// back the half-open trial slot it may hold.
+class AttemptVerdict {
+  public:
+    AttemptVerdict(BackendRegistry& registry, std::string id)
+        : registry_(registry), id_(std::move(id)) {}
+    ~AttemptVerdict() {
+        if (!reported_) {
+            registry_.report_abandoned(id_);
+        }
+    }
+    AttemptVerdict(const AttemptVerdict&) = delete;
+    AttemptVerdict& operator=(const AttemptVerdict&) = delete;
+
+    void report(bool success) {
+        if (!reported_) {
+            reported_ = true;
+            registry_.report(id_, success);
+        }
+    }
+    // The verdict is left to someone else (a 500 waiting for a second opinion).
+    void hand_over() { reported_ = true; }
+
+  private:
+    BackendRegistry& registry_;
+    std::string id_;
+    bool reported_ = false;
+};
+
+// What was read of a response body before committing to it.
+struct Prefetch {
+    IoStatus io = IoStatus::ok;  // not ok: the worker failed before anything was committed
+    std::string error;
+    std::string bytes;  // what goes to the client right after the head
+    bool done = false;  // `bytes` is the whole body
+};
+
+}  // namespace
+
 RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                             const std::string& request_id, const std::set<std::string>& avoid) {
     const auto& request = exchange.request();
@@ -169,6 +220,44 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
             }
         }
     } retry_slot{budget_, holding_retry};
+    // llama-server answers 500 both when it fails and when the request is bad (malformed
+    // JSON, a field of the wrong type). A 500 to a body that is not JSON is the client's;
+    // any other 500 gets a second opinion from another worker: served there, the first
+    // worker was at fault; a 500 there too, the request was.
+    std::optional<bool> body_is_json;
+    auto request_is_json = [&] {
+        if (!body_is_json) {
+            body_is_json = request.body.empty() || nlohmann::json::accept(request.body);
+        }
+        return *body_is_json;
+    };
+    std::optional<std::string> second_opinion_for;  // the worker whose 500 awaits one
+    struct PendingVerdict {
+        BackendRegistry& registry;
+        std::optional<std::string>& id;
+        ~PendingVerdict() {
+            if (id) {
+                registry.report_abandoned(*id);
+            }
+        }
+    } pending_verdict{registry_, second_opinion_for};
+    // Whether one more attempt may follow; says why not in outcome.retry_refused.
+    auto may_retry = [&]() -> bool {
+        if (outcome.attempts >= config_.retry_attempts) {
+            outcome.retry_refused = "attempts";
+            return false;
+        }
+        if (Clock::now() >= total_deadline) {
+            outcome.retry_refused = "deadline";
+            return false;
+        }
+        if (!holding_retry && !budget_.try_start_retry(registry_.total_capacity())) {
+            outcome.retry_refused = "budget";
+            return false;
+        }
+        holding_retry = true;
+        return true;
+    };
 
     while (true) {
         const auto queued_at = Clock::now();
@@ -196,6 +285,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
         Backend& backend = acquired.lease->backend();
         outcome.worker = backend.id;
         tried.insert(backend.id);
+        AttemptVerdict verdict(registry_, backend.id);
 
         const auto headers = upstream_request_headers(request, request_id, backend.api_key,
                                                       exchange.remote_address());
@@ -235,27 +325,8 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
             exchange.abort();
             return outcome;
         }
-        int retry_status = 0;
-        if (io != IoStatus::ok) {
-            last_error = fmt::format("worker {}: {} ({})", backend.id,
-                                     error.empty() ? to_string(io) : error, to_string(io));
-            last_status = io == IoStatus::timeout ? 504 : 502;
-            // Nothing listens there: mark it down before reporting the failure, since the
-            // report hands free slots to waiting requests and a dead worker has free slots.
-            if (error.find("Connection refused") != std::string::npos) {
-                registry_.report_refused(backend.id);
-            }
-            registry_.report(backend.id, false);
-            metrics_.upstream(backend.id, io == IoStatus::timeout          ? "timeout"
-                                          : error.rfind("connect", 0) == 0 ? "connect_error"
-                                                                           : "reset");
-            log_.warn(kComponent, "upstream_failed",
-                      {{"request_id", request_id},
-                       {"worker", backend.id},
-                       {"attempt", outcome.attempts},
-                       {"error", last_error}});
-        } else if (retryable_status(head.status) && outcome.attempts < config_.retry_attempts) {
-            // Drain the small error body so the connection can be reused, then try another.
+        const auto drain_for_reuse = [&] {
+            // The small error body, so that the connection can be reused.
             std::string discard;
             bool done = false;
             const auto drain_deadline = Clock::now() + seconds(2);
@@ -265,10 +336,62 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
             if (done) {
                 backend.pool.give_back(std::move(conn));
             }
+        };
+        const auto content_type = head.headers.get("Content-Type").value_or("");
+        const auto framing = response_framing(head, request.method == "HEAD");
+        std::optional<std::size_t> length;
+        if (framing.framing.kind == BodyFraming::Kind::length ||
+            framing.framing.kind == BodyFraming::Kind::none) {
+            length = framing.framing.length;
+        }
+        // An event stream goes out event by event; anything else is read whole first when
+        // it is not too big.
+        const bool events = content_type.rfind("text/event-stream", 0) == 0 && !length;
+        SseFramer framer;
+        Prefetch pre;
+        int retry_status = 0;
+        const auto failed_attempt = [&](IoStatus failed_io, const std::string& why) {
+            last_error =
+                fmt::format("worker {}: {} ({})", backend.id,
+                            why.empty() ? to_string(failed_io) : why, to_string(failed_io));
+            last_status = failed_io == IoStatus::timeout ? 504 : 502;
+            // Nothing listens there: mark it down before reporting the failure, since the
+            // report hands free slots to waiting requests and a dead worker has free slots.
+            if (why.find("Connection refused") != std::string::npos) {
+                registry_.report_refused(backend.id);
+            }
+            verdict.report(false);
+            metrics_.upstream(backend.id, failed_io == IoStatus::timeout ? "timeout"
+                                          : why.rfind("connect", 0) == 0 ? "connect_error"
+                                                                         : "reset");
+            log_.warn(kComponent, "upstream_failed",
+                      {{"request_id", request_id},
+                       {"worker", backend.id},
+                       {"attempt", outcome.attempts},
+                       {"error", last_error}});
+            io = failed_io;
+        };
+        if (io != IoStatus::ok) {
+            failed_attempt(io, error);
+        } else if (retryable_status(head.status) && outcome.attempts < config_.retry_attempts) {
+            drain_for_reuse();
             retry_status = head.status;
             last_error = fmt::format("worker {} answered {}", backend.id, head.status);
             last_status = head.status;
-            registry_.report(backend.id, false);
+            verdict.report(false);
+            metrics_.upstream(backend.id, "status_5xx_retried");
+            log_.warn(kComponent, "upstream_retryable_status",
+                      {{"request_id", request_id},
+                       {"worker", backend.id},
+                       {"attempt", outcome.attempts},
+                       {"status", head.status}});
+        } else if (head.status == 500 && !second_opinion_for && request_is_json() && may_retry()) {
+            drain_for_reuse();
+            retry_status = 500;
+            last_error = fmt::format("worker {} answered 500", backend.id);
+            last_status = 503;
+            second_opinion_for = backend.id;
+            verdict.hand_over();
             metrics_.upstream(backend.id, "status_5xx_retried");
             log_.warn(kComponent, "upstream_retryable_status",
                       {{"request_id", request_id},
@@ -276,28 +399,79 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                        {"attempt", outcome.attempts},
                        {"status", head.status}});
         } else {
-            // Commit: from here on the client sees this worker's response, and no retry.
-            // A 5xx counts against the worker even when it is passed through.
-            registry_.report(backend.id, head.status < 500);
-            metrics_.upstream(backend.id, head.status < 500 ? "ok" : "status_5xx");
-            outcome.status = head.status;
-            const auto content_type = head.headers.get("Content-Type").value_or("");
-            const bool event_stream = content_type.rfind("text/event-stream", 0) == 0;
-            UsageScanner usage;
-            const auto framing = response_framing(head, request.method == "HEAD");
-            std::optional<std::size_t> length;
-            if (framing.framing.kind == BodyFraming::Kind::length ||
-                framing.framing.kind == BodyFraming::Kind::none) {
-                length = framing.framing.length;
+            // Read the start of the body before anything reaches the client: a failure until
+            // then is retried like one before the head.
+            const bool buffer_whole = !events && !(length && *length > kMaxBufferedReply);
+            while (events || buffer_whole) {
+                std::string piece;
+                const auto idle_deadline = std::min(
+                    total_deadline, Clock::now() + from_seconds(config_.stream_idle_timeout));
+                pre.io =
+                    conn.read_body(piece, pre.done, idle_deadline, pre.error, exchange.watch());
+                if (pre.io != IoStatus::ok) {
+                    break;
+                }
+                if (events) {
+                    framer.feed(piece);
+                    pre.bytes = framer.take();
+                    if (pre.done) {
+                        pre.bytes += framer.pending();
+                    }
+                    if (!pre.bytes.empty() || pre.done) {
+                        break;
+                    }
+                } else {
+                    pre.bytes += piece;
+                    if (pre.done || pre.bytes.size() > kMaxBufferedReply) {
+                        break;
+                    }
+                }
             }
+            if (pre.io == IoStatus::peer_gone || pre.io == IoStatus::woken) {
+                outcome.client_gone = pre.io == IoStatus::peer_gone;
+                exchange.abort();
+                return outcome;
+            }
+            if (pre.io != IoStatus::ok) {
+                failed_attempt(pre.io,
+                               pre.error.empty() ? std::string("response cut off") : pre.error);
+            }
+        }
+        if (io == IoStatus::ok && retry_status == 0) {
+            // Commit: from here on the client sees this worker's response, and no retry.
+            // A 5xx counts against the worker even when it is passed through, unless it is
+            // the request's own 500.
+            bool worker_fault = head.status >= 500;
+            if (head.status == 500 && (second_opinion_for || !request_is_json())) {
+                worker_fault = false;
+            }
+            if (second_opinion_for) {
+                // Served elsewhere: the earlier 500 was that worker's fault.
+                registry_.report(*second_opinion_for, head.status == 500);
+                second_opinion_for.reset();
+            }
+            outcome.status = head.status;
+            if (pre.done && !length && !events) {
+                length = pre.bytes.size();  // a stream stays chunked, as the worker sent it
+            }
+            UsageScanner usage;
+            const auto upstream_outcome = [&](std::string_view what) {
+                metrics_.upstream(backend.id, what);
+            };
             if (!exchange.begin(head.status, client_response_headers(head.headers, request_id),
                                 length)) {
                 outcome.client_gone = true;
                 return outcome;
             }
             outcome.first_byte_seconds = to_seconds(Clock::now() - started);
+            usage.feed(pre.bytes);
+            if (!pre.bytes.empty() && !exchange.write(pre.bytes)) {
+                outcome.client_gone = true;
+                exchange.abort();
+                return outcome;
+            }
+            bool done = pre.done;
             std::string piece;
-            bool done = false;
             while (!done) {
                 piece.clear();
                 const auto idle_deadline = std::min(
@@ -306,6 +480,13 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                 if (io != IoStatus::ok) {
                     break;
                 }
+                if (events) {
+                    framer.feed(piece);
+                    piece = framer.take();
+                    if (done) {
+                        piece += framer.pending();
+                    }
+                }
                 usage.feed(piece);
                 if (!piece.empty() && !exchange.write(piece)) {
                     outcome.client_gone = true;
@@ -313,51 +494,49 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                     return outcome;
                 }
             }
-            if (io == IoStatus::peer_gone) {
-                outcome.client_gone = true;
+            if (io == IoStatus::peer_gone || io == IoStatus::woken) {
+                outcome.client_gone = io == IoStatus::peer_gone;
                 exchange.abort();
                 return outcome;
             }
             service_rate_.on_completion(Clock::now());
-            if (const auto counts = usage.finish(event_stream); counts.found) {
+            if (const auto counts =
+                    usage.finish(events || content_type.rfind("text/event-stream", 0) == 0);
+                counts.found) {
                 metrics_.tokens(backend.id, counts.predicted, counts.prompt);
             }
             if (io != IoStatus::ok) {
-                // The worker broke mid-response. A chunked body can still end cleanly with
-                // what was produced; a fixed-length one can only be cut.
+                // The worker broke mid-response. A stream ends with what was produced and an
+                // error event that says so; any other body can only be cut.
                 outcome.upstream_broke = true;
-                registry_.report(backend.id, false);
-                metrics_.upstream(backend.id, "broke_mid_response");
+                verdict.report(false);
+                upstream_outcome("broke_mid_response");
+                const auto why = error.empty() ? std::string(to_string(io)) : error;
                 log_.warn(kComponent, "upstream_broke_mid_response",
-                          {{"request_id", request_id},
-                           {"worker", backend.id},
-                           {"error", error.empty() ? to_string(io) : error}});
-                if (length) {
-                    exchange.abort();
-                } else {
+                          {{"request_id", request_id}, {"worker", backend.id}, {"error", why}});
+                if (events) {
+                    const int status = io == IoStatus::timeout ? 504 : 502;
+                    exchange.write(sse_error_event(
+                        status, fmt::format("worker {} failed after the stream had started: {}",
+                                            backend.id, why)));
                     exchange.finish();
+                } else {
+                    exchange.abort();
                 }
                 return outcome;
             }
+            verdict.report(!worker_fault);
+            upstream_outcome(head.status >= 500 ? "status_5xx" : "ok");
             exchange.finish();
             backend.pool.give_back(std::move(conn));
             return outcome;
         }
         // Whether, and when, to try again.
-        if (outcome.attempts >= config_.retry_attempts) {
-            outcome.retry_refused = "attempts";
+        if (retry_status != 500 && !may_retry()) {
             break;
         }
-        if (Clock::now() >= total_deadline) {
-            outcome.retry_refused = "deadline";
-            break;
-        }
-        if (!holding_retry && !budget_.try_start_retry(registry_.total_capacity())) {
-            outcome.retry_refused = "budget";
-            break;
-        }
-        holding_retry = true;
-        outcome.retry_reasons.emplace_back(retry_reason(io, retry_status));
+        outcome.retry_reasons.emplace_back(retry_status == 500 ? "status_500"
+                                                               : retry_reason(io, retry_status));
         metrics_.retry(outcome.retry_reasons.back());
         acquired.lease.reset();  // free the slot while we back off
         const auto wait = backoff.delay(outcome.attempts - 1, random_);

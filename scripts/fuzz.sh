@@ -28,6 +28,7 @@ declare -A max_len=(
   [fuzz_health]=1024
   [fuzz_exposition]=8192
   [fuzz_chunker]=4096
+  [fuzz_sse_events]=8192
 )
 # Tokens each kind of input is made of (libFuzzer -dict), so that mutations reach the
 # interesting keys and framing sooner than byte flips would.
@@ -42,9 +43,11 @@ declare -A dict=(
   [fuzz_health]=json
   [fuzz_exposition]=exposition
   [fuzz_chunker]=text
+  [fuzz_sse_events]=sse
 )
 all_targets=(fuzz_http_request fuzz_http_response fuzz_chunked fuzz_target_route fuzz_config
-             fuzz_sse_usage fuzz_affinity fuzz_health fuzz_exposition fuzz_chunker)
+             fuzz_sse_usage fuzz_affinity fuzz_health fuzz_exposition fuzz_chunker
+             fuzz_sse_events)
 targets=("$@")
 [ "${#targets[@]}" -eq 0 ] && targets=("${all_targets[@]}")
 for t in "${targets[@]}"; do

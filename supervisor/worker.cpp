@@ -209,8 +209,8 @@ void Worker::run() {
 
 void Worker::spawn() {
     const auto port = settings_.pick_port();
-    const auto args =
-        build_worker_args(settings_.config, port, settings_.threads, settings_.api_key);
+    const auto args = build_worker_args(settings_.config, port, settings_.threads,
+                                        settings_.api_key, settings_.api_key_file);
     const auto program = resolve_executable(settings_.config.llama_server);
     {
         std::lock_guard lock(output_mutex_);

@@ -53,6 +53,7 @@ struct WorkerSettings {
     PoolConfig config;
     int threads = 1;
     std::string api_key;
+    std::string api_key_file;  // the key in a private file; passed instead of the key
     std::function<std::uint16_t()> pick_port;  // returns a free loopback port
 };
 

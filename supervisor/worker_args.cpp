@@ -13,7 +13,8 @@ int threads_per_worker(int configured, int workers, unsigned cores) {
 }
 
 std::vector<std::string> build_worker_args(const PoolConfig& config, std::uint16_t port,
-                                           int threads, const std::string& api_key) {
+                                           int threads, const std::string& api_key,
+                                           const std::string& api_key_file) {
     std::vector<std::string> args = {
         "--model",    config.model,
         "--host",     "127.0.0.1",
@@ -29,7 +30,9 @@ std::vector<std::string> build_worker_args(const PoolConfig& config, std::uint16
     if (!config.legacy_flags) {
         args.emplace_back("--slots");
     }
-    if (!api_key.empty()) {
+    if (!api_key_file.empty()) {
+        args.insert(args.end(), {"--api-key-file", api_key_file});
+    } else if (!api_key.empty()) {
         args.insert(args.end(), {"--api-key", api_key});
     }
     args.insert(args.end(), config.worker_args.begin(), config.worker_args.end());

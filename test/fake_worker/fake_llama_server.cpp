@@ -41,12 +41,25 @@ struct Options {
     bool garbage = false;
     std::string model = "fake-model.gguf";
     std::string api_key;
-    // Re-read before every completion: lines "PORT fail STATUS" or "PORT ok". Lets a test
-    // break one worker of a pool whose workers all get the same arguments.
+    // Re-read before every completion, one line per port: "PORT fail STATUS", "PORT garbage"
+    // (an invalid status line), "PORT truncate [N]" (a reply cut off inside its JSON; a
+    // stream after N whole events), "PORT stall N" (streams stop after N events until the
+    // client leaves) or "PORT ok". Lets a test break one worker of a pool whose workers all
+    // get the same arguments, or toggle faults on a running upstream.
     std::string fault_file;
     // Non-stream replies carry the bracketed tags of the prompt ("[s12]") instead of tokens,
     // so a test can see which parts of a document reached a summary, and in what order.
     bool echo_tags = false;
+    // When set, one JSON line per request received (method, target, headers, body length,
+    // body bytes in hex): what actually reached the worker, for tests that check it.
+    std::string log_requests;
+};
+
+// A fault to act out on the next completion.
+struct Fault {
+    enum class Kind { none, fail, garbage, truncate, stall };
+    Kind kind = Kind::none;
+    int value = 0;  // the status for fail, the events before stalling for stall
 };
 
 std::string bracketed_tags(const std::string& text) {
@@ -68,9 +81,9 @@ void usage() {
                  "  [--load-delay-ms MS] [--latency-ms MS] [--tokens-per-second N]\n"
                  "  [--fail-status CODE [--fail-after N]] [--hang] [--crash-after N] "
                  "[--stall-after-events N]\n"
-                 "  [--garbage] [--echo-tags] [--fault-file F] [--api-key K] [--model PATH] "
-                 "[llama-server flags "
-                 "are accepted]\n");
+                 "  [--garbage] [--echo-tags] [--fault-file F] [--log-requests F] [--api-key K] "
+                 "[--api-key-file F]\n"
+                 "  [--model PATH] [llama-server flags are accepted]\n");
 }
 
 // Slots with a FIFO wait, like llama-server's deferred queue.
@@ -124,11 +137,9 @@ class FakeServer {
     void handle(HttpExchange& ex) {
         const auto& req = ex.request();
         const std::string path(req.path());
+        log_request(req);
         if (opt_.garbage && path != "/health") {
-            ex.write_raw("HTTP/1.1 2x0 Garbage\r\nContent-Length: nope\r\n\r\n{\"trunc");
-            ex.close_after_response();
-            ex.abort();
-            return;
+            return garbage(ex);
         }
         if (loading()) {
             return error(ex, 503, "Loading model", "unavailable_error");
@@ -214,22 +225,93 @@ class FakeServer {
   private:
     enum class Shape { native, openai_text, openai_chat };
 
-    int fault_from_file() const {
+    Fault fault_from_file() const {
+        Fault fault;
         if (opt_.fault_file.empty()) {
-            return 0;
+            return fault;
         }
         std::ifstream in(opt_.fault_file);
-        int port = 0;
-        std::string what;
-        int status = 0;
         std::string line;
         while (std::getline(in, line)) {
             std::istringstream fields(line);
-            if (fields >> port >> what && port == opt_.port && what == "fail" && fields >> status) {
-                return status;
+            int port = 0;
+            std::string what;
+            if (!(fields >> port >> what) || port != opt_.port) {
+                continue;
             }
+            if (what == "fail" && fields >> fault.value) {
+                fault.kind = Fault::Kind::fail;
+            } else if (what == "garbage") {
+                fault.kind = Fault::Kind::garbage;
+            } else if (what == "truncate") {
+                fault.kind = Fault::Kind::truncate;
+                fields >> fault.value;  // whole events a stream gets before the cut (0)
+            } else if (what == "stall" && fields >> fault.value) {
+                fault.kind = Fault::Kind::stall;
+            }
+            return fault;
         }
-        return 0;
+        return fault;
+    }
+
+    void log_request(const HttpRequest& req) {
+        if (opt_.log_requests.empty()) {
+            return;
+        }
+        json headers = json::array();
+        for (const auto& [name, value] : req.headers.fields()) {
+            headers.push_back({name, value});
+        }
+        std::string hex;
+        static constexpr char kDigits[] = "0123456789abcdef";
+        for (const char c : std::string_view(req.body).substr(0, 4096)) {
+            hex += kDigits[static_cast<unsigned char>(c) >> 4];
+            hex += kDigits[static_cast<unsigned char>(c) & 15];
+        }
+        const json line = {{"method", req.method},   {"target", req.target},
+                           {"headers", headers},     {"body_length", req.body.size()},
+                           {"body_hex_prefix", hex}, {"port", opt_.port}};
+        std::lock_guard lock(log_mutex_);
+        std::ofstream(opt_.log_requests, std::ios::app)
+            << line.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
+    }
+
+    static void garbage(HttpExchange& ex) {
+        ex.write_raw("HTTP/1.1 2x0 Garbage\r\nContent-Length: nope\r\n\r\n{\"trunc");
+        ex.close_after_response();
+        ex.abort();
+    }
+
+    // A reply cut off inside its JSON, as from a process that died while writing it: a
+    // promised length that never arrives, or a stream that ends inside an event after
+    // `whole_events` whole ones.
+    static void truncated(HttpExchange& ex, bool stream, int whole_events) {
+        if (stream) {
+            std::string raw =
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n";
+            for (int i = 0; i < whole_events; ++i) {
+                const auto event = fmt::format(
+                    "data: {{\"content\":\" tok{}\",\"stop\":false,\"tokens_predicted\":{}}}\n\n",
+                    i, i + 1);
+                raw += fmt::format("{:x}\r\n{}\r\n", event.size(), event);
+            }
+            raw += "10\r\ndata: {\"content\"\r\n";
+            ex.write_raw(raw);
+        } else {
+            ex.write_raw(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
+                "Content-Length: 200\r\n\r\n{\"content\":\" tok0 to");
+        }
+        ex.close_after_response();
+        ex.abort();
+    }
+
+    static void wait_for_client_to_leave(HttpExchange& ex) {
+        while (!ex.client_gone()) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+        ex.abort();
     }
 
     bool loading() const {
@@ -286,22 +368,31 @@ class FakeServer {
         if (opt_.fail_status != 0 && served > opt_.fail_after) {
             return error(ex, opt_.fail_status, "injected failure", "server_error");
         }
-        if (const int status = fault_from_file(); status != 0) {
-            return error(ex, status, "injected failure (fault file)", "server_error");
-        }
         const int n = body->value("n_predict", body->value("max_tokens", 16));
         const bool stream = body->value("stream", false);
+        const auto fault = fault_from_file();
+        switch (fault.kind) {
+            case Fault::Kind::fail:
+                return error(ex, fault.value, "injected failure (fault file)", "server_error");
+            case Fault::Kind::garbage:
+                return garbage(ex);
+            case Fault::Kind::truncate:
+                return truncated(ex, stream, fault.value);
+            case Fault::Kind::stall:
+            case Fault::Kind::none:
+                break;
+        }
+        int stall_after = opt_.stall_after_events;
+        if (fault.kind == Fault::Kind::stall) {
+            stall_after = fault.value;
+        }
         const int slot = slots_.acquire();
         struct Release {
             Slots& s;
             ~Release() { s.release(); }
         } release{slots_};
         if (opt_.hang) {
-            while (!ex.client_gone()) {
-                std::this_thread::sleep_for(std::chrono::milliseconds(20));
-            }
-            ex.abort();
-            return;
+            return wait_for_client_to_leave(ex);
         }
         sleep_watching(ex, std::chrono::milliseconds(opt_.latency_ms));
         const auto per_token =
@@ -328,12 +419,8 @@ class FakeServer {
         h.add("Server", "fake-llama-server");
         ex.begin(200, h, std::nullopt);
         for (int i = 0; i < n; ++i) {
-            if (opt_.stall_after_events >= 0 && i >= opt_.stall_after_events) {
-                while (!ex.client_gone()) {
-                    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-                }
-                ex.abort();
-                return;
+            if (stall_after >= 0 && i >= stall_after) {
+                return wait_for_client_to_leave(ex);
             }
             if (!sleep_watching(ex, per_token)) {
                 ex.abort();
@@ -443,7 +530,24 @@ class FakeServer {
     std::chrono::steady_clock::time_point started_;
     std::atomic<int> served_{0};
     std::atomic<long long> tokens_total_{0};
+    std::mutex log_mutex_;
 };
+
+// llama-server's --api-key-file: one key per line, '#' starts a comment; the first is used.
+std::string key_from_file(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) {
+        std::fprintf(stderr, "fake-llama-server: error: failed to open file '%s'\n", path.c_str());
+        std::exit(1);
+    }
+    std::string line;
+    while (std::getline(in, line)) {
+        if (!line.empty() && line[0] != '#') {
+            return line;
+        }
+    }
+    return {};
+}
 
 }  // namespace
 
@@ -491,6 +595,10 @@ int main(int argc, char** argv) {
             o.echo_tags = true;
         else if (a == "--api-key")
             o.api_key = next(i);
+        else if (a == "--api-key-file")
+            o.api_key = key_from_file(next(i));
+        else if (a == "--log-requests")
+            o.log_requests = next(i);
         else if (a == "--model" || a == "-m")
             o.model = next(i);
         else if (a == "--exit-at-start") {

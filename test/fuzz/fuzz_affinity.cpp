@@ -14,9 +14,39 @@
 
 using namespace llama_pool;
 
+namespace {
+
+// The deepest nesting of a parsed document, for checking json_nesting_at_most against the
+// real parser.
+std::size_t depth_of(const nlohmann::json& j) {
+    if (!j.is_structured()) {
+        return 0;
+    }
+    std::size_t deepest = 0;
+    for (const auto& child : j) {
+        deepest = std::max(deepest, depth_of(child));
+    }
+    return deepest + 1;
+}
+
+}  // namespace
+
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     const auto input = fuzz::as_text(data, size);
     const auto body = nlohmann::json::parse(input, nullptr, /*allow_exceptions=*/false);
+    // The relay's guard agrees with the parser on every document it accepts. nlohmann's
+    // lexer takes a NUL byte for the end of the input (as llama-server's does too), so the
+    // document is what comes before the first NUL; the guard, which also looks past it,
+    // only errs on the safe side there.
+    if (!body.is_discarded()) {
+        const auto document = input.substr(0, input.find('\0'));
+        const auto depth = depth_of(body);
+        FUZZ_CHECK(json_nesting_at_most(document, depth));
+        if (depth > 0) {
+            FUZZ_CHECK(!json_nesting_at_most(document, depth - 1));
+            FUZZ_CHECK(!json_nesting_at_most(input, depth - 1));
+        }
+    }
     const auto text = prompt_text(body);
     if (!body.is_object()) {
         FUZZ_CHECK(text.empty());

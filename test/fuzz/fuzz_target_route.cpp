@@ -5,9 +5,11 @@
 // could reach a route the client was not meant to, or split metrics into unbounded series.
 // The request id is the other client-chosen string that lands in headers and logs.
 
+#include <cctype>
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/http_parser.hpp"
 #include "proxy/pool_metrics.hpp"
@@ -18,9 +20,52 @@ using namespace llama_pool;
 
 namespace {
 
+int hex(char c) {
+    const auto p = std::string_view("0123456789abcdef")
+                       .find(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+    return p == std::string_view::npos ? -1 : static_cast<int>(p);
+}
+
+struct Escape {
+    unsigned char byte;  // what "%XX" stands for
+    std::size_t at;      // where the '%' is
+};
+
+// The "%XX" escapes of `path`, in order.
+std::vector<Escape> escapes(std::string_view path) {
+    std::vector<Escape> out;
+    for (std::size_t i = 0; i + 2 < path.size(); ++i) {
+        if (path[i] == '%' && hex(path[i + 1]) >= 0 && hex(path[i + 2]) >= 0) {
+            out.push_back(
+                {static_cast<unsigned char>(hex(path[i + 1]) * 16 + hex(path[i + 2])), i});
+            i += 2;
+        }
+    }
+    return out;
+}
+
+// Decoding this escape would join what precedes it into a new escape ("%%32" -> "%2",
+// "%2%33" -> "%23"): then it must stay encoded.
+bool decoding_forms_escape(std::string_view path, const Escape& e) {
+    if (hex(static_cast<char>(e.byte)) < 0) {
+        return false;
+    }
+    return (e.at >= 1 && path[e.at - 1] == '%') ||
+           (e.at >= 2 && path[e.at - 2] == '%' && hex(path[e.at - 1]) >= 0);
+}
+
 void check_normalized_path(std::string_view path) {
     FUZZ_CHECK(!path.empty() && path.front() == '/');
     FUZZ_CHECK(path.find("//") == std::string_view::npos);
+    // What a worker decodes is what the pool routed on: no escape of an unreserved character
+    // ("%2e" would turn into a dot segment there) or of a control character is left.
+    for (const auto& e : escapes(path)) {
+        const auto c = e.byte;
+        if (!decoding_forms_escape(path, e)) {
+            FUZZ_CHECK(!(std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~'));
+        }
+        FUZZ_CHECK(c >= 0x20 && c != 0x7f);
+    }
     // Every segment between slashes is a real name: not empty (but for a trailing slash),
     // not "." and not "..".
     std::size_t pos = 1;
@@ -57,7 +102,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
     std::string normalized;
     const bool ok = normalize_target(target, normalized);
-    FUZZ_CHECK(ok == (!target.empty() && target.front() == '/'));
+    const bool origin_form = !target.empty() && target.front() == '/';
+    bool encoded_control = false;
+    for (const auto& e : escapes(target.substr(0, target.find('?')))) {
+        encoded_control = encoded_control || e.byte < 0x20 || e.byte == 0x7f;
+    }
+    FUZZ_CHECK(ok == (origin_form && !encoded_control));
     if (ok) {
         const auto q_in = target.find('?');
         const auto q_out = normalized.find('?');

@@ -175,6 +175,12 @@ TEST_CASE("a worker killed mid-stream ends the client's stream cleanly", "[integ
     CHECK(res.status == 200);
     CHECK(received.find("tok3") != std::string::npos);
     CHECK(received.find("\"stop\":true") == std::string::npos);
+    // It ends with the pool's error event, so the client can tell it was cut.
+    const auto last = received.rfind("data: ");
+    REQUIRE(last != std::string::npos);
+    CHECK(received.substr(last).find("\"source\":\"llama-pool\"") != std::string::npos);
+    CHECK(received.size() >= 2);
+    CHECK(received.substr(received.size() - 2) == "\n\n");
     CHECK(std::chrono::steady_clock::now() - started < 10s);
 }
 

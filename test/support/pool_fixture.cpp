@@ -5,9 +5,20 @@
 
 namespace llama_pool::test {
 
-PoolProcess::PoolProcess(std::vector<std::string> args) : port_(free_port()) {
+PoolProcess::PoolProcess(std::vector<std::string> args) : PoolProcess(std::move(args), {}) {}
+
+PoolProcess::PoolProcess(std::vector<std::string> args, std::vector<std::string> launcher)
+    : port_(free_port()) {
     args.insert(args.begin(), {"--port", std::to_string(port_)});
-    process_ = std::make_unique<TestProcess>(LLAMA_POOL_BINARY, args);
+    if (launcher.empty()) {
+        process_ = std::make_unique<TestProcess>(LLAMA_POOL_BINARY, args);
+        return;
+    }
+    const auto program = launcher.front();
+    launcher.erase(launcher.begin());
+    launcher.emplace_back(LLAMA_POOL_BINARY);
+    launcher.insert(launcher.end(), args.begin(), args.end());
+    process_ = std::make_unique<TestProcess>(program, launcher);
 }
 
 PoolProcess::~PoolProcess() {

@@ -16,6 +16,9 @@ namespace llama_pool::test {
 class PoolProcess {
   public:
     explicit PoolProcess(std::vector<std::string> args);
+    // Runs the pool through `launcher` first, e.g. a shell that lowers its descriptor limit:
+    // {"/bin/sh", "-c", "ulimit -n 128 && exec \"$0\" \"$@\""}.
+    PoolProcess(std::vector<std::string> args, std::vector<std::string> launcher);
     ~PoolProcess();
 
     std::uint16_t port() const { return port_; }

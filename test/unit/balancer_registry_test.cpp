@@ -175,6 +175,27 @@ TEST_CASE("a worker that keeps failing is ejected and traffic moves to the other
     CHECK(trial.lease->backend().id == "bad");
 }
 
+TEST_CASE("a trial request abandoned by its client does not keep its worker out of rotation",
+          "[registry]") {
+    RegistryOptions options;
+    options.breaker.consecutive_failures = 1;
+    options.breaker.base_ejection = 10s;
+    RegistryWithFakeTime r(options);
+    r.registry.worker_ready({"w", "127.0.0.1", 1, 4, ""});
+    r.registry.report("w", false);
+    r.time.advance(10s);
+    {
+        const auto trial = r.registry.acquire(Clock::now() + 1s, {}, {});
+        REQUIRE(trial.lease);
+        // While the trial runs, nothing else goes there.
+        CHECK_FALSE(r.registry.acquire(Clock::now() + 20ms, {}, {}).lease);
+        r.registry.report_abandoned("w");  // its client left before any verdict
+    }
+    const auto next = r.registry.acquire(Clock::now() + 1s, {}, {});
+    REQUIRE(next.lease);
+    CHECK(next.lease->backend().id == "w");
+}
+
 TEST_CASE("when every worker is ejected the least bad one still serves", "[registry]") {
     RegistryOptions options;
     options.breaker.consecutive_failures = 1;

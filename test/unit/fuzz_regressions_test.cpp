@@ -9,6 +9,8 @@
 
 #include "common/config.hpp"
 #include "common/http_parser.hpp"
+#include "proxy/affinity.hpp"
+#include "proxy/sse_framer.hpp"
 #include "proxy/usage_scanner.hpp"
 
 using namespace llama_pool;
@@ -117,4 +119,44 @@ TEST_CASE("a flag or environment value that is not UTF-8 is taken as given, not 
     };
     REQUIRE_NOTHROW(loaded = load_config({"--workers", "0"}, env));
     CHECK(loaded.config.model == model);
+}
+
+TEST_CASE("an overlong event after a complete one is not held back beyond the limit",
+          "[fuzz][sse]") {
+    // fuzz_sse_events: take() cut at the last event boundary even when the bytes after it
+    // were already over max_pending, so the relay could hold more of a broken stream than
+    // its bound (until the next read).
+    SseFramer framer(10);
+    framer.feed("data: a\n\ndata: {\"content\"");
+    CHECK(framer.take() == "data: a\n\ndata: {\"content\"");
+    CHECK(framer.unaligned());
+    CHECK(framer.pending().empty());
+    SseFramer roomy(64);
+    roomy.feed("data: a\n\ndata: {\"content\"");
+    CHECK(roomy.take() == "data: a\n\n");
+    CHECK(roomy.pending() == "data: {\"content\"");
+    CHECK_FALSE(roomy.unaligned());
+}
+
+TEST_CASE("an escape is kept when decoding it would join its neighbours into a new one",
+          "[fuzz][http]") {
+    // fuzz_target_route: "%1%33" keeps "%33" encoded (decoded, "%13" would be a new escape and
+    // a second normalization would change the path). The fuzz invariant was too strict; the
+    // rule it now checks is this one.
+    std::string out;
+    REQUIRE(normalize_target("/$%2q%2a)7c/%1%33/c71l", out));
+    CHECK(out == "/$%2q%2a)7c/%1%33/c71l");
+    std::string again;
+    REQUIRE(normalize_target(out, again));
+    CHECK(again == out);
+}
+
+TEST_CASE("the nesting guard looks past a NUL that ends the parser's document", "[fuzz][json]") {
+    // fuzz_affinity: nlohmann's lexer (like llama-server's, the same library) takes a NUL
+    // for the end of input, so "9<NUL>...[" is the document 9; the guard counts the '[' after
+    // it too, which only errs on the safe side (no affinity rather than a big DOM).
+    const std::string body("9\0\0\0p@\"*@/p@\"imag*/[@", 21);
+    CHECK(nlohmann::json::accept(body));
+    CHECK(json_nesting_at_most(body.substr(0, 1), 0));
+    CHECK_FALSE(json_nesting_at_most(body, 0));
 }

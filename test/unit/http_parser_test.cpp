@@ -150,6 +150,32 @@ TEST_CASE("targets are normalized", "[http]") {
     CHECK_FALSE(normalize_target("completion", out));
 }
 
+TEST_CASE("encoded dots and letters are decoded before dot segments are resolved", "[http]") {
+    // The worker (cpp-httplib) decodes the path before routing it; so must the pool, or
+    // "/%2e%2e/pool/status" and "/%70ool/status" would slip past the pool's own routes.
+    std::string out;
+    REQUIRE(normalize_target("/%2e%2e/pool/status", out));
+    CHECK(out == "/pool/status");
+    REQUIRE(normalize_target("/v1/%2E%2e/%70ool/restart?x=%2e%2e", out));
+    CHECK(out == "/pool/restart?x=%2e%2e");
+    REQUIRE(normalize_target("/.%2e/metrics", out));
+    CHECK(out == "/metrics");
+    // Reserved characters stay encoded: "%2F" is not a segment boundary.
+    REQUIRE(normalize_target("/pool%2Fstatus/%252e%2e", out));
+    CHECK(out == "/pool%2Fstatus/%252e.");
+    REQUIRE(normalize_target("/a%zz/%4", out));
+    CHECK(out == "/a%zz/%4");
+    // Decoding never forms a new escape, so normalizing twice changes nothing.
+    REQUIRE(normalize_target("/%%32e/%2%32", out));
+    CHECK(out == "/%%32e/%2%32");
+    // No API path holds an encoded control character; a worker would decode it into one.
+    CHECK_FALSE(normalize_target("/completion%00", out));
+    CHECK_FALSE(normalize_target("/%0d%0aX-Injected:1", out));
+    CHECK_FALSE(normalize_target("/%7F", out));
+    REQUIRE(normalize_target("/completion?q=%00", out));  // the query is the worker's business
+    CHECK(out == "/completion?q=%00");
+}
+
 TEST_CASE("hop-by-hop headers include those named in Connection", "[http]") {
     Headers h;
     h.add("Connection", "close, X-Secret");

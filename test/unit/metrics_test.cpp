@@ -89,7 +89,7 @@ TEST_CASE("labels render in declared order and children in a stable order", "[me
     CHECK(registry.render() == expected);
 }
 
-TEST_CASE("families render in registration order; an unlabeled one shows 0 before use",
+TEST_CASE("families render in registration order, and an unlabeled one shows 0 before use",
           "[metrics]") {
     MetricsRegistry registry;
     auto& up = registry.gauge("llama_pool_up", "Whether the pool is up.");
@@ -131,7 +131,7 @@ TEST_CASE("histogram buckets are cumulative and end with +Inf, then _sum and _co
     CHECK(snap.sum == 106.5);
 }
 
-TEST_CASE("an unlabeled histogram has only le; NaN goes to +Inf; +Inf bound is implicit",
+TEST_CASE("an unlabeled histogram has only le, NaN goes to +Inf, the +Inf bound is implicit",
           "[metrics]") {
     MetricsRegistry registry;
     auto& h = registry.histogram("x_seconds", "X.", {}, {1, HUGE_VAL}).get();
@@ -196,7 +196,7 @@ TEST_CASE("a name is registered once, histogram sample names included", "[metric
     CHECK_THROWS_AS(registry.histogram("other", "h", {}, {1}), std::invalid_argument);
 }
 
-TEST_CASE("a wrong number of label values is rejected; children are stable references",
+TEST_CASE("a wrong number of label values is rejected, and children are stable references",
           "[metrics]") {
     MetricsRegistry registry;
     auto& family = registry.counter("c_total", "h", {"a", "b"});
@@ -264,7 +264,7 @@ TEST_CASE("concurrent updates from several threads add up exactly", "[metrics]")
     }
 }
 
-TEST_CASE("collectors append at render time; a throwing collector contributes nothing",
+TEST_CASE("collectors append at render time, and a throwing collector contributes nothing",
           "[metrics]") {
     MetricsRegistry registry;
     registry.gauge("own", "h").get().set(1);

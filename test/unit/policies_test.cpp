@@ -94,13 +94,19 @@ TEST_CASE("worker arguments: what the pool must add, and never -n", "[args]") {
     c.parallel = 3;
     c.ctx_size = 2048;
     c.worker_args = {"--cache-reuse", "256"};
-    const auto args = build_worker_args(c, 4321, 2, "secret");
+    const auto args = build_worker_args(c, 4321, 2, "secret", "/run/key");
     const auto has = [&](const std::string& a) {
         return std::find(args.begin(), args.end(), a) != args.end();
     };
     CHECK(has("--slots"));
     CHECK(has("--metrics"));
-    CHECK(has("secret"));
+    // The key goes by file: a command line is readable by every user of the machine.
+    CHECK(has("--api-key-file"));
+    CHECK(has("/run/key"));
+    CHECK_FALSE(has("secret"));
+    CHECK_FALSE(has("--api-key"));
+    const auto no_file = build_worker_args(c, 4321, 2, "secret");
+    CHECK(std::find(no_file.begin(), no_file.end(), "secret") != no_file.end());
     CHECK(has("4321"));
     CHECK_FALSE(has("-n"));
     CHECK_FALSE(has("--n-predict"));

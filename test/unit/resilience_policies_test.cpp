@@ -117,6 +117,34 @@ TEST_CASE("half-open admits exactly half_open_trials requests at once", "[resili
     }
 }
 
+TEST_CASE("a half-open trial whose client left gives its slot back and decides nothing",
+          "[resilience][breaker]") {
+    // Regression: the relay reported nothing when a trial's client hung up, so the slot was
+    // never given back and the worker stayed half-open with no trial slot: out of rotation
+    // for good (an unmanaged upstream is never re-published to reset it).
+    CircuitBreaker b(consecutive_only(1));
+    b.on_failure(t0);
+    const auto later = t0 + 10s;
+    REQUIRE(b.try_acquire(later));
+    REQUIRE_FALSE(b.try_acquire(later));
+    b.on_abandoned(later);
+    CHECK(b.state(later) == BreakerState::half_open);
+    CHECK(b.try_acquire(later));
+    // Only a trial slot that was taken is given back.
+    b.on_abandoned(later);
+    b.on_abandoned(later);
+    CHECK(b.try_acquire(later));
+    CHECK_FALSE(b.try_acquire(later));
+    // Closed or open, an abandoned request changes nothing.
+    CircuitBreaker closed(consecutive_only(2));
+    closed.on_failure(t0);
+    closed.on_abandoned(t0);
+    closed.on_failure(t0);
+    CHECK(closed.state(t0) == BreakerState::open);
+    closed.on_abandoned(t0 + 1s);
+    CHECK(closed.state(t0 + 1s) == BreakerState::open);
+}
+
 TEST_CASE("one success in half-open closes the breaker and clears its counters",
           "[resilience][breaker]") {
     auto config = consecutive_only(3);
@@ -620,6 +648,21 @@ TEST_CASE("completions reported out of order still count", "[resilience][service
 }
 
 // ---- Prefix affinity ------------------------------------------------------------------------
+
+TEST_CASE("the nesting guard counts brackets outside strings, without allocating",
+          "[resilience][affinity]") {
+    CHECK(json_nesting_at_most("", 0));
+    CHECK(json_nesting_at_most(R"({"prompt":"x"})", 1));
+    CHECK_FALSE(json_nesting_at_most(R"({"prompt":"x"})", 0));
+    CHECK(json_nesting_at_most(R"({"messages":[{"content":"[[[[{{{{"}]})", 3));
+    CHECK_FALSE(json_nesting_at_most(R"({"messages":[{"content":"x"}]})", 2));
+    CHECK(json_nesting_at_most(R"({"a":"\"[[[["})", 1));  // an escaped quote stays in the string
+    CHECK(json_nesting_at_most("]]]]}}}}[", 1));          // not JSON, still no crash
+    // 100,000 nested arrays: refused at the limit, whatever follows.
+    const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+    CHECK_FALSE(json_nesting_at_most(deep, 256));
+    CHECK(json_nesting_at_most(deep, 100000));
+}
 
 TEST_CASE("prompt_text finds the prompt a request's cache starts with", "[resilience][affinity]") {
     using nlohmann::json;

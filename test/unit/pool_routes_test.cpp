@@ -1,0 +1,100 @@
+// Who may use /pool/*: the admin key when one is set; clients on this machine when none is.
+#include "proxy/pool_routes.hpp"
+
+#include <catch2/catch.hpp>
+
+#include "common/exchange.hpp"
+#include "common/socket.hpp"
+#include "test/support/fakes.hpp"
+
+using namespace llama_pool;
+
+namespace {
+
+// An in-process exchange from a given client address; keeps what was answered.
+class RecordingExchange final : public Exchange {
+  public:
+    RecordingExchange(std::string method, std::string remote, Headers headers = {})
+        : remote_(std::move(remote)) {
+        request_.method = std::move(method);
+        request_.headers = std::move(headers);
+    }
+    const HttpRequest& request() const override { return request_; }
+    const std::string& remote_address() const override { return remote_; }
+    bool respond(int status, Headers, std::string_view body) override {
+        status_ = status;
+        body_ = body;
+        return true;
+    }
+    bool begin(int status, Headers, std::optional<std::size_t>) override {
+        status_ = status;
+        return true;
+    }
+    bool write(std::string_view data) override {
+        body_ += data;
+        return true;
+    }
+    bool finish() override { return true; }
+    void abort() override {}
+    bool responded() const override { return status_ != 0; }
+    int response_status() const override { return status_; }
+    bool client_gone() const override { return false; }
+    IoWatch watch() const override { return {}; }
+    const std::string& body() const { return body_; }
+
+  private:
+    HttpRequest request_;
+    std::string remote_;
+    int status_ = 0;
+    std::string body_;
+};
+
+int status_of(PoolRoutes& routes, const std::string& method, const std::string& path,
+              const std::string& remote, Headers headers = {}) {
+    RecordingExchange ex(method, remote, std::move(headers));
+    REQUIRE(routes.handle(ex, path, "rid"));
+    return ex.response_status();
+}
+
+}  // namespace
+
+TEST_CASE("loopback addresses are told apart from the others", "[security]") {
+    for (const auto* a : {"127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"}) {
+        CHECK(is_loopback_address(a));
+    }
+    for (const auto* a : {"192.0.2.7", "10.0.0.1", "::ffff:10.0.0.1", "fd00::2", "0.0.0.0",
+                          "128.0.0.1", "unknown", "", "::ffff:", "127.0.0.1x"}) {
+        CHECK_FALSE(is_loopback_address(a));
+    }
+}
+
+TEST_CASE("without an admin key, /pool/* answers only clients on this machine", "[security]") {
+    SeededRandom random{1};
+    test::FakeTime time;
+    BackendRegistry registry(random, time);
+    PoolRoutes routes(registry, nullptr, "test", "");
+    CHECK(status_of(routes, "GET", "/pool/status", "127.0.0.1") == 200);
+    CHECK(status_of(routes, "GET", "/pool/status", "::1") == 200);
+    CHECK(status_of(routes, "GET", "/pool/status", "192.0.2.7") == 403);
+    CHECK(status_of(routes, "POST", "/pool/restart", "192.0.2.7") == 403);
+    CHECK(status_of(routes, "GET", "/pool/workers/0/log", "::ffff:10.1.2.3") == 403);
+    // /health and / stay public.
+    CHECK(status_of(routes, "GET", "/health", "192.0.2.7") == 503);  // no worker, but answered
+    CHECK(status_of(routes, "GET", "/", "192.0.2.7") == 200);
+}
+
+TEST_CASE("with an admin key, /pool/* needs it from everywhere", "[security]") {
+    SeededRandom random{1};
+    test::FakeTime time;
+    BackendRegistry registry(random, time);
+    PoolRoutes routes(registry, nullptr, "test", "adm");
+    Headers good;
+    good.add("Authorization", "Bearer adm");
+    Headers wrong;
+    wrong.add("X-Api-Key", "nope");
+    CHECK(status_of(routes, "GET", "/pool/status", "127.0.0.1") == 401);
+    CHECK(status_of(routes, "GET", "/pool/status", "127.0.0.1", wrong) == 401);
+    CHECK(status_of(routes, "GET", "/pool/status", "127.0.0.1", good) == 200);
+    CHECK(status_of(routes, "GET", "/pool/status", "192.0.2.7", good) == 200);
+    CHECK(status_of(routes, "GET", "/pool/status", "192.0.2.7") == 401);
+}
