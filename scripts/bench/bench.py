@@ -165,12 +165,17 @@ def start_fake(port, extra):
     wait_http(port)
 
 
-def start_pool(port, worker_args, extra=(), name="pool"):
-    args = [POOL, "--port", str(port), "--workers", "1", "--llama-server", FAKE, "--model", POOL,
-            "--parallel", "256", "--queue-max", "100000", "--log-level", "warn",
+def start_pool(port, worker_args=(), extra=(), name="pool", upstream=None):
+    """llama-pool with one fake worker it supervises, or, given `upstream`, in front of that
+    standalone server only (--workers 0), exactly like nginx and HAProxy."""
+    args = [POOL, "--port", str(port), "--queue-max", "100000", "--log-level", "warn",
             "--max-connections", "4096", *extra]
-    for a in worker_args:
-        args += ["--worker-arg", a]
+    if upstream is None:
+        args += ["--workers", "1", "--llama-server", FAKE, "--model", POOL, "--parallel", "256"]
+        for a in worker_args:
+            args += ["--worker-arg", a]
+    else:
+        args += ["--workers", "0", "--upstream", f"http://127.0.0.1:{upstream}"]
     p = start(args, name)
     wait_http(port)
     return p
@@ -218,7 +223,7 @@ def bench_overhead(seconds):
     start_fake(upstream, ["--tokens-per-second", "1000000"])
     targets = {"direct": upstream}
     targets["llama-pool"] = free_port()
-    start_pool(targets["llama-pool"], ["--tokens-per-second", "1000000"], ["--threads", "1"])
+    start_pool(targets["llama-pool"], upstream=upstream)
     targets["nginx"] = free_port()
     start_nginx(targets["nginx"], upstream)
     targets["haproxy"] = free_port()
@@ -265,16 +270,15 @@ def bench_streaming(runs, events):
     start_fake(upstream, ["--tokens-per-second", "200"])
     procs = {"direct": (upstream, None)}
     port = free_port()
-    procs["llama-pool"] = (port, start_pool(port, ["--tokens-per-second", "200"], name="pool-stream"))
+    procs["llama-pool"] = (port, start_pool(port, name="pool-stream", upstream=upstream))
     port = free_port()
     procs["nginx"] = (port, start_nginx(port, upstream))
     port = free_port()
     procs["haproxy"] = (port, start_haproxy(port, upstream))
     results = {}
     for name, (port, proc) in procs.items():
-        # nginx's work is done by its worker child; llama-pool's child is the worker it
-        # supervises, whose CPU is not the relay's.
-        cpu = (lambda: proc_cpu_seconds(proc.pid)) if name == "llama-pool" else (lambda: tree_cpu(proc.pid))
+        # nginx's work is done by its worker child, so each proxy's whole process tree.
+        cpu = lambda: tree_cpu(proc.pid)
         stream_offsets(port, 5)  # warm the connection pools
         cpu0 = cpu() if proc else 0
         all_offsets = [stream_offsets(port, events) for _ in range(runs)]
@@ -303,7 +307,7 @@ def bench_streaming(runs, events):
 
 def bench_memory(idle_conns, streams, hold_seconds):
     port = free_port()
-    pool = start_pool(port, ["--tokens-per-second", "20"], ["--parallel", "256"], name="pool-mem")
+    pool = start_pool(port, ["--tokens-per-second", "20"], name="pool-mem")
     time.sleep(0.5)
     rows = []
     rss, threads = rss_and_threads(pool.pid)
@@ -446,10 +450,10 @@ def render(overhead, commands, streaming, memory, affinity, args):
              f"--seconds {args.seconds}`)")
     L.append(f"- Peers: {'; '.join(versions())}. Their configs: `scripts/bench/nginx.conf.in`, "
              f"`scripts/bench/haproxy.cfg.in`.")
-    L.append("- Upstream: `fake-llama-server` in fast mode (one-token reply). direct, nginx and "
-             "HAProxy hit one standalone fake; llama-pool hits an identical fake it supervises "
-             "(the pool cannot front an external upstream yet). Load: wrk from the same machine, "
-             "so client, proxy and upstream share the 2 cores.\n")
+    L.append("- Upstream: one standalone `fake-llama-server` in fast mode (one-token reply), the "
+             "same process behind every target: direct, llama-pool (`--workers 0 --upstream "
+             "http://127.0.0.1:<fake>`), nginx and HAProxy. Load: wrk from the same machine, so "
+             "client, proxy and upstream share the cores.\n")
     L.append("#### 1. Proxy overhead (POST /completion, wrk)\n")
     L.append("| conns | client | target | req/s | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | req/s vs nginx |")
     L.append("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
