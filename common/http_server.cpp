@@ -1,11 +1,15 @@
 #include "common/http_server.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include "common/error_body.hpp"
 
@@ -24,6 +28,33 @@ std::string render_head(int status, int version_minor, const Headers& headers) {
     }
     head += "\r\n";
     return head;
+}
+
+// What an epoll event is about: the listener, a wake-up, or a parked connection's id.
+constexpr std::uint64_t kListenerKey = 0;
+constexpr std::uint64_t kIdleWakeKey = 1;
+constexpr std::uint64_t kPollWakeKey = 2;
+constexpr std::uint64_t kFirstConnectionKey = 3;
+
+bool epoll_control(int epoll_fd, int op, int fd, std::uint32_t events, std::uint64_t key) {
+    epoll_event event{};
+    event.events = events;
+    event.data.u64 = key;
+    return ::epoll_ctl(epoll_fd, op, fd, &event) == 0;
+}
+
+// Milliseconds until `deadline`, rounded up so the leader never wakes just before it; -1
+// (wait for an event) when there is none.
+int epoll_timeout_ms(TimePoint deadline) {
+    if (deadline == TimePoint::max()) {
+        return -1;
+    }
+    const auto left = deadline - Clock::now();
+    if (left <= Duration::zero()) {
+        return 0;
+    }
+    const auto ms = std::chrono::duration_cast<milliseconds>(left).count() + 1;
+    return ms > 3'600'000 ? 3'600'000 : static_cast<int>(ms);
 }
 
 }  // namespace
@@ -67,8 +98,8 @@ bool HttpExchange::begin(int status, Headers headers, std::optional<std::size_t>
     } else {
         close_after_ = true;  // HTTP/1.0 has no chunked coding: the close ends the body
     }
-    if (!request_.keep_alive()) {
-        close_after_ = true;
+    if (!request_.keep_alive() || !accepting_) {
+        close_after_ = true;  // a draining server serves no further request on it
     }
     headers.add("Connection", close_after_ ? "close" : "keep-alive");
     const auto head = render_head(status, 1, headers);
@@ -128,6 +159,17 @@ bool HttpExchange::client_gone() const {
     return peer_closed(fd_);
 }
 
+struct HttpServer::Connection {
+    Fd fd;
+    std::uint64_t id = 0;
+    std::string remote;
+    std::string buffer;       // received and not parsed yet: the start of the next request
+    bool first = true;        // nothing served yet: an idle timeout is answered with 408
+    bool registered = false;  // known to epoll (re-armed with EPOLL_CTL_MOD from then on)
+    TimePoint idle_deadline;  // the next request's first byte must arrive by then
+    std::multimap<TimePoint, std::uint64_t>::iterator deadline_entry;  // while parked
+};
+
 HttpServer::HttpServer(HttpServerOptions options, HttpHandler handler)
     : options_(std::move(options)), handler_(std::move(handler)) {}
 
@@ -140,59 +182,226 @@ bool HttpServer::start(std::string& error) {
     if (!listener_.valid()) {
         return false;
     }
+    // Only the leader accepts, after epoll said a connection waits; non-blocking all the same,
+    // so that a connection reset in between cannot block it.
+    ::fcntl(listener_.get(), F_SETFL, ::fcntl(listener_.get(), F_GETFL) | O_NONBLOCK);
     port_ = local_port(listener_.get());
+    epoll_ = Fd(::epoll_create1(EPOLL_CLOEXEC));
+    if (!epoll_.valid() ||
+        !epoll_control(epoll_.get(), EPOLL_CTL_ADD, listener_.get(), EPOLLIN, kListenerKey) ||
+        !epoll_control(epoll_.get(), EPOLL_CTL_ADD, idle_wake_.fd(), EPOLLIN, kIdleWakeKey) ||
+        !epoll_control(epoll_.get(), EPOLL_CTL_ADD, poll_wake_.fd(), EPOLLIN, kPollWakeKey)) {
+        error = std::string("epoll: ") + std::strerror(errno);
+        listener_.reset();
+        return false;
+    }
     accepting_ = true;
-    accept_thread_ = std::thread([this] { accept_loop(); });
+    std::lock_guard lock(mutex_);
+    spawn_thread_locked();
+    if (threads_.empty()) {
+        error = "cannot start a server thread";
+        return false;
+    }
     return true;
 }
 
-void HttpServer::accept_loop() {
-    while (accepting_) {
-        pollfd fds[2] = {{listener_.get(), POLLIN, 0}, {accept_wake_.fd(), POLLIN, 0}};
-        const int rc = ::poll(fds, 2, 1000);
-        std::vector<std::thread> to_join;
-        {
-            std::lock_guard lock(mutex_);
-            reap_finished_locked(to_join);
-        }
-        for (auto& t : to_join) {
-            t.join();
-        }
-        if (rc <= 0 || (fds[1].revents & POLLIN)) {
-            continue;
-        }
-        Fd client(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-        if (!client.valid()) {
-            continue;
-        }
-        // A relay writes pieces as they arrive; Nagle would hold each small write back until
-        // the client's delayed ACK (40 ms), once per response.
-        const int one = 1;
-        ::setsockopt(client.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        std::lock_guard lock(mutex_);
-        if (connections_.size() >= options_.max_connections) {
-            // Over the connection limit: a clean 503 is better than a silent backlog.
-            send_error(client.get(), 503, "too many open connections");
-            continue;
-        }
-        const auto id = next_id_++;
-        auto& conn = connections_[id];
-        conn.fd = client.get();
-        conn.thread = std::thread(
-            [this, id, fd = std::move(client)]() mutable { serve_connection(id, std::move(fd)); });
+void HttpServer::spawn_thread_locked() {
+    // Busy threads never outnumber connections, so this bound is only a backstop.
+    if (stopping_ || threads_.size() > options_.max_connections + options_.spare_threads) {
+        return;
     }
-    listener_.reset();
+    const auto id = next_thread_id_++;
+    try {
+        threads_.emplace(id, std::thread([this, id] { thread_main(id); }));
+        ++threads_started_;
+    } catch (const std::system_error&) {
+        // Out of threads: leadership stays free until a busy thread comes back.
+    }
 }
 
-void HttpServer::reap_finished_locked(std::vector<std::thread>& to_join) {
-    for (const auto id : finished_) {
-        auto it = connections_.find(id);
-        if (it != connections_.end()) {
-            to_join.push_back(std::move(it->second.thread));
-            connections_.erase(it);
+void HttpServer::thread_main(std::uint64_t self) {
+    std::unique_lock lock(mutex_);
+    while (!stopping_) {
+        if (!leader_present_) {
+            auto conn = lead(lock);
+            if (!conn) {
+                continue;
+            }
+            // Someone must watch for the next connection while this thread serves.
+            if (idle_threads_ > 0) {
+                follower_cv_.notify_one();
+            } else {
+                spawn_thread_locked();
+            }
+            lock.unlock();
+            serve(std::move(conn));
+            lock.lock();
+            continue;
+        }
+        ++idle_threads_;
+        const bool called = follower_cv_.wait_for(lock, options_.idle_thread_timeout,
+                                                  [this] { return stopping_ || !leader_present_; });
+        --idle_threads_;
+        if (!called && idle_threads_ >= options_.spare_threads) {
+            // Enough idle threads remain without this one; the next leader joins it.
+            const auto it = threads_.find(self);
+            retired_.push_back(std::move(it->second));
+            threads_.erase(it);
+            return;
         }
     }
-    finished_.clear();
+}
+
+HttpServer::ConnectionPtr HttpServer::lead(std::unique_lock<std::mutex>& lock) {
+    leader_present_ = true;
+    std::vector<std::thread> retired;
+    retired.swap(retired_);
+    std::vector<ConnectionPtr> expired;
+    const auto now = Clock::now();
+    while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+        const auto it = parked_.find(deadlines_.begin()->second);
+        deadlines_.erase(deadlines_.begin());
+        expired.push_back(std::move(it->second));
+        parked_.erase(it);
+    }
+    const auto wake_at = deadlines_.empty() ? TimePoint::max() : deadlines_.begin()->first;
+    leader_wakes_at_ = wake_at;
+    lock.unlock();
+
+    for (auto& t : retired) {
+        t.join();
+    }
+    epoll_event event{};
+    int n = 0;
+    ConnectionPtr accepted;
+    if (!expired.empty()) {
+        for (auto& conn : expired) {
+            close_connection(std::move(conn), true);
+        }
+    } else {
+        n = ::epoll_wait(epoll_.get(), &event, 1, epoll_timeout_ms(wake_at));
+        if (n == 1 && event.data.u64 == kListenerKey && accepting_) {
+            accepted = accept_one();
+        }
+    }
+
+    lock.lock();
+    leader_present_ = false;
+    leader_wakes_at_ = TimePoint::min();
+    if (n != 1) {
+        return nullptr;
+    }
+    const auto key = event.data.u64;
+    if (key == kPollWakeKey) {
+        poll_wake_.clear();
+        return nullptr;
+    }
+    if (!accepting_ && listener_.valid()) {
+        // stop_accepting(): no more connections, and the idle ones are closed. The wake-up
+        // leaves epoll, since it stays readable.
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, listener_.get(), nullptr);
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, idle_wake_.fd(), nullptr);
+        listener_.reset();
+        std::vector<ConnectionPtr> idle;
+        close_parked_locked(idle);
+        lock.unlock();
+        for (auto& conn : idle) {
+            close_connection(std::move(conn), false);
+        }
+        lock.lock();
+        return accepted;
+    }
+    if (key == kListenerKey || key == kIdleWakeKey) {
+        return accepted;
+    }
+    const auto it = parked_.find(key);
+    if (it == parked_.end()) {
+        return nullptr;
+    }
+    auto conn = std::move(it->second);
+    parked_.erase(it);
+    deadlines_.erase(conn->deadline_entry);
+    return conn;
+}
+
+HttpServer::ConnectionPtr HttpServer::accept_one() {
+    Fd client(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!client.valid()) {
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            // The listener stays readable while the process is out of descriptors; pause
+            // instead of spinning on it.
+            std::this_thread::sleep_for(milliseconds(10));
+        }
+        return nullptr;
+    }
+    // A relay writes pieces as they arrive; Nagle would hold each small write back until
+    // the client's delayed ACK (40 ms), once per response.
+    const int one = 1;
+    ::setsockopt(client.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (open_connections_.load() >= options_.max_connections) {
+        // Over the connection limit: a clean 503 is better than a silent backlog.
+        send_error(client.get(), 503, "too many open connections");
+        return nullptr;
+    }
+    ++open_connections_;
+    auto conn = std::make_unique<Connection>();
+    conn->remote = peer_address(client.get());
+    conn->fd = std::move(client);
+    conn->id = kFirstConnectionKey + next_connection_id_++;
+    conn->idle_deadline = Clock::now() + options_.head_timeout;
+    return conn;
+}
+
+bool HttpServer::park(ConnectionPtr& conn) {
+    std::lock_guard lock(mutex_);
+    if (!accepting_ || stopping_) {
+        return false;
+    }
+    const auto id = conn->id;
+    const auto deadline = conn->idle_deadline;
+    const int fd = conn->fd.get();
+    const bool registered = conn->registered;
+    conn->deadline_entry = deadlines_.emplace(deadline, id);
+    conn->registered = true;
+    auto& slot = parked_[id];
+    slot = std::move(conn);
+    // Armed last, with the connection already findable: the leader may see it at once.
+    // One-shot, so that only one thread ever takes it out again.
+    if (!epoll_control(epoll_.get(), registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd,
+                       EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, id)) {
+        conn = std::move(slot);
+        conn->registered = registered;
+        deadlines_.erase(conn->deadline_entry);
+        parked_.erase(id);
+        return false;
+    }
+    if (deadline < leader_wakes_at_) {
+        leader_wakes_at_ = deadline;
+        poll_wake_.notify();
+    }
+    return true;
+}
+
+void HttpServer::close_parked_locked(std::vector<ConnectionPtr>& out) {
+    for (auto& [id, conn] : parked_) {
+        out.push_back(std::move(conn));
+    }
+    parked_.clear();
+    deadlines_.clear();
+}
+
+void HttpServer::close_connection(ConnectionPtr conn, bool timed_out) {
+    if (timed_out && conn->first) {
+        send_error(conn->fd.get(), 408, "no request received in time");
+    }
+    if (conn->registered) {
+        // Explicitly: a worker forked meanwhile may hold a copy of the descriptor, and epoll
+        // forgets a socket only when its last copy is closed.
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, conn->fd.get(), nullptr);
+    }
+    ::shutdown(conn->fd.get(), SHUT_RDWR);
+    conn->fd.reset();
+    --open_connections_;
 }
 
 void HttpServer::send_error(int fd, int status, std::string_view message) {
@@ -206,25 +415,11 @@ void HttpServer::send_error(int fd, int status, std::string_view message) {
     write_all(fd, bytes, Clock::now() + milliseconds(1000), {hard_wake_.fd(), -1});
 }
 
-bool HttpServer::read_request(Fd& fd, std::string& buffer, HttpRequest& request, bool first,
-                              int& error_status, std::string& error) {
-    // Idle wait for the first byte of the next request.
-    if (buffer.empty()) {
-        const auto idle_deadline =
-            Clock::now() + (first ? options_.head_timeout : options_.keep_alive_timeout);
-        char probe[8192];
-        std::size_t n = 0;
-        const auto status =
-            read_some(fd.get(), probe, sizeof probe, n, idle_deadline, {idle_wake_.fd(), -1});
-        if (status != IoStatus::ok) {
-            if (status == IoStatus::timeout && first) {
-                error_status = 408;
-                error = "no request received in time";
-            }
-            return false;
-        }
-        buffer.append(probe, n);
-    }
+bool HttpServer::read_request(Connection& conn, HttpRequest& request, int& error_status,
+                              std::string& error) {
+    // The caller has the first bytes of the request in the buffer already.
+    auto& buffer = conn.buffer;
+    const int fd = conn.fd.get();
     const auto head_deadline = Clock::now() + options_.head_timeout;
     while (true) {
         request = HttpRequest{};
@@ -241,7 +436,7 @@ bool HttpServer::read_request(Fd& fd, std::string& buffer, HttpRequest& request,
         char chunk[8192];
         std::size_t n = 0;
         const auto status =
-            read_some(fd.get(), chunk, sizeof chunk, n, head_deadline, {hard_wake_.fd(), -1});
+            read_some(fd, chunk, sizeof chunk, n, head_deadline, {hard_wake_.fd(), -1});
         if (status == IoStatus::timeout) {
             error_status = 408;
             error = "request head not received in time";
@@ -274,7 +469,7 @@ bool HttpServer::read_request(Fd& fd, std::string& buffer, HttpRequest& request,
                 return false;
             }
             if (buffer.empty() && request.version_minor >= 1) {
-                write_all(fd.get(), "HTTP/1.1 100 Continue\r\n\r\n",
+                write_all(fd, "HTTP/1.1 100 Continue\r\n\r\n",
                           Clock::now() + options_.write_timeout, {hard_wake_.fd(), -1});
             }
         }
@@ -284,7 +479,7 @@ bool HttpServer::read_request(Fd& fd, std::string& buffer, HttpRequest& request,
         // with Nagle on (cpp-httplib does) holds the body back until this head is ACKed, and
         // a delayed ACK costs it 40 ms per request: acknowledge at once.
         const int one = 1;
-        ::setsockopt(fd.get(), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+        ::setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
     }
     const auto body_deadline = Clock::now() + options_.body_timeout;
     ChunkedDecoder decoder;
@@ -292,7 +487,7 @@ bool HttpServer::read_request(Fd& fd, std::string& buffer, HttpRequest& request,
         char chunk[16384];
         std::size_t n = 0;
         const auto status =
-            read_some(fd.get(), chunk, sizeof chunk, n, body_deadline, {hard_wake_.fd(), -1});
+            read_some(fd, chunk, sizeof chunk, n, body_deadline, {hard_wake_.fd(), -1});
         if (status == IoStatus::timeout) {
             error_status = 408;
             error = "request body not received in time";
@@ -339,21 +534,41 @@ bool HttpServer::read_request(Fd& fd, std::string& buffer, HttpRequest& request,
     return true;
 }
 
-void HttpServer::serve_connection(std::uint64_t id, Fd fd) {
-    const auto remote = peer_address(fd.get());
-    std::string buffer;
-    bool first = true;
-    while (!hard_wake_.notified()) {
-        HttpExchange exchange(fd.get(), hard_wake_.fd(), remote, options_.write_timeout);
+void HttpServer::serve(ConnectionPtr conn) {
+    while (!aborted_) {
+        if (conn->buffer.empty()) {
+            // Wait here a little for the next request (a back-to-back client sends it at once),
+            // then leave the idle connection to the leader and free this thread.
+            const auto until =
+                std::min(conn->idle_deadline, Clock::now() + options_.keep_alive_linger);
+            char probe[8192];
+            std::size_t n = 0;
+            const auto status =
+                read_some(conn->fd.get(), probe, sizeof probe, n, until, {idle_wake_.fd(), -1});
+            if (status == IoStatus::timeout) {
+                const bool expired = Clock::now() >= conn->idle_deadline;
+                if (!expired && park(conn)) {
+                    return;
+                }
+                close_connection(std::move(conn), expired);
+                return;
+            }
+            if (status != IoStatus::ok) {
+                break;
+            }
+            conn->buffer.append(probe, n);
+        }
+        HttpExchange exchange(conn->fd.get(), hard_wake_.fd(), conn->remote, options_.write_timeout,
+                              accepting_);
         int error_status = 0;
         std::string error;
-        if (!read_request(fd, buffer, exchange.request(), first, error_status, error)) {
+        if (!read_request(*conn, exchange.request(), error_status, error)) {
             if (error_status != 0) {
-                send_error(fd.get(), error_status, error);
+                send_error(conn->fd.get(), error_status, error);
             }
             break;
         }
-        first = false;
+        conn->first = false;
         ++active_requests_;
         try {
             handler_(exchange);
@@ -372,26 +587,29 @@ void HttpServer::serve_connection(std::uint64_t id, Fd fd) {
             exchange.respond(500, headers, make_error_body(500, "handler sent no response"));
         }
         const bool reusable = exchange.finish() && !exchange.close_after_;
-        {
-            std::lock_guard lock(mutex_);
-            --active_requests_;
+        if (--active_requests_ == 0) {
+            // drain() tests the count under the lock: taking it here means drain() either
+            // sees zero or already waits for this notification.
+            { const std::lock_guard lock(mutex_); }
+            idle_cv_.notify_all();
         }
-        idle_cv_.notify_all();
         if (!reusable || !accepting_) {
             break;
         }
+        conn->idle_deadline = Clock::now() + options_.keep_alive_timeout;
     }
-    ::shutdown(fd.get(), SHUT_RDWR);
-    fd.reset();
-    std::lock_guard lock(mutex_);
-    finished_.push_back(id);
-    connections_[id].fd = -1;
+    close_connection(std::move(conn), false);
 }
 
 void HttpServer::stop_accepting() {
     accepting_ = false;
-    accept_wake_.notify();
     idle_wake_.notify();
+}
+
+void HttpServer::abort() {
+    stop_accepting();
+    aborted_ = true;
+    hard_wake_.notify();
 }
 
 bool HttpServer::drain(TimePoint deadline) {
@@ -406,32 +624,46 @@ void HttpServer::stop() {
             return;
         }
         stopped_ = true;
+        stopping_ = true;
     }
-    stop_accepting();
-    hard_wake_.notify();
-    if (accept_thread_.joinable()) {
-        accept_thread_.join();
-    }
-    std::vector<std::thread> threads;
-    {
-        std::lock_guard lock(mutex_);
-        for (auto& [id, conn] : connections_) {
-            threads.push_back(std::move(conn.thread));
+    abort();
+    poll_wake_.notify();
+    follower_cv_.notify_all();
+    // Idle threads may retire while we collect; loop until none is left to join.
+    while (true) {
+        std::vector<std::thread> threads;
+        {
+            std::lock_guard lock(mutex_);
+            for (auto& [id, t] : threads_) {
+                threads.push_back(std::move(t));
+            }
+            threads_.clear();
+            for (auto& t : retired_) {
+                threads.push_back(std::move(t));
+            }
+            retired_.clear();
         }
-    }
-    for (auto& t : threads) {
-        if (t.joinable()) {
+        if (threads.empty()) {
+            break;
+        }
+        for (auto& t : threads) {
             t.join();
         }
     }
-    std::lock_guard lock(mutex_);
-    connections_.clear();
-    finished_.clear();
+    std::vector<ConnectionPtr> idle;
+    {
+        std::lock_guard lock(mutex_);
+        close_parked_locked(idle);
+    }
+    for (auto& conn : idle) {
+        close_connection(std::move(conn), false);
+    }
+    listener_.reset();
 }
 
-std::size_t HttpServer::open_connections() const {
+std::size_t HttpServer::thread_count() const {
     std::lock_guard lock(mutex_);
-    return connections_.size() - finished_.size();
+    return threads_.size();
 }
 
 }  // namespace llama_pool

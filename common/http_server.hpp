@@ -32,7 +32,15 @@ struct HttpServerOptions {
     milliseconds keep_alive_timeout{60'000};
     // A single write blocked this long means the client stopped reading.
     milliseconds write_timeout{60'000};
+    // Connections held at once (idle keep-alive ones included); one more gets a 503.
     std::size_t max_connections = 1024;
+    // After a response, the connection's thread waits this long for the next request before
+    // handing the idle connection to the poller. Back-to-back requests then cost no hand-off,
+    // and a connection idle longer than this holds no thread.
+    milliseconds keep_alive_linger{5};
+    // Threads beyond `spare_threads` idle ones exit after this long without work.
+    milliseconds idle_thread_timeout{10'000};
+    std::size_t spare_threads = 4;
 };
 
 // One request on one connection, handed to the handler. The handler answers either with
@@ -65,17 +73,20 @@ class HttpExchange final : public Exchange {
 
   private:
     friend class HttpServer;
-    HttpExchange(int fd, int hard_wake_fd, std::string remote, milliseconds write_timeout)
+    HttpExchange(int fd, int hard_wake_fd, std::string remote, milliseconds write_timeout,
+                 const std::atomic<bool>& accepting)
         : fd_(fd),
           hard_wake_fd_(hard_wake_fd),
           remote_(std::move(remote)),
-          write_timeout_(write_timeout) {}
+          write_timeout_(write_timeout),
+          accepting_(accepting) {}
     bool send(std::string_view bytes);
 
     int fd_;
     int hard_wake_fd_;
     std::string remote_;
     milliseconds write_timeout_;
+    const std::atomic<bool>& accepting_;  // the server's: once false, answers say close
     HttpRequest request_;
     bool head_sent_ = false;
     int status_ = 0;
@@ -89,9 +100,14 @@ class HttpExchange final : public Exchange {
 
 using HttpHandler = std::function<void(HttpExchange&)>;
 
-// HTTP/1.1 server, one thread per connection. Every thread is owned by the server and joined
-// by stop(). Lifecycle: start() once, then optionally stop_accepting() and drain(), then
-// stop(); the destructor calls stop().
+// HTTP/1.1 server on a pool of reusable threads (leader/followers). One idle thread, the
+// leader, waits in epoll for a new connection, an idle keep-alive connection that became
+// readable, or a deadline; it hands leadership to another idle thread (or starts one) and
+// serves that connection itself, blocking, until the connection goes idle. Idle connections
+// wait in epoll and hold no thread; threads are made only when none is idle, so a
+// Connection: close client costs no thread creation. Every thread is owned by the server and
+// joined by stop() (idle ones that retire are joined by the next leader). Lifecycle: start()
+// once, then optionally stop_accepting() and drain(), then stop(); the destructor calls stop().
 class HttpServer {
   public:
     HttpServer(HttpServerOptions options, HttpHandler handler);
@@ -112,43 +128,60 @@ class HttpServer {
     void stop();
     // Aborts running requests without joining; safe from any thread, e.g. while another
     // thread is blocked in drain().
-    void abort() {
-        stop_accepting();
-        hard_wake_.notify();
-    }
+    void abort();
 
-    std::size_t open_connections() const;
+    std::size_t open_connections() const { return open_connections_.load(); }
     std::size_t active_requests() const { return active_requests_.load(); }
+    // Threads alive now, and threads ever started: what connections cost.
+    std::size_t thread_count() const;
+    std::uint64_t threads_started() const { return threads_started_.load(); }
 
   private:
-    struct Connection {
-        std::thread thread;
-        int fd = -1;
-    };
-    void accept_loop();
-    void serve_connection(std::uint64_t id, Fd fd);
-    void reap_finished_locked(std::vector<std::thread>& to_join);
-    bool read_request(Fd& fd, std::string& buffer, HttpRequest& request, bool first,
-                      int& error_status, std::string& error);
+    struct Connection;  // one client connection: socket, unread bytes, idle deadline
+    using ConnectionPtr = std::unique_ptr<Connection>;
+
+    void thread_main(std::uint64_t self);
+    ConnectionPtr lead(std::unique_lock<std::mutex>& lock);
+    ConnectionPtr accept_one();
+    void spawn_thread_locked();
+    void serve(ConnectionPtr conn);
+    bool park(ConnectionPtr& conn);
+    void close_connection(ConnectionPtr conn, bool timed_out);
+    void close_parked_locked(std::vector<ConnectionPtr>& out);
+    bool read_request(Connection& conn, HttpRequest& request, int& error_status,
+                      std::string& error);
     void send_error(int fd, int status, std::string_view message);
 
     HttpServerOptions options_;
     HttpHandler handler_;
-    Fd listener_;
+    Fd listener_;  // touched only by the leader, and by start()/stop() with no thread running
+    Fd epoll_;
     std::uint16_t port_ = 0;
-    WakeSignal accept_wake_;  // stops the accept loop
-    WakeSignal idle_wake_;    // closes connections waiting for their next request
-    WakeSignal hard_wake_;    // aborts in-flight work at final stop
-    std::thread accept_thread_;
+    WakeSignal idle_wake_;  // stop_accepting(): closes the listener and idle connections
+    WakeSignal hard_wake_;  // aborts in-flight work at final stop
+    WakeSignal poll_wake_;  // cleared by the leader: an earlier deadline, or stop()
 
     mutable std::mutex mutex_;
-    std::condition_variable idle_cv_;
-    std::map<std::uint64_t, Connection> connections_;
-    std::vector<std::uint64_t> finished_;
-    std::uint64_t next_id_ = 0;
-    std::atomic<std::size_t> active_requests_{0};
-    std::atomic<bool> accepting_{false};
+    std::condition_variable idle_cv_;      // drain(): active_requests_ reached 0
+    std::condition_variable follower_cv_;  // idle threads: leadership is free, or stop
+    // Guarded by mutex_:
+    std::map<std::uint64_t, std::thread> threads_;
+    std::vector<std::thread> retired_;  // exited idle threads, joined by the next leader
+    std::map<std::uint64_t, ConnectionPtr> parked_;      // idle, armed in epoll
+    std::multimap<TimePoint, std::uint64_t> deadlines_;  // of parked connections
+    bool leader_present_ = false;
+    TimePoint leader_wakes_at_ = TimePoint::min();  // min() when no leader waits
+    std::size_t idle_threads_ = 0;
+    std::uint64_t next_thread_id_ = 0;
+    bool stopping_ = false;
     bool stopped_ = false;
+
+    std::uint64_t next_connection_id_ = 0;  // leader only
+    std::atomic<std::size_t> open_connections_{0};
+    std::atomic<std::size_t> active_requests_{0};
+    std::atomic<std::uint64_t> threads_started_{0};
+    std::atomic<bool> accepting_{false};
+    std::atomic<bool> aborted_{false};
 };
 
 }  // namespace llama_pool

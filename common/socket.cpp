@@ -306,6 +306,11 @@ void WakeSignal::notify() {
     [[maybe_unused]] const auto rc = ::write(fd_.get(), &one, sizeof one);
 }
 
+void WakeSignal::clear() {
+    std::uint64_t value = 0;
+    [[maybe_unused]] const auto rc = ::read(fd_.get(), &value, sizeof value);
+}
+
 bool WakeSignal::notified() const {
     pollfd p{fd_.get(), POLLIN, 0};
     return ::poll(&p, 1, 0) > 0;

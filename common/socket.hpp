@@ -71,11 +71,13 @@ std::string peer_address(int fd);
 // the caller must still cope with losing a race for it).
 std::uint16_t pick_free_port(const std::string& host = "127.0.0.1");
 
-// An eventfd used to wake every blocked operation at shutdown. Stays readable once set.
+// An eventfd used to wake every blocked operation at shutdown. Stays readable once set,
+// unless its one consumer clears it (a poller woken to look again).
 class WakeSignal {
   public:
     WakeSignal();
     void notify();
+    void clear();
     bool notified() const;
     int fd() const { return fd_.get(); }
 
