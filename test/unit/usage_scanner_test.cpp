@@ -1,7 +1,7 @@
+#include "proxy/usage_scanner.hpp"
+
 #include <catch2/catch.hpp>
 #include <string>
-
-#include "proxy/usage_scanner.hpp"
 
 using namespace llama_pool;
 
@@ -22,7 +22,8 @@ UsageScanner::Usage scan(const std::string& reply, bool stream, std::size_t piec
 }  // namespace
 
 TEST_CASE("usage counts come from each reply shape llama-server sends", "[usage]") {
-    auto u = scan(R"({"content":"x","tokens_predicted":5,"tokens_evaluated":3,"stop":true})", false);
+    auto u =
+        scan(R"({"content":"x","tokens_predicted":5,"tokens_evaluated":3,"stop":true})", false);
     CHECK(u.found);
     CHECK(u.predicted == 5);
     CHECK(u.prompt == 3);
@@ -81,8 +82,9 @@ TEST_CASE("a stream far longer than the kept tail still yields its final counts"
         stream += "data: {\"content\":\"token\",\"stop\":false,\"tokens_predicted\":" +
                   std::to_string(i) + "}\n\n";
     }
-    stream += "data: {\"content\":\"\",\"stop\":true,\"tokens_predicted\":20000,"
-              "\"tokens_evaluated\":4}\n\n";
+    stream +=
+        "data: {\"content\":\"\",\"stop\":true,\"tokens_predicted\":20000,"
+        "\"tokens_evaluated\":4}\n\n";
     REQUIRE(stream.size() > 1024 * 1024);
     for (const std::size_t piece : {std::size_t{0}, std::size_t{61}, std::size_t{4096}}) {
         const auto u = scan(stream, true, piece);
@@ -91,7 +93,7 @@ TEST_CASE("a stream far longer than the kept tail still yields its final counts"
         CHECK(u.prompt == 4);
     }
     // A JSON body longer than the tail cannot be parsed, so it counts nothing.
-    CHECK_FALSE(scan("{\"x\":\"" + std::string(300 * 1024, 'a') + "\",\"tokens_predicted\":1}",
-                     false, 1000)
-                    .found);
+    CHECK_FALSE(
+        scan("{\"x\":\"" + std::string(300 * 1024, 'a') + "\",\"tokens_predicted\":1}", false, 1000)
+            .found);
 }
