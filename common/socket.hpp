@@ -7,6 +7,8 @@
 
 #include "common/clock.hpp"
 
+struct sockaddr_storage;
+
 namespace llama_pool {
 
 // Owns one file descriptor; closes it on destruction. Move-only.
@@ -52,8 +54,13 @@ struct IoWatch {
     int watch_fd = -1;
 };
 
+// Whether read_some() tries the socket before waiting. Waiting first saves a recv() that
+// fails with EAGAIN when the data cannot be there yet (a reply to a request just sent, the
+// next request right after a response).
+enum class ReadStart { try_first, wait_first };
+
 IoStatus read_some(int fd, char* buf, std::size_t cap, std::size_t& n, TimePoint deadline,
-                   const IoWatch& watch = {});
+                   const IoWatch& watch = {}, ReadStart start = ReadStart::try_first);
 IoStatus write_all(int fd, std::string_view data, TimePoint deadline, const IoWatch& watch = {});
 
 // Non-blocking check whether the peer of a connected socket has closed or reset it.
@@ -66,6 +73,8 @@ std::uint16_t local_port(int fd);
 // and without duplicates. Empty with `error` set when the name does not resolve.
 std::vector<std::string> resolve_all(const std::string& name, std::string& error);
 std::string peer_address(int fd);
+// The numeric text of an address (what accept() filled in).
+std::string address_text(const sockaddr_storage& addr);
 
 // An unused loopback port, verified free by binding it (the bind is released at once, so
 // the caller must still cope with losing a race for it).
