@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -30,11 +31,12 @@ std::string render_head(int status, int version_minor, const Headers& headers) {
     return head;
 }
 
-// What an epoll event is about: the listener, a wake-up, or a parked connection's id.
+// What an epoll event is about: the listener, a wake-up, the timer, or a parked connection.
 constexpr std::uint64_t kListenerKey = 0;
 constexpr std::uint64_t kIdleWakeKey = 1;
-constexpr std::uint64_t kPollWakeKey = 2;
-constexpr std::uint64_t kFirstConnectionKey = 3;
+constexpr std::uint64_t kStopKey = 2;
+constexpr std::uint64_t kTimerKey = 3;
+constexpr std::uint64_t kFirstConnectionKey = 4;
 
 bool epoll_control(int epoll_fd, int op, int fd, std::uint32_t events, std::uint64_t key) {
     epoll_event event{};
@@ -43,18 +45,18 @@ bool epoll_control(int epoll_fd, int op, int fd, std::uint32_t events, std::uint
     return ::epoll_ctl(epoll_fd, op, fd, &event) == 0;
 }
 
-// Milliseconds until `deadline`, rounded up so the leader never wakes just before it; -1
-// (wait for an event) when there is none.
-int epoll_timeout_ms(TimePoint deadline) {
-    if (deadline == TimePoint::max()) {
-        return -1;
+// Sets `timer` to fire at `deadline` (steady_clock is CLOCK_MONOTONIC), or disarms it.
+void set_timer(int timer, TimePoint deadline) {
+    itimerspec spec{};
+    if (deadline != TimePoint::max()) {
+        const auto ns =
+            std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.time_since_epoch())
+                .count();
+        // Zero would disarm it; a deadline that early has passed anyway.
+        spec.it_value.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+        spec.it_value.tv_nsec = std::max<long>(1, static_cast<long>(ns % 1'000'000'000));
     }
-    const auto left = deadline - Clock::now();
-    if (left <= Duration::zero()) {
-        return 0;
-    }
-    const auto ms = std::chrono::duration_cast<milliseconds>(left).count() + 1;
-    return ms > 3'600'000 ? 3'600'000 : static_cast<int>(ms);
+    ::timerfd_settime(timer, TFD_TIMER_ABSTIME, &spec, nullptr);
 }
 
 }  // namespace
@@ -182,15 +184,24 @@ bool HttpServer::start(std::string& error) {
     if (!listener_.valid()) {
         return false;
     }
-    // Only the leader accepts, after epoll said a connection waits; non-blocking all the same,
-    // so that a connection reset in between cannot block it.
+    // Accepted only after epoll said a connection waits; non-blocking all the same, so that a
+    // connection reset in between cannot block the thread.
     ::fcntl(listener_.get(), F_SETFL, ::fcntl(listener_.get(), F_GETFL) | O_NONBLOCK);
+    // A relay writes pieces as they arrive; Nagle would hold each small write back until the
+    // client's delayed ACK (40 ms), once per response. Accepted sockets inherit the option
+    // from the listener on Linux, which saves a setsockopt per connection.
+    const int one = 1;
+    ::setsockopt(listener_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     port_ = local_port(listener_.get());
     epoll_ = Fd(::epoll_create1(EPOLL_CLOEXEC));
-    if (!epoll_.valid() ||
-        !epoll_control(epoll_.get(), EPOLL_CTL_ADD, listener_.get(), EPOLLIN, kListenerKey) ||
-        !epoll_control(epoll_.get(), EPOLL_CTL_ADD, idle_wake_.fd(), EPOLLIN, kIdleWakeKey) ||
-        !epoll_control(epoll_.get(), EPOLL_CTL_ADD, poll_wake_.fd(), EPOLLIN, kPollWakeKey)) {
+    timer_ = Fd(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+    // One-shot, so that each event goes to one thread; the stop signal reaches them all.
+    constexpr std::uint32_t once = EPOLLIN | EPOLLONESHOT;
+    if (!epoll_.valid() || !timer_.valid() ||
+        !epoll_control(epoll_.get(), EPOLL_CTL_ADD, listener_.get(), once, kListenerKey) ||
+        !epoll_control(epoll_.get(), EPOLL_CTL_ADD, idle_wake_.fd(), once, kIdleWakeKey) ||
+        !epoll_control(epoll_.get(), EPOLL_CTL_ADD, timer_.get(), once, kTimerKey) ||
+        !epoll_control(epoll_.get(), EPOLL_CTL_ADD, stop_wake_.fd(), EPOLLIN, kStopKey)) {
         error = std::string("epoll: ") + std::strerror(errno);
         listener_.reset();
         return false;
@@ -215,108 +226,67 @@ void HttpServer::spawn_thread_locked() {
         threads_.emplace(id, std::thread([this, id] { thread_main(id); }));
         ++threads_started_;
     } catch (const std::system_error&) {
-        // Out of threads: leadership stays free until a busy thread comes back.
+        // Out of threads: events wait until a busy thread comes back.
     }
 }
 
 void HttpServer::thread_main(std::uint64_t self) {
+    const auto idle_ms = static_cast<int>(std::min<long long>(
+        std::max<long long>(1, options_.idle_thread_timeout.count()), 3'600'000));
     std::unique_lock lock(mutex_);
     while (!stopping_) {
-        if (!leader_present_) {
-            auto conn = lead(lock);
-            if (!conn) {
-                continue;
-            }
-            // Someone must watch for the next connection while this thread serves.
-            if (idle_threads_ > 0) {
-                follower_cv_.notify_one();
-            } else {
-                spawn_thread_locked();
-            }
-            lock.unlock();
-            serve(std::move(conn));
-            lock.lock();
-            continue;
+        std::vector<std::thread> retired;
+        retired.swap(retired_);
+        ++waiting_threads_;
+        lock.unlock();
+        for (auto& t : retired) {
+            t.join();
         }
-        ++idle_threads_;
-        const bool called = follower_cv_.wait_for(lock, options_.idle_thread_timeout,
-                                                  [this] { return stopping_ || !leader_present_; });
-        --idle_threads_;
-        if (!called && idle_threads_ >= options_.spare_threads) {
-            // Enough idle threads remain without this one; the next leader joins it.
+        epoll_event event{};
+        const int n = ::epoll_wait(epoll_.get(), &event, 1, idle_ms);
+        auto conn = n == 1 ? on_event(event.data.u64) : nullptr;
+        lock.lock();
+        --waiting_threads_;
+        if (n == 0 && !stopping_ &&
+            waiting_threads_ >= std::max<std::size_t>(1, options_.spare_threads)) {
+            // Enough threads wait without this one; another thread joins it.
             const auto it = threads_.find(self);
             retired_.push_back(std::move(it->second));
             threads_.erase(it);
             return;
         }
+        if (!conn) {
+            continue;
+        }
+        // Someone must wait for the next event while this thread serves.
+        if (waiting_threads_ == 0) {
+            spawn_thread_locked();
+        }
+        lock.unlock();
+        serve(std::move(conn));
+        lock.lock();
     }
 }
 
-HttpServer::ConnectionPtr HttpServer::lead(std::unique_lock<std::mutex>& lock) {
-    leader_present_ = true;
-    std::vector<std::thread> retired;
-    retired.swap(retired_);
-    std::vector<ConnectionPtr> expired;
-    const auto now = Clock::now();
-    while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
-        const auto it = parked_.find(deadlines_.begin()->second);
-        deadlines_.erase(deadlines_.begin());
-        expired.push_back(std::move(it->second));
-        parked_.erase(it);
+HttpServer::ConnectionPtr HttpServer::on_event(std::uint64_t key) {
+    switch (key) {
+        case kListenerKey:
+            return accept_one();
+        case kIdleWakeKey:
+            on_stop_accepting();
+            return nullptr;
+        case kTimerKey:
+            on_timer();
+            return nullptr;
+        case kStopKey:
+            return nullptr;
+        default:
+            break;
     }
-    const auto wake_at = deadlines_.empty() ? TimePoint::max() : deadlines_.begin()->first;
-    leader_wakes_at_ = wake_at;
-    lock.unlock();
-
-    for (auto& t : retired) {
-        t.join();
-    }
-    epoll_event event{};
-    int n = 0;
-    ConnectionPtr accepted;
-    if (!expired.empty()) {
-        for (auto& conn : expired) {
-            close_connection(std::move(conn), true);
-        }
-    } else {
-        n = ::epoll_wait(epoll_.get(), &event, 1, epoll_timeout_ms(wake_at));
-        if (n == 1 && event.data.u64 == kListenerKey && accepting_) {
-            accepted = accept_one();
-        }
-    }
-
-    lock.lock();
-    leader_present_ = false;
-    leader_wakes_at_ = TimePoint::min();
-    if (n != 1) {
-        return nullptr;
-    }
-    const auto key = event.data.u64;
-    if (key == kPollWakeKey) {
-        poll_wake_.clear();
-        return nullptr;
-    }
-    if (!accepting_ && listener_.valid()) {
-        // stop_accepting(): no more connections, and the idle ones are closed. The wake-up
-        // leaves epoll, since it stays readable.
-        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, listener_.get(), nullptr);
-        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, idle_wake_.fd(), nullptr);
-        listener_.reset();
-        std::vector<ConnectionPtr> idle;
-        close_parked_locked(idle);
-        lock.unlock();
-        for (auto& conn : idle) {
-            close_connection(std::move(conn), false);
-        }
-        lock.lock();
-        return accepted;
-    }
-    if (key == kListenerKey || key == kIdleWakeKey) {
-        return accepted;
-    }
+    std::lock_guard lock(mutex_);
     const auto it = parked_.find(key);
     if (it == parked_.end()) {
-        return nullptr;
+        return nullptr;  // closed meanwhile (deadline, stop_accepting)
     }
     auto conn = std::move(it->second);
     parked_.erase(it);
@@ -325,19 +295,28 @@ HttpServer::ConnectionPtr HttpServer::lead(std::unique_lock<std::mutex>& lock) {
 }
 
 HttpServer::ConnectionPtr HttpServer::accept_one() {
-    Fd client(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    std::unique_lock guard(listener_mutex_);
+    if (!accepting_ || !listener_.valid()) {
+        return nullptr;  // on_stop_accepting() closes it
+    }
+    sockaddr_storage addr{};
+    socklen_t addr_len = sizeof addr;
+    Fd client(
+        ::accept4(listener_.get(), reinterpret_cast<sockaddr*>(&addr), &addr_len, SOCK_CLOEXEC));
+    const int accept_errno = errno;
+    // Re-armed at once: the next connection goes to another thread while this one serves.
+    epoll_control(epoll_.get(), EPOLL_CTL_MOD, listener_.get(), EPOLLIN | EPOLLONESHOT,
+                  kListenerKey);
+    guard.unlock();
     if (!client.valid()) {
-        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        if (accept_errno == EMFILE || accept_errno == ENFILE || accept_errno == ENOBUFS ||
+            accept_errno == ENOMEM) {
             // The listener stays readable while the process is out of descriptors; pause
             // instead of spinning on it.
             std::this_thread::sleep_for(milliseconds(10));
         }
         return nullptr;
     }
-    // A relay writes pieces as they arrive; Nagle would hold each small write back until
-    // the client's delayed ACK (40 ms), once per response.
-    const int one = 1;
-    ::setsockopt(client.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (open_connections_.load() >= options_.max_connections) {
         // Over the connection limit: a clean 503 is better than a silent backlog.
         send_error(client.get(), 503, "too many open connections");
@@ -345,11 +324,60 @@ HttpServer::ConnectionPtr HttpServer::accept_one() {
     }
     ++open_connections_;
     auto conn = std::make_unique<Connection>();
-    conn->remote = peer_address(client.get());
+    conn->remote = address_text(addr);
     conn->fd = std::move(client);
     conn->id = kFirstConnectionKey + next_connection_id_++;
     conn->idle_deadline = Clock::now() + options_.head_timeout;
     return conn;
+}
+
+void HttpServer::on_stop_accepting() {
+    {
+        std::lock_guard guard(listener_mutex_);
+        if (listener_.valid()) {
+            ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, listener_.get(), nullptr);
+            listener_.reset();
+        }
+    }
+    std::vector<ConnectionPtr> idle;
+    {
+        std::lock_guard lock(mutex_);
+        take_parked_locked(idle);
+        arm_timer_locked();
+    }
+    for (auto& conn : idle) {
+        close_connection(std::move(conn), false);
+    }
+}
+
+void HttpServer::on_timer() {
+    std::uint64_t expirations = 0;
+    [[maybe_unused]] const auto rc = ::read(timer_.get(), &expirations, sizeof expirations);
+    std::vector<ConnectionPtr> expired;
+    {
+        std::lock_guard lock(mutex_);
+        const auto now = Clock::now();
+        while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+            const auto it = parked_.find(deadlines_.begin()->second);
+            deadlines_.erase(deadlines_.begin());
+            expired.push_back(std::move(it->second));
+            parked_.erase(it);
+        }
+        timer_at_ = TimePoint::min();  // set it again whatever it was
+        arm_timer_locked();
+        epoll_control(epoll_.get(), EPOLL_CTL_MOD, timer_.get(), EPOLLIN | EPOLLONESHOT, kTimerKey);
+    }
+    for (auto& conn : expired) {
+        close_connection(std::move(conn), true);
+    }
+}
+
+void HttpServer::arm_timer_locked() {
+    const auto next = deadlines_.empty() ? TimePoint::max() : deadlines_.begin()->first;
+    if (next != timer_at_) {
+        set_timer(timer_.get(), next);
+        timer_at_ = next;
+    }
 }
 
 bool HttpServer::park(ConnectionPtr& conn) {
@@ -358,15 +386,13 @@ bool HttpServer::park(ConnectionPtr& conn) {
         return false;
     }
     const auto id = conn->id;
-    const auto deadline = conn->idle_deadline;
     const int fd = conn->fd.get();
     const bool registered = conn->registered;
-    conn->deadline_entry = deadlines_.emplace(deadline, id);
+    conn->deadline_entry = deadlines_.emplace(conn->idle_deadline, id);
     conn->registered = true;
     auto& slot = parked_[id];
     slot = std::move(conn);
-    // Armed last, with the connection already findable: the leader may see it at once.
-    // One-shot, so that only one thread ever takes it out again.
+    // Armed last, with the connection already findable: a thread may see it at once.
     if (!epoll_control(epoll_.get(), registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd,
                        EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, id)) {
         conn = std::move(slot);
@@ -375,14 +401,13 @@ bool HttpServer::park(ConnectionPtr& conn) {
         parked_.erase(id);
         return false;
     }
-    if (deadline < leader_wakes_at_) {
-        leader_wakes_at_ = deadline;
-        poll_wake_.notify();
+    if (slot->idle_deadline < timer_at_) {
+        arm_timer_locked();
     }
     return true;
 }
 
-void HttpServer::close_parked_locked(std::vector<ConnectionPtr>& out) {
+void HttpServer::take_parked_locked(std::vector<ConnectionPtr>& out) {
     for (auto& [id, conn] : parked_) {
         out.push_back(std::move(conn));
     }
@@ -535,16 +560,19 @@ bool HttpServer::read_request(Connection& conn, HttpRequest& request, int& error
 }
 
 void HttpServer::serve(ConnectionPtr conn) {
+    // A new or woken connection usually has its request waiting; after a response, the
+    // next request cannot be there yet.
+    auto start = ReadStart::try_first;
     while (!aborted_) {
         if (conn->buffer.empty()) {
             // Wait here a little for the next request (a back-to-back client sends it at once),
-            // then leave the idle connection to the leader and free this thread.
+            // then leave the idle connection to epoll and free this thread.
             const auto until =
                 std::min(conn->idle_deadline, Clock::now() + options_.keep_alive_linger);
             char probe[8192];
             std::size_t n = 0;
-            const auto status =
-                read_some(conn->fd.get(), probe, sizeof probe, n, until, {idle_wake_.fd(), -1});
+            const auto status = read_some(conn->fd.get(), probe, sizeof probe, n, until,
+                                          {idle_wake_.fd(), -1}, start);
             if (status == IoStatus::timeout) {
                 const bool expired = Clock::now() >= conn->idle_deadline;
                 if (!expired && park(conn)) {
@@ -597,6 +625,7 @@ void HttpServer::serve(ConnectionPtr conn) {
             break;
         }
         conn->idle_deadline = Clock::now() + options_.keep_alive_timeout;
+        start = ReadStart::wait_first;
     }
     close_connection(std::move(conn), false);
 }
@@ -627,8 +656,7 @@ void HttpServer::stop() {
         stopping_ = true;
     }
     abort();
-    poll_wake_.notify();
-    follower_cv_.notify_all();
+    stop_wake_.notify();
     // Idle threads may retire while we collect; loop until none is left to join.
     while (true) {
         std::vector<std::thread> threads;
@@ -653,7 +681,7 @@ void HttpServer::stop() {
     std::vector<ConnectionPtr> idle;
     {
         std::lock_guard lock(mutex_);
-        close_parked_locked(idle);
+        take_parked_locked(idle);
     }
     for (auto& conn : idle) {
         close_connection(std::move(conn), false);

@@ -38,7 +38,7 @@ struct HttpServerOptions {
     // handing the idle connection to the poller. Back-to-back requests then cost no hand-off,
     // and a connection idle longer than this holds no thread.
     milliseconds keep_alive_linger{5};
-    // Threads beyond `spare_threads` idle ones exit after this long without work.
+    // A thread idle this long exits, unless it would leave fewer than `spare_threads` idle.
     milliseconds idle_thread_timeout{10'000};
     std::size_t spare_threads = 4;
 };
@@ -100,14 +100,15 @@ class HttpExchange final : public Exchange {
 
 using HttpHandler = std::function<void(HttpExchange&)>;
 
-// HTTP/1.1 server on a pool of reusable threads (leader/followers). One idle thread, the
-// leader, waits in epoll for a new connection, an idle keep-alive connection that became
-// readable, or a deadline; it hands leadership to another idle thread (or starts one) and
-// serves that connection itself, blocking, until the connection goes idle. Idle connections
-// wait in epoll and hold no thread; threads are made only when none is idle, so a
-// Connection: close client costs no thread creation. Every thread is owned by the server and
-// joined by stop() (idle ones that retire are joined by the next leader). Lifecycle: start()
-// once, then optionally stop_accepting() and drain(), then stop(); the destructor calls stop().
+// HTTP/1.1 server on a pool of reusable threads. Idle threads all wait in one epoll set for
+// a new connection, an idle keep-alive connection that became readable, or the earliest idle
+// deadline; every registration is one-shot, so each event wakes exactly one thread, which
+// then serves that connection itself, blocking, until the connection goes idle again. Idle
+// connections wait in epoll and hold no thread; a thread is started only when a thread takes
+// work and none is left waiting, so a Connection: close client costs no thread creation and
+// no hand-off between threads. Every thread is owned by the server and joined by stop() (idle
+// ones that retire are joined by another thread). Lifecycle: start() once, then optionally
+// stop_accepting() and drain(), then stop(); the destructor calls stop().
 class HttpServer {
   public:
     HttpServer(HttpServerOptions options, HttpHandler handler);
@@ -141,42 +142,46 @@ class HttpServer {
     using ConnectionPtr = std::unique_ptr<Connection>;
 
     void thread_main(std::uint64_t self);
-    ConnectionPtr lead(std::unique_lock<std::mutex>& lock);
-    ConnectionPtr accept_one();
     void spawn_thread_locked();
+    ConnectionPtr on_event(std::uint64_t key);
+    ConnectionPtr accept_one();
+    void on_stop_accepting();
+    void on_timer();
+    void arm_timer_locked();
     void serve(ConnectionPtr conn);
     bool park(ConnectionPtr& conn);
     void close_connection(ConnectionPtr conn, bool timed_out);
-    void close_parked_locked(std::vector<ConnectionPtr>& out);
+    void take_parked_locked(std::vector<ConnectionPtr>& out);
     bool read_request(Connection& conn, HttpRequest& request, int& error_status,
                       std::string& error);
     void send_error(int fd, int status, std::string_view message);
 
     HttpServerOptions options_;
     HttpHandler handler_;
-    Fd listener_;  // touched only by the leader, and by start()/stop() with no thread running
     Fd epoll_;
+    Fd timer_;  // a timerfd set to the earliest deadline of a parked connection
     std::uint16_t port_ = 0;
     WakeSignal idle_wake_;  // stop_accepting(): closes the listener and idle connections
     WakeSignal hard_wake_;  // aborts in-flight work at final stop
-    WakeSignal poll_wake_;  // cleared by the leader: an earlier deadline, or stop()
+    WakeSignal stop_wake_;  // wakes every thread waiting in epoll at final stop
+
+    std::mutex listener_mutex_;  // accept against close
+    Fd listener_;                // guarded by listener_mutex_ while threads run
 
     mutable std::mutex mutex_;
-    std::condition_variable idle_cv_;      // drain(): active_requests_ reached 0
-    std::condition_variable follower_cv_;  // idle threads: leadership is free, or stop
+    std::condition_variable idle_cv_;  // drain(): active_requests_ reached 0
     // Guarded by mutex_:
     std::map<std::uint64_t, std::thread> threads_;
-    std::vector<std::thread> retired_;  // exited idle threads, joined by the next leader
+    std::vector<std::thread> retired_;                   // exited idle threads, to be joined
     std::map<std::uint64_t, ConnectionPtr> parked_;      // idle, armed in epoll
     std::multimap<TimePoint, std::uint64_t> deadlines_;  // of parked connections
-    bool leader_present_ = false;
-    TimePoint leader_wakes_at_ = TimePoint::min();  // min() when no leader waits
-    std::size_t idle_threads_ = 0;
+    TimePoint timer_at_ = TimePoint::max();              // what timer_ is set to
+    std::size_t waiting_threads_ = 0;                    // in (or entering) epoll_wait
     std::uint64_t next_thread_id_ = 0;
     bool stopping_ = false;
     bool stopped_ = false;
 
-    std::uint64_t next_connection_id_ = 0;  // leader only
+    std::atomic<std::uint64_t> next_connection_id_{0};
     std::atomic<std::size_t> open_connections_{0};
     std::atomic<std::size_t> active_requests_{0};
     std::atomic<std::uint64_t> threads_started_{0};

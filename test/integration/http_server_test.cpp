@@ -3,6 +3,8 @@
 // the drain/stop semantics hold as before.
 #include "common/http_server.hpp"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -145,15 +147,19 @@ TEST_CASE("idle keep-alive connections hold no thread, and wake up when a reques
 }
 
 TEST_CASE("sequential Connection: close clients reuse the server's threads", "[http_server]") {
-    Started s(test_options());
+    auto o = test_options();
+    o.idle_thread_timeout = 10s;  // no thread retires (and is replaced) during the test
+    Started s(o);
     for (int i = 0; i < 300; ++i) {
         auto c = connect_to(s.server);
         const auto r = get(c, "/x", true);
         REQUIRE(r.status == 200);
         REQUIRE_FALSE(r.keep_alive);
     }
-    // One thread per connection would have started 300.
-    CHECK(s.server.threads_started() <= 10);
+    // One thread per connection would have started 300. A new thread starts only when a
+    // connection arrives before the previous one's thread is back waiting, which a loaded
+    // machine makes happen now and then.
+    CHECK(s.server.threads_started() <= 20);
     CHECK(eventually([&] { return s.server.open_connections() == 0; }));
 }
 
@@ -294,4 +300,15 @@ TEST_CASE("stop aborts a request blocked on I/O and joins every thread", "[http_
     CHECK(Clock::now() - t0 < 2s);
     CHECK(woken);
     CHECK(s.server.thread_count() == 0);
+}
+
+TEST_CASE("accepted connections have TCP_NODELAY, inherited from the listener", "[http_server]") {
+    Started s(test_options(), [](HttpExchange& ex) {
+        int on = 0;
+        socklen_t len = sizeof on;
+        ::getsockopt(ex.client_fd(), IPPROTO_TCP, TCP_NODELAY, &on, &len);
+        ex.respond(200, Headers{}, on ? "nodelay" : "nagle");
+    });
+    auto c = connect_to(s.server);
+    CHECK(get(c, "/").body == "nodelay");
 }
