@@ -14,6 +14,7 @@ IoStatus HttpClientConnection::send_request(std::string_view method, std::string
                                             std::string_view body, TimePoint deadline,
                                             const IoWatch& watch) {
     reusable_ = false;
+    drained_ = true;  // the reply cannot be there before the request
     std::string out = fmt::format("{} {} HTTP/1.1\r\nHost: {}\r\n", method, target, host_header);
     for (const auto& [name, value] : headers.fields()) {
         out += name;
@@ -37,9 +38,11 @@ IoStatus HttpClientConnection::send_request(std::string_view method, std::string
 IoStatus HttpClientConnection::fill(TimePoint deadline, const IoWatch& watch) {
     char chunk[16384];
     std::size_t n = 0;
-    const auto st = read_some(fd_.get(), chunk, sizeof chunk, n, deadline, watch);
+    const auto st = read_some(fd_.get(), chunk, sizeof chunk, n, deadline, watch,
+                              drained_ ? ReadStart::wait_first : ReadStart::try_first);
     if (st == IoStatus::ok) {
         buffer_.append(chunk, n);
+        drained_ = n < sizeof chunk;
     }
     return st;
 }

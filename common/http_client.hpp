@@ -53,6 +53,9 @@ class HttpClientConnection {
     bool keep_alive_ = false;
     bool reusable_ = false;
     bool body_done_ = true;
+    // The last read emptied the socket (or a request was just sent): the next one waits
+    // before reading.
+    bool drained_ = true;
 };
 
 // A whole request/response exchange on a fresh connection, for probes, admin calls and

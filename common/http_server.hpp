@@ -32,7 +32,15 @@ struct HttpServerOptions {
     milliseconds keep_alive_timeout{60'000};
     // A single write blocked this long means the client stopped reading.
     milliseconds write_timeout{60'000};
+    // Connections held at once (idle keep-alive ones included); one more gets a 503.
     std::size_t max_connections = 1024;
+    // After a response, the connection's thread waits this long for the next request before
+    // handing the idle connection to the poller. Back-to-back requests then cost no hand-off,
+    // and a connection idle longer than this holds no thread.
+    milliseconds keep_alive_linger{5};
+    // A thread idle this long exits, unless it would leave fewer than `spare_threads` idle.
+    milliseconds idle_thread_timeout{10'000};
+    std::size_t spare_threads = 4;
 };
 
 // One request on one connection, handed to the handler. The handler answers either with
@@ -65,17 +73,20 @@ class HttpExchange final : public Exchange {
 
   private:
     friend class HttpServer;
-    HttpExchange(int fd, int hard_wake_fd, std::string remote, milliseconds write_timeout)
+    HttpExchange(int fd, int hard_wake_fd, std::string remote, milliseconds write_timeout,
+                 const std::atomic<bool>& accepting)
         : fd_(fd),
           hard_wake_fd_(hard_wake_fd),
           remote_(std::move(remote)),
-          write_timeout_(write_timeout) {}
+          write_timeout_(write_timeout),
+          accepting_(accepting) {}
     bool send(std::string_view bytes);
 
     int fd_;
     int hard_wake_fd_;
     std::string remote_;
     milliseconds write_timeout_;
+    const std::atomic<bool>& accepting_;  // the server's: once false, answers say close
     HttpRequest request_;
     bool head_sent_ = false;
     int status_ = 0;
@@ -89,9 +100,15 @@ class HttpExchange final : public Exchange {
 
 using HttpHandler = std::function<void(HttpExchange&)>;
 
-// HTTP/1.1 server, one thread per connection. Every thread is owned by the server and joined
-// by stop(). Lifecycle: start() once, then optionally stop_accepting() and drain(), then
-// stop(); the destructor calls stop().
+// HTTP/1.1 server on a pool of reusable threads. Idle threads all wait in one epoll set for
+// a new connection, an idle keep-alive connection that became readable, or the earliest idle
+// deadline; every registration is one-shot, so each event wakes exactly one thread, which
+// then serves that connection itself, blocking, until the connection goes idle again. Idle
+// connections wait in epoll and hold no thread; a thread is started only when a thread takes
+// work and none is left waiting, so a Connection: close client costs no thread creation and
+// no hand-off between threads. Every thread is owned by the server and joined by stop() (idle
+// ones that retire are joined by another thread). Lifecycle: start() once, then optionally
+// stop_accepting() and drain(), then stop(); the destructor calls stop().
 class HttpServer {
   public:
     HttpServer(HttpServerOptions options, HttpHandler handler);
@@ -112,52 +129,71 @@ class HttpServer {
     void stop();
     // Aborts running requests without joining; safe from any thread, e.g. while another
     // thread is blocked in drain().
-    void abort() {
-        stop_accepting();
-        hard_wake_.notify();
-    }
+    void abort();
 
-    std::size_t open_connections() const;
-    std::size_t active_requests() const { return active_requests_.load(); }
+    std::size_t open_connections() const { return open_connections_.load(); }
     // Connections refused at accept time: over max_connections, or out of descriptors.
     std::uint64_t refused_connections() const { return refused_connections_.load(); }
+    std::size_t active_requests() const { return active_requests_.load(); }
+    // Threads alive now, and threads ever started: what connections cost.
+    std::size_t thread_count() const;
+    std::uint64_t threads_started() const { return threads_started_.load(); }
 
   private:
-    struct Connection {
-        std::thread thread;
-        int fd = -1;
-    };
-    void accept_loop();
-    void serve_connection(std::uint64_t id, Fd fd);
-    void reap_finished_locked(std::vector<std::thread>& to_join);
-    bool read_request(Fd& fd, std::string& buffer, HttpRequest& request, bool first,
-                      int& error_status, std::string& error);
+    struct Connection;  // one client connection: socket, unread bytes, idle deadline
+    using ConnectionPtr = std::unique_ptr<Connection>;
+
+    void thread_main(std::uint64_t self);
+    void spawn_thread_locked();
+    ConnectionPtr on_event(std::uint64_t key);
+    ConnectionPtr accept_one();
+    void on_stop_accepting();
+    void on_timer();
+    void arm_timer_locked();
+    void serve(ConnectionPtr conn);
+    bool park(ConnectionPtr& conn);
+    void close_connection(ConnectionPtr conn, bool timed_out);
+    void take_parked_locked(std::vector<ConnectionPtr>& out);
+    bool read_request(Connection& conn, HttpRequest& request, int& error_status,
+                      std::string& error);
     void send_error(int fd, int status, std::string_view message);
-    // Answers a connection we will not serve with a 503 and closes it without a reset.
+    // A 503 to a connection the server will not serve, and the count of them.
     void refuse(int fd, std::string_view message);
-    // Out of descriptors: takes one pending connection with the reserve descriptor and
-    // refuses it, instead of leaving it hanging in the backlog (and the accept loop spinning).
     void shed_pending_connection();
 
     HttpServerOptions options_;
     HttpHandler handler_;
-    Fd listener_;
-    Fd reserve_fd_;  // given up for a moment when the process runs out of descriptors
+    Fd epoll_;
+    Fd timer_;  // a timerfd set to the earliest deadline of a parked connection
     std::uint16_t port_ = 0;
-    WakeSignal accept_wake_;  // stops the accept loop
-    WakeSignal idle_wake_;    // closes connections waiting for their next request
-    WakeSignal hard_wake_;    // aborts in-flight work at final stop
-    std::thread accept_thread_;
+    WakeSignal idle_wake_;  // stop_accepting(): closes the listener and idle connections
+    WakeSignal hard_wake_;  // aborts in-flight work at final stop
+    WakeSignal stop_wake_;  // wakes every thread waiting in epoll at final stop
+
+    std::mutex listener_mutex_;  // accept against close
+    Fd listener_;                // guarded by listener_mutex_ while threads run
+    Fd reserve_fd_;              // given up for a moment when the process runs out of descriptors
 
     mutable std::mutex mutex_;
-    std::condition_variable idle_cv_;
-    std::map<std::uint64_t, Connection> connections_;
-    std::vector<std::uint64_t> finished_;
-    std::uint64_t next_id_ = 0;
-    std::atomic<std::size_t> active_requests_{0};
-    std::atomic<std::uint64_t> refused_connections_{0};
-    std::atomic<bool> accepting_{false};
+    std::condition_variable idle_cv_;  // drain(): active_requests_ reached 0
+    // Guarded by mutex_:
+    std::map<std::uint64_t, std::thread> threads_;
+    std::vector<std::thread> retired_;                   // exited idle threads, to be joined
+    std::map<std::uint64_t, ConnectionPtr> parked_;      // idle, armed in epoll
+    std::multimap<TimePoint, std::uint64_t> deadlines_;  // of parked connections
+    TimePoint timer_at_ = TimePoint::max();              // what timer_ is set to
+    std::size_t waiting_threads_ = 0;                    // in (or entering) epoll_wait
+    std::uint64_t next_thread_id_ = 0;
+    bool stopping_ = false;
     bool stopped_ = false;
+
+    std::atomic<std::uint64_t> next_connection_id_{0};
+    std::atomic<std::size_t> open_connections_{0};
+    std::atomic<std::uint64_t> refused_connections_{0};
+    std::atomic<std::size_t> active_requests_{0};
+    std::atomic<std::uint64_t> threads_started_{0};
+    std::atomic<bool> accepting_{false};
+    std::atomic<bool> aborted_{false};
 };
 
 }  // namespace llama_pool

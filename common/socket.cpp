@@ -107,8 +107,14 @@ IoStatus wait_ready(int fd, short events, TimePoint deadline, const IoWatch& wat
 }  // namespace
 
 IoStatus read_some(int fd, char* buf, std::size_t cap, std::size_t& n, TimePoint deadline,
-                   const IoWatch& watch) {
+                   const IoWatch& watch, ReadStart start) {
     n = 0;
+    if (start == ReadStart::wait_first) {
+        const auto ready = wait_ready(fd, POLLIN, deadline, watch);
+        if (ready != IoStatus::ok) {
+            return ready;
+        }
+    }
     while (true) {
         const auto rc = ::recv(fd, buf, cap, MSG_DONTWAIT);
         if (rc > 0) {
@@ -257,12 +263,19 @@ std::string peer_address(int fd) {
     if (::getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
         return "unknown";
     }
+    return address_text(addr);
+}
+
+std::string address_text(const sockaddr_storage& addr) {
     char text[INET6_ADDRSTRLEN] = {};
     if (addr.ss_family == AF_INET) {
-        ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&addr)->sin_addr, text, sizeof text);
-    } else {
-        ::inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&addr)->sin6_addr, text,
+        ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&addr)->sin_addr, text,
                     sizeof text);
+    } else if (addr.ss_family == AF_INET6) {
+        ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_addr, text,
+                    sizeof text);
+    } else {
+        return "unknown";
     }
     return text;
 }
@@ -323,6 +336,11 @@ WakeSignal::WakeSignal() : fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
 void WakeSignal::notify() {
     const std::uint64_t one = 1;
     [[maybe_unused]] const auto rc = ::write(fd_.get(), &one, sizeof one);
+}
+
+void WakeSignal::clear() {
+    std::uint64_t value = 0;
+    [[maybe_unused]] const auto rc = ::read(fd_.get(), &value, sizeof value);
 }
 
 bool WakeSignal::notified() const {

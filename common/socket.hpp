@@ -7,6 +7,8 @@
 
 #include "common/clock.hpp"
 
+struct sockaddr_storage;
+
 namespace llama_pool {
 
 // Owns one file descriptor; closes it on destruction. Move-only.
@@ -55,8 +57,13 @@ struct IoWatch {
     int cancel_fd = -1;
 };
 
+// Whether read_some() tries the socket before waiting. Waiting first saves a recv() that
+// fails with EAGAIN when the data cannot be there yet (a reply to a request just sent, the
+// next request right after a response).
+enum class ReadStart { try_first, wait_first };
+
 IoStatus read_some(int fd, char* buf, std::size_t cap, std::size_t& n, TimePoint deadline,
-                   const IoWatch& watch = {});
+                   const IoWatch& watch = {}, ReadStart start = ReadStart::try_first);
 IoStatus write_all(int fd, std::string_view data, TimePoint deadline, const IoWatch& watch = {});
 
 // Non-blocking check whether the peer of a connected socket has closed or reset it.
@@ -72,6 +79,8 @@ std::string peer_address(int fd);
 // Whether an address as peer_address() writes it is a loopback one: 127.0.0.0/8, ::1, or
 // 127.0.0.0/8 mapped into IPv6 (::ffff:127.x.x.x).
 bool is_loopback_address(std::string_view address);
+// The numeric text of an address (what accept() filled in).
+std::string address_text(const sockaddr_storage& addr);
 
 // An unused loopback port, verified free by binding it (the bind is released at once, so
 // the caller must still cope with losing a race for it).
@@ -87,11 +96,13 @@ struct FdLimit {
 };
 FdLimit raise_fd_limit();
 
-// An eventfd used to wake every blocked operation at shutdown. Stays readable once set.
+// An eventfd used to wake every blocked operation at shutdown. Stays readable once set,
+// unless its one consumer clears it (a poller woken to look again).
 class WakeSignal {
   public:
     WakeSignal();
     void notify();
+    void clear();
     bool notified() const;
     int fd() const { return fd_.get(); }
 

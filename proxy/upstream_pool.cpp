@@ -7,11 +7,15 @@ HttpClientConnection UpstreamPool::take(TimePoint connect_deadline, bool& reused
     {
         std::lock_guard lock(mutex_);
         while (!idle_.empty()) {
-            auto conn = std::move(idle_.back());
+            auto idle = std::move(idle_.back());
             idle_.pop_back();
-            if (!conn.stale()) {
+            // A connection given back within the last second is not polled for a close
+            // first (a syscall per request): no server closes keep-alive connections that
+            // fast, and the relay retries a reused connection that fails before any reply
+            // byte on a fresh one anyway.
+            if (Clock::now() - idle.since < seconds(1) || !idle.connection.stale()) {
                 reused = true;
-                return conn;
+                return std::move(idle.connection);
             }
         }
     }
@@ -29,7 +33,7 @@ void UpstreamPool::give_back(HttpClientConnection connection) {
     }
     std::lock_guard lock(mutex_);
     if (idle_.size() < max_idle_) {
-        idle_.push_back(std::move(connection));
+        idle_.push_back({std::move(connection), Clock::now()});
     }
 }
 

@@ -30,11 +30,16 @@ class UpstreamPool {
     std::uint16_t port() const { return port_; }
 
   private:
+    struct Idle {
+        HttpClientConnection connection;
+        TimePoint since;
+    };
+
     std::string host_;
     std::uint16_t port_;
     std::size_t max_idle_;
     mutable std::mutex mutex_;
-    std::vector<HttpClientConnection> idle_;
+    std::vector<Idle> idle_;
     std::atomic<std::uint64_t> opened_{0};
 };
 

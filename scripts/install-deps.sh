@@ -13,9 +13,10 @@ packages=(
   wrk nginx haproxy  # the benchmark harness, smoke-run by the tests
   docker-compose systemd yamllint  # deployment checks (compose, systemd-analyze, manifests)
 )
-# Tools the optional targets use; installed by `make deps-extra`.
+# Tools the optional targets use; installed by `make deps-extra`: clang for the fuzzers,
+# valgrind and perf for scripts/bench/profile.py.
 if [ "${1:-}" = "--extra" ]; then
-  packages+=(clang libclang-rt-14-dev)
+  packages+=(clang libclang-rt-14-dev valgrind linux-perf)
 fi
 
 missing=()

@@ -5,6 +5,9 @@
 #
 #   llama-toolchain.sh server-path   print the llama-server binary (build if needed)
 #   llama-toolchain.sh model-path    print the demo GGUF model (build if needed)
+#   llama-toolchain.sh model-path DIM LAYERS
+#                                    a larger random-weight model (e.g. 1024 8, closer to a
+#                                    real model's pace), built once and cached by its shape
 #   llama-toolchain.sh tool NAME     print another built tool (llama-quantize, ...)
 #
 # Only the chosen path goes to stdout; progress goes to stderr and to a build log.
@@ -68,24 +71,36 @@ build_tools() {
   rm -rf "$build"
 }
 
+# build_model [DIM LAYERS]: the demo model (dim 288, 6 layers), or a random-weight model of
+# that shape with 64-wide attention heads. Cached by shape; the name of the demo is kept.
 build_model() {
-  local model="$cache_dir/models/demo-q8_0.gguf"
+  local dim="${1:-288}" layers="${2:-6}" heads name
+  if [ "$#" -eq 0 ]; then
+    heads=6
+    name=demo-q8_0.gguf
+  else
+    heads=$((dim / 64))
+    name="random-d${dim}-l${layers}-h${heads}-q8_0.gguf"
+  fi
+  local model="$cache_dir/models/$name"
   [ -f "$model" ] && { echo "$model"; return 0; }
   build_tools
   local here tmp
   here=$(cd "$(dirname "$0")" && pwd)
   tmp=$(mktemp -d)
   mkdir -p "$cache_dir/models"
-  log "writing a random-weight demo model (llama2.c checkpoint -> GGUF -> Q8_0)"
-  python3 "$here/make_random_llama2c.py" --out "$tmp/random.bin" --dim 288 --layers 6 --seed 1234 >&2
+  log "writing a random-weight model, dim $dim x $layers layers (llama2.c checkpoint -> GGUF -> Q8_0)"
+  python3 "$here/make_random_llama2c.py" --out "$tmp/random.bin" --dim "$dim" --layers "$layers" \
+    --heads "$heads" --seed 1234 >&2
   "$bin_dir/llama-convert-llama2c-to-ggml" \
     --copy-vocab-from-model "$cache_dir/src/models/ggml-vocab-llama-spm.gguf" \
     --llama2c-model "$tmp/random.bin" --llama2c-output-model "$tmp/random-f32.gguf" >"$tmp/convert.log" 2>&1 ||
     die "model conversion failed: $(tail -n 5 "$tmp/convert.log")"
+  rm -f "$tmp/random.bin"
   python3 "$here/gguf_set_context_length.py" "$tmp/random-f32.gguf" 4096 >&2
-  "$bin_dir/llama-quantize" "$tmp/random-f32.gguf" "$tmp/demo.gguf" Q8_0 >"$tmp/quantize.log" 2>&1 ||
+  "$bin_dir/llama-quantize" "$tmp/random-f32.gguf" "$tmp/model.gguf" Q8_0 >"$tmp/quantize.log" 2>&1 ||
     die "quantize failed: $(tail -n 5 "$tmp/quantize.log")"
-  mv "$tmp/demo.gguf" "$model"
+  mv "$tmp/model.gguf" "$model"
   rm -rf "$tmp"
   echo "$model"
 }
@@ -108,6 +123,13 @@ case "${1:-}" in
     echo "$bin_dir/llama-server"
     ;;
   model-path)
+    if [ "$#" -eq 3 ]; then
+      case "$2$3" in *[!0-9]*) die "usage: $0 model-path [DIM LAYERS]" ;; esac
+      [ $(($2 % 64)) -eq 0 ] || die "DIM must be a multiple of 64"
+      with_lock build_model "$2" "$3"
+      exit 0
+    fi
+    [ "$#" -eq 1 ] || die "usage: $0 model-path [DIM LAYERS]"
     if [ -n "${MODEL:-}" ]; then
       [ -f "$MODEL" ] || die "MODEL=$MODEL does not exist"
       readlink -f "$MODEL"

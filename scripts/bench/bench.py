@@ -6,8 +6,11 @@ Starts everything it measures itself, on loopback only, and stops it all at the 
      (wrk; 1 and 64 connections; keep-alive and Connection: close clients);
   2. streaming relay: added time to first event and added per-event latency, CPU per
      thousand events of each proxy;
-  3. memory and threads of llama-pool: idle, 1000 idle keep-alive clients, 200 streams;
-  4. prefix affinity vs round-robin on real llama-server workers: prompt tokens evaluated
+  3. real-worker scaling: one llama-server, N workers behind llama-pool, and one
+     llama-server with N slots, on the same cores, at fixed closed-loop concurrencies, on the
+     demo model and on a larger random-weight model (built once, cached by its shape);
+  4. memory and threads of llama-pool: idle, 1000 idle keep-alive clients, 200 streams;
+  5. prefix affinity vs round-robin on real llama-server workers: prompt tokens evaluated
      and time to first token on a workload sharing long prefixes.
 Results go between the markers in docs/BENCHMARKS.md (with the command and the machine);
 --smoke runs every part for a moment and writes nothing (it checks the harness, not speed).
@@ -119,6 +122,16 @@ def wait_http(port, path="/health", want=200, timeout=120):
     raise RuntimeError(f"port {port} did not answer {path} with {want} in {timeout} s")
 
 
+def wait_pool_ready(port, workers, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status, body = http(port, "GET", "/pool/status")
+        if status == 200 and json.loads(body)["totals"]["ready"] >= workers:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"llama-pool on {port} did not get {workers} workers ready in {timeout} s")
+
+
 def proc_cpu_seconds(pid):
     """utime+stime of a process and its children threads (one process)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -165,12 +178,17 @@ def start_fake(port, extra):
     wait_http(port)
 
 
-def start_pool(port, worker_args, extra=(), name="pool"):
-    args = [POOL, "--port", str(port), "--workers", "1", "--llama-server", FAKE, "--model", POOL,
-            "--parallel", "256", "--queue-max", "100000", "--log-level", "warn",
+def start_pool(port, worker_args=(), extra=(), name="pool", upstream=None):
+    """llama-pool with one fake worker it supervises, or, given `upstream`, in front of that
+    standalone server only (--workers 0), exactly like nginx and HAProxy."""
+    args = [POOL, "--port", str(port), "--queue-max", "100000", "--log-level", "warn",
             "--max-connections", "4096", *extra]
-    for a in worker_args:
-        args += ["--worker-arg", a]
+    if upstream is None:
+        args += ["--workers", "1", "--llama-server", FAKE, "--model", POOL, "--parallel", "256"]
+        for a in worker_args:
+            args += ["--worker-arg", a]
+    else:
+        args += ["--workers", "0", "--upstream", f"http://127.0.0.1:{upstream}"]
     p = start(args, name)
     wait_http(port)
     return p
@@ -218,7 +236,7 @@ def bench_overhead(seconds):
     start_fake(upstream, ["--tokens-per-second", "1000000"])
     targets = {"direct": upstream}
     targets["llama-pool"] = free_port()
-    start_pool(targets["llama-pool"], ["--tokens-per-second", "1000000"], ["--threads", "1"])
+    start_pool(targets["llama-pool"], upstream=upstream)
     targets["nginx"] = free_port()
     start_nginx(targets["nginx"], upstream)
     targets["haproxy"] = free_port()
@@ -265,16 +283,15 @@ def bench_streaming(runs, events):
     start_fake(upstream, ["--tokens-per-second", "200"])
     procs = {"direct": (upstream, None)}
     port = free_port()
-    procs["llama-pool"] = (port, start_pool(port, ["--tokens-per-second", "200"], name="pool-stream"))
+    procs["llama-pool"] = (port, start_pool(port, name="pool-stream", upstream=upstream))
     port = free_port()
     procs["nginx"] = (port, start_nginx(port, upstream))
     port = free_port()
     procs["haproxy"] = (port, start_haproxy(port, upstream))
     results = {}
     for name, (port, proc) in procs.items():
-        # nginx's work is done by its worker child; llama-pool's child is the worker it
-        # supervises, whose CPU is not the relay's.
-        cpu = (lambda: proc_cpu_seconds(proc.pid)) if name == "llama-pool" else (lambda: tree_cpu(proc.pid))
+        # nginx's work is done by its worker child, so each proxy's whole process tree.
+        cpu = lambda: tree_cpu(proc.pid)
         stream_offsets(port, 5)  # warm the connection pools
         cpu0 = cpu() if proc else 0
         all_offsets = [stream_offsets(port, events) for _ in range(runs)]
@@ -303,7 +320,7 @@ def bench_streaming(runs, events):
 
 def bench_memory(idle_conns, streams, hold_seconds):
     port = free_port()
-    pool = start_pool(port, ["--tokens-per-second", "20"], ["--parallel", "256"], name="pool-mem")
+    pool = start_pool(port, ["--tokens-per-second", "20"], name="pool-mem")
     time.sleep(0.5)
     rows = []
     rss, threads = rss_and_threads(pool.pid)
@@ -414,6 +431,112 @@ def bench_affinity(requests, concurrency):
     return rows
 
 
+# --- 5. real-worker scaling -----------------------------------------------------------------
+
+SCALING_PROMPT = "Once upon a time, in a quiet village by the sea, there lived an old clockmaker who"
+
+
+def timed_stream(port, n_predict):
+    """One streamed completion of exactly n_predict tokens on a fresh connection: returns
+    (time to first token, whole latency, tokens predicted) in seconds and tokens."""
+    body = json.dumps({"prompt": SCALING_PROMPT, "n_predict": n_predict, "ignore_eos": True,
+                       "stream": True}).encode()
+    req = (f"POST /completion HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", port), timeout=600) as s:
+        t0 = time.perf_counter()
+        s.sendall(req)
+        buf, ttft = b"", None
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            if ttft is None and b"data: " in chunk:
+                ttft = time.perf_counter() - t0
+            buf += chunk
+        latency = time.perf_counter() - t0
+    events = [e for e in dechunk(buf.partition(b"\r\n\r\n")[2]).split(b"\n\n") if e.startswith(b"data: ")]
+    last = json.loads(events[-1][6:]) if events else {}
+    return ttft or latency, latency, int(last.get("tokens_predicted", 0))
+
+
+def closed_loop(port, concurrency, seconds, n_predict):
+    """`concurrency` clients, each sending its next request when the last one ended, until
+    `seconds` have passed (requests under way then still finish and count)."""
+    import threading
+    results, lock = [], threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client():
+        while time.perf_counter() < deadline:
+            r = timed_stream(port, n_predict)
+            with lock:
+                results.append(r)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, time.perf_counter() - t0
+
+
+def percentile(sorted_values, q):
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
+
+
+def scaling_targets(model, workers):
+    """(name, command, ready-check port) for the three ways to use the machine's cores."""
+    cores = os.cpu_count() or 2
+    per_worker = max(1, cores // workers)
+    ctx = 2048
+    server = [LLAMA_SERVER, "-m", model, "--host", "127.0.0.1", "--metrics", "--slots"]
+    targets = []
+    port = free_port()
+    targets.append((f"1 llama-server, -np 1 -t {cores}",
+                    server + ["--port", str(port), "-t", str(cores), "-c", str(ctx), "-np", "1"], port))
+    port = free_port()
+    targets.append((f"llama-pool, {workers} workers x -np 1 -t {per_worker}",
+                    [POOL, "--port", str(port), "--workers", str(workers), "--llama-server", LLAMA_SERVER,
+                     "--model", model, "--threads", str(per_worker), "--parallel", "1",
+                     "--ctx-size", str(ctx), "--log-level", "warn"], port))
+    port = free_port()
+    targets.append((f"1 llama-server, -np {workers} -t {cores}",
+                    server + ["--port", str(port), "-t", str(cores), "-c", str(ctx * workers),
+                              "-np", str(workers)], port))
+    return targets
+
+
+def bench_scaling(models, concurrencies, workers):
+    rows, commands = [], []
+    for label, model, n_predict, seconds in models:
+        for name, cmd, port in scaling_targets(model, workers):
+            p = start(cmd, f"scaling-{port}")
+            wait_http(port, timeout=300)
+            if cmd[0] == POOL:
+                wait_pool_ready(port, workers)
+            timed_stream(port, 4)  # first-use costs (allocations, page cache) out of the way
+            commands.append(" ".join(os.path.basename(c) if c in (LLAMA_SERVER, POOL) else
+                                     (f"<{label} model>" if c == model else
+                                      ("<port>" if c == str(port) else c)) for c in cmd))
+            for conc in concurrencies:
+                results, wall = closed_loop(port, conc, seconds, n_predict)
+                lat = sorted(r[1] * 1000 for r in results)
+                ttft = sorted(r[0] * 1000 for r in results)
+                tokens = sum(r[2] for r in results)
+                rows.append({"model": label, "target": name, "concurrency": conc,
+                             "requests": len(results), "tokens": tokens, "wall_s": wall,
+                             "tokens_per_s": tokens / wall, "latency_p50_ms": percentile(lat, 0.5),
+                             "latency_p90_ms": percentile(lat, 0.9),
+                             "latency_max_ms": lat[-1], "ttft_p50_ms": percentile(ttft, 0.5),
+                             "n_predict": n_predict})
+                log(f"scaling {label} / {name} / c={conc}: {rows[-1]['tokens_per_s']:.1f} tok/s, "
+                    f"latency p50 {rows[-1]['latency_p50_ms']:.0f} ms ({len(results)} requests)")
+            stop(p)
+    return rows, commands
+
+
 # --- report --------------------------------------------------------------------------------
 
 
@@ -437,19 +560,20 @@ def versions():
     return out
 
 
-def render(overhead, commands, streaming, memory, affinity, args):
+def render(overhead, commands, streaming, scaling, scaling_commands, memory, affinity, args,
+           wall_s):
     L = []
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     L.append(f"### Run of {now}\n")
     L.append(f"- Machine: {machine()}")
     L.append(f"- Command: `make bench` (`python3 scripts/bench/bench.py --write "
-             f"--seconds {args.seconds}`)")
+             f"--seconds {args.seconds}`), {wall_s / 60:.1f} minutes")
     L.append(f"- Peers: {'; '.join(versions())}. Their configs: `scripts/bench/nginx.conf.in`, "
              f"`scripts/bench/haproxy.cfg.in`.")
-    L.append("- Upstream: `fake-llama-server` in fast mode (one-token reply). direct, nginx and "
-             "HAProxy hit one standalone fake; llama-pool hits an identical fake it supervises "
-             "(the pool cannot front an external upstream yet). Load: wrk from the same machine, "
-             "so client, proxy and upstream share the 2 cores.\n")
+    L.append("- Upstream: one standalone `fake-llama-server` in fast mode (one-token reply), the "
+             "same process behind every target: direct, llama-pool (`--workers 0 --upstream "
+             "http://127.0.0.1:<fake>`), nginx and HAProxy. Load: wrk from the same machine, so "
+             "client, proxy and upstream share the cores.\n")
     L.append("#### 1. Proxy overhead (POST /completion, wrk)\n")
     L.append("| conns | client | target | req/s | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | req/s vs nginx |")
     L.append("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -477,12 +601,28 @@ def render(overhead, commands, streaming, memory, affinity, args):
         cpu = "" if r["cpu_ms_per_1000_events"] is None else f"{r['cpu_ms_per_1000_events']:.1f}"
         L.append(f"| {r['target']} | {r['ttfb_ms']:.2f} | {r['added_ttfb_ms']:+.2f} | "
                  f"{r['added_event_p50_ms']:+.3f} | {r['added_event_p99_ms']:+.3f} | {cpu} |")
-    L.append("\n#### 3. llama-pool memory and threads\n")
+    L.append(f"\n#### 3. Real-worker scaling (real llama-server, {args.scaling_workers} workers or slots "
+             f"on {os.cpu_count()} cores, closed loop)\n")
+    L.append("Each client sends `POST /completion` (streamed, `ignore_eos`, fixed `n_predict`) and "
+             "the next one when it ends; tokens/s is the total over all clients. Commands:\n")
+    L.append("```")
+    L.extend(scaling_commands)
+    L.append("```\n")
+    L.append("| model | target | clients | requests | tokens/s | vs 1 server -np 1 | latency p50 ms | p90 ms | max ms | first token p50 ms |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in scaling:
+        base = next(b for b in scaling if b["model"] == r["model"] and
+                    b["concurrency"] == r["concurrency"] and b["target"].startswith("1 llama-server, -np 1 "))
+        ratio = r["tokens_per_s"] / base["tokens_per_s"] if base["tokens_per_s"] else 0
+        L.append(f"| {r['model']} | {r['target']} | {r['concurrency']} | {r['requests']} | "
+                 f"{r['tokens_per_s']:.1f} | {ratio:.2f} | {r['latency_p50_ms']:.0f} | "
+                 f"{r['latency_p90_ms']:.0f} | {r['latency_max_ms']:.0f} | {r['ttft_p50_ms']:.0f} |")
+    L.append("\n#### 4. llama-pool memory and threads\n")
     L.append("| state | resident MiB | threads |")
     L.append("|---|---:|---:|")
     for r in memory:
         L.append(f"| {r['state']} | {r['rss_mib']:.1f} | {r['threads']} |")
-    L.append(f"\n#### 4. Prefix affinity vs round-robin (2 real workers x 2 slots, demo model, "
+    L.append(f"\n#### 5. Prefix affinity vs round-robin (2 real workers x 2 slots, demo model, "
              f"{args.affinity_requests} requests over 4 long shared prefixes, concurrency 2)\n")
     L.append("| balancer | prompt tokens evaluated | time to first token p50 ms | p90 ms | wall s |")
     L.append("|---|---:|---:|---:|---:|")
@@ -511,10 +651,16 @@ def main():
     parser.add_argument("--stream-runs", type=int, default=10)
     parser.add_argument("--stream-events", type=int, default=200)
     parser.add_argument("--affinity-requests", type=int, default=48)
+    parser.add_argument("--scaling-seconds", type=float, default=10,
+                        help="per cell of the scaling table (the larger model gets 1.5 times this)")
+    parser.add_argument("--scaling-workers", type=int, default=2)
+    parser.add_argument("--large-model", default="1024x8",
+                        help="shape DIMxLAYERS of the larger random-weight model")
     parser.add_argument("--build", default=os.path.join(ROOT, "build"))
     args = parser.parse_args()
     if args.smoke:
         args.seconds, args.stream_runs, args.stream_events, args.affinity_requests = 1, 1, 10, 4
+        args.scaling_seconds = 0.5
     for tool in ("wrk", "nginx", "haproxy"):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} is missing (make deps-extra installs it)")
@@ -524,19 +670,33 @@ def main():
     toolchain = os.path.join(ROOT, "scripts", "llama-toolchain.sh")
     LLAMA_SERVER = subprocess.check_output(["bash", toolchain, "server-path"], text=True).strip()
     MODEL = subprocess.check_output(["bash", toolchain, "model-path"], text=True).strip()
+    dim, layers = args.large_model.split("x")
+    large_model = subprocess.check_output(["bash", toolchain, "model-path", dim, layers],
+                                          text=True).strip()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
 
+    started = time.time()
     overhead, commands = bench_overhead(args.seconds)
     cleanup()
     PROCESSES.clear()
     streaming = bench_streaming(args.stream_runs, args.stream_events)
     cleanup()
     PROCESSES.clear()
+    # The smoke run keeps only the smallest cells; the large model is built all the same, so
+    # that its recipe stays tested.
+    models = [("demo 288x6", MODEL, 128, args.scaling_seconds),
+              (f"random {dim}x{layers}", large_model, 32, args.scaling_seconds * 1.5)]
+    scaling, scaling_commands = bench_scaling(models[:1] if args.smoke else models,
+                                              (1, 2) if args.smoke else (1, 2, 4),
+                                              args.scaling_workers)
+    cleanup()
+    PROCESSES.clear()
     memory = bench_memory(20 if args.smoke else 1000, 10 if args.smoke else 200,
                           1 if args.smoke else 3)
     affinity = bench_affinity(args.affinity_requests, 2)
-    text = render(overhead, commands, streaming, memory, affinity, args)
+    text = render(overhead, commands, streaming, scaling, scaling_commands, memory, affinity,
+                  args, time.time() - started)
     print(text)
     if args.write and not args.smoke:
         write_results(text)
