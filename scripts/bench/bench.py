@@ -656,6 +656,8 @@ def main():
     parser.add_argument("--scaling-workers", type=int, default=2)
     parser.add_argument("--large-model", default="1024x8",
                         help="shape DIMxLAYERS of the larger random-weight model")
+    parser.add_argument("--summarize-chars", type=int, default=50000,
+                        help="size of the document summarized in section 6")
     parser.add_argument("--build", default=os.path.join(ROOT, "build"))
     args = parser.parse_args()
     if args.smoke:
@@ -695,8 +697,19 @@ def main():
     memory = bench_memory(20 if args.smoke else 1000, 10 if args.smoke else 200,
                           1 if args.smoke else 3)
     affinity = bench_affinity(args.affinity_requests, 2)
+    cleanup()
+    PROCESSES.clear()
+    # 6. The summarization benchmark of issue 8 (scripts/bench/summarize_bench.py).
+    sys.path.insert(0, BENCH_DIR)
+    import summarize_bench
+    summary_args = argparse.Namespace(llama_pool=POOL, llama_server=LLAMA_SERVER, model=MODEL,
+                                      chars=3000 if args.smoke else args.summarize_chars)
+    summarize_table = summarize_bench.run(summary_args)
     text = render(overhead, commands, streaming, scaling, scaling_commands, memory, affinity,
                   args, time.time() - started)
+    text += (f"\n#### 6. Summarizing a {summary_args.chars:,}-character document: the n8n "
+             f"node's sequential loop vs POST /v1/summarize (real llama-server, demo model, "
+             f"`ignore_eos`)\n\n{summarize_table}\n")
     print(text)
     if args.write and not args.smoke:
         write_results(text)
