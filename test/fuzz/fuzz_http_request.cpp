@@ -4,6 +4,7 @@
 // every request (target normalization, request id, keep-alive, hop-by-hop fields).
 
 #include <algorithm>
+#include <cctype>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -65,7 +66,21 @@ void check_request_contents(const HttpRequest& request) {
         FUZZ_CHECK(!normalized.empty() && normalized.front() == '/');
         FUZZ_CHECK(!route_label(normalized.substr(0, normalized.find('?'))).empty());
     } else {
-        FUZZ_CHECK(request.target.front() != '/');
+        // Refused: not origin-form ("*"), or a path with an encoded control character, which
+        // the proxy answers with 400 before routing.
+        const auto path = std::string_view(request.target).substr(0, request.target.find('?'));
+        bool encoded_control = false;
+        for (std::size_t i = 0; i + 2 < path.size(); ++i) {
+            const auto digit = [](char c) {
+                return std::isxdigit(static_cast<unsigned char>(c)) != 0;
+            };
+            if (path[i] == '%' && digit(path[i + 1]) && digit(path[i + 2])) {
+                const auto c = std::stoi(std::string(path.substr(i + 1, 2)), nullptr, 16);
+                encoded_control = encoded_control || c < 0x20 || c == 0x7f;
+                i += 2;
+            }
+        }
+        FUZZ_CHECK(request.target.front() != '/' || encoded_control);
     }
 }
 
