@@ -191,6 +191,15 @@ int BackendRegistry::total_capacity() const {
     return total;
 }
 
+int BackendRegistry::configured_capacity() const {
+    std::lock_guard lock(mutex_);
+    int total = 0;
+    for (const auto& [id, e] : entries_) {
+        total += e.capacity;
+    }
+    return total;
+}
+
 BackendRegistry::BreakerChange BackendRegistry::report(const std::string& id, bool success) {
     std::lock_guard lock(mutex_);
     BreakerChange change;

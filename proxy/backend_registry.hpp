@@ -112,6 +112,9 @@ class BackendRegistry final : public WorkerListener {
     void report_refused(const std::string& id);
     // The slots of all available backends together.
     int total_capacity() const;
+    // The slots of every known backend, available or not: the retry budget's floor, since
+    // when a worker dies, the requests it held are exactly the retries to allow.
+    int configured_capacity() const;
 
     void worker_ready(const WorkerEndpoint& endpoint) override;
     void worker_unavailable(const std::string& id) override;

@@ -251,7 +251,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
             outcome.retry_refused = "deadline";
             return false;
         }
-        if (!holding_retry && !budget_.try_start_retry(registry_.total_capacity())) {
+        if (!holding_retry && !budget_.try_start_retry(registry_.configured_capacity())) {
             outcome.retry_refused = "budget";
             return false;
         }

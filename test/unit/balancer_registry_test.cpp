@@ -278,3 +278,20 @@ TEST_CASE("weights shift least-loaded traffic without exceeding slots", "[balanc
     // A full backend is never chosen, whatever its weight.
     CHECK(choose_least_loaded({{4, 4, false, 100}, {3, 4, false, 1}}, random) == 1u);
 }
+
+TEST_CASE("the retry budget's floor counts the slots of workers that just went away",
+          "[registry]") {
+    test::ScriptedRandom random({0.5});
+    test::FakeTime time;
+    BackendRegistry registry(random, time);
+    registry.worker_ready({"a", "127.0.0.1", 1, 2, ""});
+    registry.worker_ready({"b", "127.0.0.1", 2, 3, ""});
+    CHECK(registry.total_capacity() == 5);
+    CHECK(registry.configured_capacity() == 5);
+    // b dies: its requests are the retries to allow, though its slots serve nobody now.
+    registry.worker_unavailable("b");
+    CHECK(registry.total_capacity() == 2);
+    CHECK(registry.configured_capacity() == 5);
+    registry.worker_removed("b");
+    CHECK(registry.configured_capacity() == 2);
+}
