@@ -39,6 +39,9 @@ struct Options {
     int crash_after = 0;
     int stall_after_events = -1;
     bool garbage = false;
+    // Each streamed event carries "t_mono_ns", the CLOCK_MONOTONIC time it was written at, so
+    // that a benchmark on the same machine measures each event's delivery through a proxy.
+    bool stamp_events = false;
     std::string model = "fake-model.gguf";
     std::string api_key;
     // Re-read before every completion: lines "PORT fail STATUS" or "PORT ok". Lets a test
@@ -52,8 +55,8 @@ void usage() {
                  "  [--load-delay-ms MS] [--latency-ms MS] [--tokens-per-second N]\n"
                  "  [--fail-status CODE [--fail-after N]] [--hang] [--crash-after N] "
                  "[--stall-after-events N]\n"
-                 "  [--garbage] [--fault-file F] [--api-key K] [--model PATH] [llama-server flags "
-                 "are accepted]\n");
+                 "  [--garbage] [--stamp-events] [--fault-file F] [--api-key K] [--model PATH]\n"
+                 "  [llama-server flags are accepted]\n");
 }
 
 // Slots with a FIFO wait, like llama-server's deferred queue.
@@ -339,6 +342,11 @@ class FakeServer {
                     {"choices",
                      json::array({{{"index", 0}, {"finish_reason", nullptr}, {"text", piece}}})}};
             }
+            if (opt_.stamp_events) {
+                event["t_mono_ns"] = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                         std::chrono::steady_clock::now().time_since_epoch())
+                                         .count();
+            }
             if (!ex.write("data: " + event.dump() + "\n\n")) {
                 return;
             }
@@ -467,6 +475,8 @@ int main(int argc, char** argv) {
             o.stall_after_events = std::stoi(next(i));
         else if (a == "--garbage")
             o.garbage = true;
+        else if (a == "--stamp-events")
+            o.stamp_events = true;
         else if (a == "--api-key")
             o.api_key = next(i);
         else if (a == "--model" || a == "-m")
