@@ -37,6 +37,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH_DIR = os.path.join(ROOT, "scripts", "bench")
 PROCESSES = []
+SECTIONS = ("overhead", "streaming", "scaling", "memory", "affinity", "summarize")
+LOAD_AT_START = []
 
 
 def log(msg):
@@ -132,6 +134,10 @@ def wait_pool_ready(port, workers, timeout=300):
     raise RuntimeError(f"llama-pool on {port} did not get {workers} workers ready in {timeout} s")
 
 
+def percentile(sorted_values, q):
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
+
+
 def proc_cpu_seconds(pid):
     """utime+stime of a process and its children threads (one process)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -159,6 +165,20 @@ def tree_cpu(pid):
             total += proc_cpu_seconds(p)
         except OSError:
             pass
+    return total
+
+
+def tree_cpu_ns(pid):
+    """On-CPU nanoseconds of a process tree's live threads (schedstat), for short intervals
+    where clock ticks (10 ms) are too coarse."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+        except OSError:
+            pass  # a thread or process that just ended
     return total
 
 
@@ -257,30 +277,39 @@ def bench_overhead(seconds):
 # --- 2. streaming relay ------------------------------------------------------------------
 
 
-def stream_offsets(port, events):
+def stream_delivery(port, events):
+    """One stream from a fake that stamps its events: returns (time to first event, each
+    event's delivery time from the fake's write to our read), in seconds. Both ends read
+    CLOCK_MONOTONIC, so the fake's pacing and its drift under load do not count."""
     body = json.dumps({"prompt": "x", "max_tokens": events, "stream": True}).encode()
     req = (f"POST /completion HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
-    offsets, buf = [], b""
+    delays, buf, first = [], b"", None
+    stamp = re.compile(rb'"t_mono_ns":(\d+)')
     with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         t0 = time.perf_counter()
         s.sendall(req)
         while True:
             chunk = s.recv(65536)
-            now = time.perf_counter()
+            now_ns = time.monotonic_ns()
             if not chunk:
                 break
-            n_before = buf.count(b"data: ")
+            if first is None and b"data: " in chunk:
+                first = time.perf_counter() - t0
             buf += chunk
-            offsets += [now - t0] * (buf.count(b"data: ") - n_before)
-    return offsets
+            # Complete events only; a stamp split across reads waits for the rest.
+            end = buf.rfind(b"\n\n")
+            if end >= 0:
+                delays += [(now_ns - int(m)) / 1e9 for m in stamp.findall(buf[:end])]
+                buf = buf[end + 2:]
+    return first, delays
 
 
 def bench_streaming(runs, events):
     upstream = free_port()
     # 200 events per second: one every 5 ms, a fast model's pace.
-    start_fake(upstream, ["--tokens-per-second", "200"])
+    start_fake(upstream, ["--tokens-per-second", "200", "--stamp-events"])
     procs = {"direct": (upstream, None)}
     port = free_port()
     procs["llama-pool"] = (port, start_pool(port, name="pool-stream", upstream=upstream))
@@ -288,37 +317,42 @@ def bench_streaming(runs, events):
     procs["nginx"] = (port, start_nginx(port, upstream))
     port = free_port()
     procs["haproxy"] = (port, start_haproxy(port, upstream))
-    results = {}
+    results = {name: {"first": [], "delays": [], "cpu": 0.0} for name in procs}
     for name, (port, proc) in procs.items():
-        # nginx's work is done by its worker child, so each proxy's whole process tree.
-        cpu = lambda: tree_cpu(proc.pid)
-        stream_offsets(port, 5)  # warm the connection pools
-        cpu0 = cpu() if proc else 0
-        all_offsets = [stream_offsets(port, events) for _ in range(runs)]
-        cpu1 = cpu() if proc else 0
-        results[name] = {"offsets": all_offsets,
-                         "cpu_ms_per_1000_events": (cpu1 - cpu0) * 1000 / (runs * (events + 1)) * 1000
-                         if proc else None}
-    base = results["direct"]["offsets"]
-    n = min(len(o) for runs_ in results.values() for o in runs_["offsets"])
-    direct_median = [statistics.median(run[i] for run in base) for i in range(n)]
+        stream_delivery(port, 5)  # warm the connection pools
+    # Interleaved, so that load from elsewhere falls on every target alike.
+    for _ in range(runs):
+        for name, (port, proc) in procs.items():
+            # nginx's work is done by its worker child, so each proxy's whole process tree.
+            cpu0 = tree_cpu_ns(proc.pid) if proc else 0
+            first, delays = stream_delivery(port, events)
+            if proc:
+                results[name]["cpu"] += (tree_cpu_ns(proc.pid) - cpu0) / 1e9
+            results[name]["first"].append(first)
+            results[name]["delays"] += delays
     rows = []
+    base = results["direct"]
+    base_first = statistics.median(base["first"]) * 1000
+    base_delays = sorted(d * 1000 for d in base["delays"])
     for name, r in results.items():
-        added = sorted((run[i] - direct_median[i]) * 1000 for run in r["offsets"] for i in range(1, n))
-        ttfb = statistics.median(run[0] for run in r["offsets"]) * 1000
-        rows.append({"target": name, "ttfb_ms": ttfb,
-                     "added_ttfb_ms": ttfb - statistics.median(run[0] for run in base) * 1000,
-                     "added_event_p50_ms": added[len(added) // 2],
-                     "added_event_p99_ms": added[min(len(added) - 1, int(len(added) * 0.99))],
-                     "cpu_ms_per_1000_events": r["cpu_ms_per_1000_events"]})
-        log(f"stream {name}: ttfb {ttfb:.2f} ms, added per event p50 {rows[-1]['added_event_p50_ms']:.3f} ms")
+        delays = sorted(d * 1000 for d in r["delays"])
+        first = statistics.median(r["first"]) * 1000
+        rows.append({"target": name, "ttfb_ms": first, "added_ttfb_ms": first - base_first,
+                     "delivery_p50_ms": percentile(delays, 0.5),
+                     "delivery_p99_ms": percentile(delays, 0.99),
+                     "added_event_p50_ms": percentile(delays, 0.5) - percentile(base_delays, 0.5),
+                     "added_event_p99_ms": percentile(delays, 0.99) - percentile(base_delays, 0.99),
+                     "cpu_ms_per_1000_events": r["cpu"] * 1000 / (runs * (events + 1)) * 1000
+                     if procs[name][1] else None})
+        log(f"stream {name}: first event {first:.2f} ms, delivery p50 "
+            f"{rows[-1]['delivery_p50_ms']:.3f} ms p99 {rows[-1]['delivery_p99_ms']:.3f} ms")
     return rows
 
 
 # --- 3. memory and connections -------------------------------------------------------------
 
 
-def bench_memory(idle_conns, streams, hold_seconds):
+def bench_memory(idle_conns, streams, hold_seconds, retire_wait):
     port = free_port()
     pool = start_pool(port, ["--tokens-per-second", "20"], name="pool-mem")
     time.sleep(0.5)
@@ -334,6 +368,12 @@ def bench_memory(idle_conns, streams, hold_seconds):
     time.sleep(0.5)
     rss, threads = rss_and_threads(pool.pid)
     rows.append({"state": f"{idle_conns} idle keep-alive clients", "rss_mib": rss / 2**20, "threads": threads})
+    if retire_wait:
+        # The threads that served the clients' first requests retire after 10 s without work.
+        time.sleep(retire_wait)
+        rss, threads = rss_and_threads(pool.pid)
+        rows.append({"state": f"{idle_conns} idle keep-alive clients, {retire_wait} s later",
+                     "rss_mib": rss / 2**20, "threads": threads})
     for s in socks:
         s.close()
     time.sleep(1.0)
@@ -482,10 +522,6 @@ def closed_loop(port, concurrency, seconds, n_predict):
     return results, time.perf_counter() - t0
 
 
-def percentile(sorted_values, q):
-    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
-
-
 def scaling_targets(model, workers):
     """(name, command, ready-check port) for the three ways to use the machine's cores."""
     cores = os.cpu_count() or 2
@@ -560,20 +596,7 @@ def versions():
     return out
 
 
-def render(overhead, commands, streaming, scaling, scaling_commands, memory, affinity, args,
-           wall_s):
-    L = []
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    L.append(f"### Run of {now}\n")
-    L.append(f"- Machine: {machine()}")
-    L.append(f"- Command: `make bench` (`python3 scripts/bench/bench.py --write "
-             f"--seconds {args.seconds}`), {wall_s / 60:.1f} minutes")
-    L.append(f"- Peers: {'; '.join(versions())}. Their configs: `scripts/bench/nginx.conf.in`, "
-             f"`scripts/bench/haproxy.cfg.in`.")
-    L.append("- Upstream: one standalone `fake-llama-server` in fast mode (one-token reply), the "
-             "same process behind every target: direct, llama-pool (`--workers 0 --upstream "
-             "http://127.0.0.1:<fake>`), nginx and HAProxy. Load: wrk from the same machine, so "
-             "client, proxy and upstream share the cores.\n")
+def render_overhead(L, overhead, commands):
     L.append("#### 1. Proxy overhead (POST /completion, wrk)\n")
     L.append("| conns | client | target | req/s | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | req/s vs nginx |")
     L.append("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -593,15 +616,25 @@ def render(overhead, commands, streaming, scaling, scaling_commands, memory, aff
     L.append("```")
     L.extend(commands)
     L.append("```\n")
-    L.append(f"#### 2. Streaming relay ({args.stream_runs} streams of {args.stream_events} events, "
-             "one event per 5 ms)\n")
-    L.append("| target | time to first event ms | added ms | added per event p50 ms | added per event p99 ms | proxy CPU ms per 1000 events |")
-    L.append("|---|---:|---:|---:|---:|---:|")
+
+
+def render_streaming(L, streaming, args):
+    L.append(f"#### 2. Streaming relay ({args.stream_runs} streams of {args.stream_events} events "
+             "per target, interleaved, one event per 5 ms)\n")
+    L.append("Delivery is from the fake's write of an event (a CLOCK_MONOTONIC stamp inside it) to "
+             "the client's read, so the fake's own pacing does not count.\n")
+    L.append("| target | time to first event ms | added ms | delivery p50 ms | p99 ms | added p50 ms | added p99 ms | proxy CPU ms per 1000 events |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in streaming:
         cpu = "" if r["cpu_ms_per_1000_events"] is None else f"{r['cpu_ms_per_1000_events']:.1f}"
         L.append(f"| {r['target']} | {r['ttfb_ms']:.2f} | {r['added_ttfb_ms']:+.2f} | "
+                 f"{r['delivery_p50_ms']:.3f} | {r['delivery_p99_ms']:.3f} | "
                  f"{r['added_event_p50_ms']:+.3f} | {r['added_event_p99_ms']:+.3f} | {cpu} |")
-    L.append(f"\n#### 3. Real-worker scaling (real llama-server, {args.scaling_workers} workers or slots "
+    L.append("")
+
+
+def render_scaling(L, scaling, scaling_commands, args):
+    L.append(f"#### 3. Real-worker scaling (real llama-server, {args.scaling_workers} workers or slots "
              f"on {os.cpu_count()} cores, closed loop)\n")
     L.append("Each client sends `POST /completion` (streamed, `ignore_eos`, fixed `n_predict`) and "
              "the next one when it ends; tokens/s is the total over all clients. Commands:\n")
@@ -617,19 +650,68 @@ def render(overhead, commands, streaming, scaling, scaling_commands, memory, aff
         L.append(f"| {r['model']} | {r['target']} | {r['concurrency']} | {r['requests']} | "
                  f"{r['tokens_per_s']:.1f} | {ratio:.2f} | {r['latency_p50_ms']:.0f} | "
                  f"{r['latency_p90_ms']:.0f} | {r['latency_max_ms']:.0f} | {r['ttft_p50_ms']:.0f} |")
-    L.append("\n#### 4. llama-pool memory and threads\n")
+    L.append("")
+
+
+def render_memory(L, memory):
+    L.append("#### 4. llama-pool memory and threads\n")
     L.append("| state | resident MiB | threads |")
     L.append("|---|---:|---:|")
     for r in memory:
         L.append(f"| {r['state']} | {r['rss_mib']:.1f} | {r['threads']} |")
-    L.append(f"\n#### 5. Prefix affinity vs round-robin (2 real workers x 2 slots, demo model, "
+    L.append("")
+
+
+def render_affinity(L, affinity, args):
+    L.append(f"#### 5. Prefix affinity vs round-robin (2 real workers x 2 slots, demo model, "
              f"{args.affinity_requests} requests over 4 long shared prefixes, concurrency 2)\n")
     L.append("| balancer | prompt tokens evaluated | time to first token p50 ms | p90 ms | wall s |")
     L.append("|---|---:|---:|---:|---:|")
     for r in affinity:
         L.append(f"| {r['policy']} | {r['prompt_tokens_evaluated']} | {r['ttft_p50_ms']:.1f} | "
                  f"{r['ttft_p90_ms']:.1f} | {r['wall_s']:.1f} |")
+
+
+def render(results, args, wall_s):
+    L = []
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    L.append(f"### Run of {now}\n")
+    L.append(f"- Machine: {machine()}, load average {' '.join(LOAD_AT_START)} at the start and "
+             f"{' '.join(open('/proc/loadavg').read().split()[:3])} at the end (1, 5, 15 min)")
+    only = f" --only {args.only}" if args.only else ""
+    L.append(f"- Command: `make bench` (`python3 scripts/bench/bench.py --write "
+             f"--seconds {args.seconds}{only}`), {wall_s / 60:.1f} minutes")
+    L.append(f"- Peers: {'; '.join(versions())}. Their configs: `scripts/bench/nginx.conf.in`, "
+             f"`scripts/bench/haproxy.cfg.in`.")
+    L.append("- Upstream: one standalone `fake-llama-server` in fast mode (one-token reply), the "
+             "same process behind every target: direct, llama-pool (`--workers 0 --upstream "
+             "http://127.0.0.1:<fake>`), nginx and HAProxy. Load: wrk from the same machine, so "
+             "client, proxy and upstream share the cores.\n")
+    if "overhead" in results:
+        render_overhead(L, *results["overhead"])
+    if "streaming" in results:
+        render_streaming(L, results["streaming"], args)
+    if "scaling" in results:
+        render_scaling(L, *results["scaling"], args)
+    if "memory" in results:
+        render_memory(L, results["memory"])
+    if "affinity" in results:
+        render_affinity(L, results["affinity"], args)
+    if "summarize" in results:
+        chars, table = results["summarize"]
+        L.append(f"\n#### 6. Summarizing a {chars:,}-character document: the n8n node's "
+                 f"sequential loop vs POST /v1/summarize (real llama-server, demo model, "
+                 f"`ignore_eos`)\n\n{table}")
     return "\n".join(L) + "\n"
+
+
+def bench_summarize(chars):
+    """Section 6, issue 8: scripts/bench/summarize_bench.py on 1 and 2 workers."""
+    sys.path.insert(0, BENCH_DIR)
+    import summarize_bench
+    args = argparse.Namespace(llama_pool=POOL, llama_server=LLAMA_SERVER, model=MODEL,
+                              chars=chars)
+    return chars, summarize_bench.run(args)
 
 
 def write_results(text):
@@ -659,7 +741,11 @@ def main():
     parser.add_argument("--summarize-chars", type=int, default=50000,
                         help="size of the document summarized in section 6")
     parser.add_argument("--build", default=os.path.join(ROOT, "build"))
+    parser.add_argument("--only", help=f"comma-separated sections to run: {','.join(SECTIONS)} "
+                                       "(with --write, only they are written)")
     args = parser.parse_args()
+    if args.only and not set(args.only.split(",")) <= set(SECTIONS):
+        sys.exit(f"bench: --only takes sections among {','.join(SECTIONS)}")
     if args.smoke:
         args.seconds, args.stream_runs, args.stream_events, args.affinity_requests = 1, 1, 10, 4
         args.scaling_seconds = 0.5
@@ -679,37 +765,30 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
 
     started = time.time()
-    overhead, commands = bench_overhead(args.seconds)
-    cleanup()
-    PROCESSES.clear()
-    streaming = bench_streaming(args.stream_runs, args.stream_events)
-    cleanup()
-    PROCESSES.clear()
+    LOAD_AT_START[:] = open("/proc/loadavg").read().split()[:3]
+    run = set(args.only.split(",")) if args.only else set(SECTIONS)
+    results = {}
+
+    def section(name, fn):
+        if name in run:
+            results[name] = fn()
+            cleanup()
+            PROCESSES.clear()
+
+    section("overhead", lambda: bench_overhead(args.seconds))
+    section("streaming", lambda: bench_streaming(args.stream_runs, args.stream_events))
     # The smoke run keeps only the smallest cells; the large model is built all the same, so
     # that its recipe stays tested.
     models = [("demo 288x6", MODEL, 128, args.scaling_seconds),
               (f"random {dim}x{layers}", large_model, 32, args.scaling_seconds * 1.5)]
-    scaling, scaling_commands = bench_scaling(models[:1] if args.smoke else models,
-                                              (1, 2) if args.smoke else (1, 2, 4),
-                                              args.scaling_workers)
-    cleanup()
-    PROCESSES.clear()
-    memory = bench_memory(20 if args.smoke else 1000, 10 if args.smoke else 200,
-                          1 if args.smoke else 3)
-    affinity = bench_affinity(args.affinity_requests, 2)
-    cleanup()
-    PROCESSES.clear()
-    # 6. The summarization benchmark of issue 8 (scripts/bench/summarize_bench.py).
-    sys.path.insert(0, BENCH_DIR)
-    import summarize_bench
-    summary_args = argparse.Namespace(llama_pool=POOL, llama_server=LLAMA_SERVER, model=MODEL,
-                                      chars=3000 if args.smoke else args.summarize_chars)
-    summarize_table = summarize_bench.run(summary_args)
-    text = render(overhead, commands, streaming, scaling, scaling_commands, memory, affinity,
-                  args, time.time() - started)
-    text += (f"\n#### 6. Summarizing a {summary_args.chars:,}-character document: the n8n "
-             f"node's sequential loop vs POST /v1/summarize (real llama-server, demo model, "
-             f"`ignore_eos`)\n\n{summarize_table}\n")
+    section("scaling", lambda: bench_scaling(models[:1] if args.smoke else models,
+                                             (1, 2) if args.smoke else (1, 2, 4),
+                                             args.scaling_workers))
+    section("memory", lambda: bench_memory(20 if args.smoke else 1000, 10 if args.smoke else 200,
+                                           1 if args.smoke else 3, 0 if args.smoke else 11))
+    section("affinity", lambda: bench_affinity(args.affinity_requests, 2))
+    section("summarize", lambda: bench_summarize(3000 if args.smoke else args.summarize_chars))
+    text = render(results, args, time.time() - started)
     print(text)
     if args.write and not args.smoke:
         write_results(text)

@@ -39,6 +39,9 @@ struct Options {
     int crash_after = 0;
     int stall_after_events = -1;
     bool garbage = false;
+    // Each streamed event carries "t_mono_ns", the CLOCK_MONOTONIC time it was written at, so
+    // that a benchmark on the same machine measures each event's delivery through a proxy.
+    bool stamp_events = false;
     std::string model = "fake-model.gguf";
     std::string api_key;
     // Re-read before every completion, one line per port: "PORT fail STATUS", "PORT garbage"
@@ -76,14 +79,15 @@ std::string bracketed_tags(const std::string& text) {
 }
 
 void usage() {
-    std::fprintf(stderr,
-                 "usage: fake-llama-server [--host H] [--port P] [--parallel N]\n"
-                 "  [--load-delay-ms MS] [--latency-ms MS] [--tokens-per-second N]\n"
-                 "  [--fail-status CODE [--fail-after N]] [--hang] [--crash-after N] "
-                 "[--stall-after-events N]\n"
-                 "  [--garbage] [--echo-tags] [--fault-file F] [--log-requests F] [--api-key K] "
-                 "[--api-key-file F]\n"
-                 "  [--model PATH] [llama-server flags are accepted]\n");
+    std::fprintf(
+        stderr,
+        "usage: fake-llama-server [--host H] [--port P] [--parallel N]\n"
+        "  [--load-delay-ms MS] [--latency-ms MS] [--tokens-per-second N]\n"
+        "  [--fail-status CODE [--fail-after N]] [--hang] [--crash-after N] "
+        "[--stall-after-events N]\n"
+        "  [--garbage] [--echo-tags] [--stamp-events] [--fault-file F] [--log-requests F]\n"
+        "  [--api-key K] [--api-key-file F] [--model PATH] [llama-server flags are "
+        "accepted]\n");
 }
 
 // Slots with a FIFO wait, like llama-server's deferred queue.
@@ -446,6 +450,11 @@ class FakeServer {
                     {"choices",
                      json::array({{{"index", 0}, {"finish_reason", nullptr}, {"text", piece}}})}};
             }
+            if (opt_.stamp_events) {
+                event["t_mono_ns"] = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                         std::chrono::steady_clock::now().time_since_epoch())
+                                         .count();
+            }
             if (!ex.write("data: " + event.dump() + "\n\n")) {
                 return;
             }
@@ -593,6 +602,8 @@ int main(int argc, char** argv) {
             o.garbage = true;
         else if (a == "--echo-tags")
             o.echo_tags = true;
+        else if (a == "--stamp-events")
+            o.stamp_events = true;
         else if (a == "--api-key")
             o.api_key = next(i);
         else if (a == "--api-key-file")
