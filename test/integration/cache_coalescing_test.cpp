@@ -71,12 +71,14 @@ TEST_CASE("a repeated deterministic request is a cache hit and reaches a worker 
         pool, "/completion", "{ \"temperature\": 0, \"max_tokens\": 4,\n \"prompt\": \"Hello\" }");
     REQUIRE(respelled);
     CHECK(respelled->get_header_value("X-Cache") == "HIT");
-    CHECK(upstream_attempts(pool) == 1);
+    CHECK(wait_until([&] { return upstream_attempts(pool) == 1; }, 5s));
     // Another route with the same body is another request.
     const auto other_route = post(pool, "/v1/completions", kGreedy);
     REQUIRE(other_route);
     CHECK(other_route->get_header_value("X-Cache") == "MISS");
-    CHECK(upstream_attempts(pool) == 2);
+    // The relay counts an attempt when it ends, which may be just after the client has the
+    // reply: wait for the count rather than read it once.
+    CHECK(wait_until([&] { return upstream_attempts(pool) == 2; }, 5s));
     CHECK(metric_sum(pool, "llama_pool_cache_lookups_total{result=\"hit\"}") == 2);
     CHECK(metric_sum(pool, "llama_pool_cache_lookups_total{result=\"miss\"}") == 2);
     CHECK(metric_sum(pool, "llama_pool_cache_entries") == 2);
@@ -103,7 +105,7 @@ TEST_CASE("Cache-Control: no-cache bypasses the lookup and its fresh reply repla
     REQUIRE(unstored);
     CHECK(unstored->get_header_value("X-Cache") == "BYPASS");
     CHECK(id_of(post(pool, "/v1/completions", kGreedy)) == id_of(fresh));
-    CHECK(upstream_attempts(pool) == 3);
+    CHECK(wait_until([&] { return upstream_attempts(pool) == 3; }, 5s));
     CHECK(metric_sum(pool, "llama_pool_cache_lookups_total{result=\"bypass\"}") == 2);
 }
 
@@ -123,7 +125,7 @@ TEST_CASE("sampled, streamed and failed requests are not cached and carry no X-C
             CHECK_FALSE(r->has_header("X-Cache"));
         }
     }
-    CHECK(upstream_attempts(pool) == 8);
+    CHECK(wait_until([&] { return upstream_attempts(pool) == 8; }, 5s));
     // A deterministic request the worker refuses: looked up, missed, not stored.
     for (int i = 0; i < 2; ++i) {
         const auto r = post(pool, "/completion", R"({"max_tokens":2,"temperature":0})");
@@ -131,7 +133,7 @@ TEST_CASE("sampled, streamed and failed requests are not cached and carry no X-C
         CHECK(r->status == 400);
         CHECK(r->get_header_value("X-Cache") == "MISS");
     }
-    CHECK(upstream_attempts(pool) == 10);
+    CHECK(wait_until([&] { return upstream_attempts(pool) == 10; }, 5s));
     CHECK(metric_sum(pool, "llama_pool_cache_entries") == 0);
 }
 
@@ -149,7 +151,7 @@ TEST_CASE("cached replies never cross API keys", "[integration][cache]") {
         post(pool, "/completion", kGreedy, {{"X-Api-Key", "key-a"}})->get_header_value("X-Cache") ==
         "HIT");
     CHECK(post(pool, "/completion", kGreedy)->status == 401);
-    CHECK(upstream_attempts(pool) == 2);
+    CHECK(wait_until([&] { return upstream_attempts(pool) == 2; }, 5s));
 }
 
 TEST_CASE("two concurrent requests with one Idempotency-Key share one generation",
@@ -176,7 +178,7 @@ TEST_CASE("two concurrent requests with one Idempotency-Key share one generation
     CHECK(second->get_header_value("Content-Type") == first->get_header_value("Content-Type"));
     CHECK(second->get_header_value("Idempotent-Replayed") == "true");
     CHECK_FALSE(first->has_header("Idempotent-Replayed"));
-    CHECK(upstream_attempts(pool) == 1);
+    CHECK(wait_until([&] { return upstream_attempts(pool) == 1; }, 5s));
     CHECK(metric_sum(pool, "llama_pool_idempotent_requests_total{result=\"attached\"}") == 1);
 
     SECTION("the same key later replays the reply") {
@@ -184,7 +186,7 @@ TEST_CASE("two concurrent requests with one Idempotency-Key share one generation
         REQUIRE(third);
         CHECK(third->body == first->body);
         CHECK(third->get_header_value("Idempotent-Replayed") == "true");
-        CHECK(upstream_attempts(pool) == 1);
+        CHECK(wait_until([&] { return upstream_attempts(pool) == 1; }, 5s));
     }
     SECTION("the same key with a different body is refused with 422") {
         const auto other = post(pool, "/v1/completions", R"({"prompt":"y","max_tokens":30})", key);
@@ -193,13 +195,13 @@ TEST_CASE("two concurrent requests with one Idempotency-Key share one generation
         const auto error = json::parse(other->body)["error"];
         CHECK(error["source"] == "llama-pool");
         CHECK(error["type"] == "invalid_request_error");
-        CHECK(upstream_attempts(pool) == 1);
+        CHECK(wait_until([&] { return upstream_attempts(pool) == 1; }, 5s));
     }
     SECTION("without a key, the same request runs again") {
         const auto plain = post(pool, "/v1/completions", body);
         REQUIRE(plain);
         CHECK(id_of(plain) != id_of(first));
-        CHECK(upstream_attempts(pool) == 2);
+        CHECK(wait_until([&] { return upstream_attempts(pool) == 2; }, 5s));
     }
 }
 
@@ -216,7 +218,7 @@ TEST_CASE("Idempotency-Keys are per client: another API key's same key runs on i
     CHECK(a->status == 200);
     CHECK(b->status == 200);  // not a conflict: a different client's key
     CHECK(id_of(a) != id_of(b));
-    CHECK(upstream_attempts(pool) == 2);
+    CHECK(wait_until([&] { return upstream_attempts(pool) == 2; }, 5s));
 }
 
 TEST_CASE("a client that hangs up and re-sends with the same key gets the one generation",
@@ -262,5 +264,5 @@ TEST_CASE("a client that hangs up and re-sends with the same key gets the one ge
     }
     // The generation was neither cancelled with the first client nor run twice.
     CHECK(metric_sum(pool, "llama_pool_upstream_requests_total{worker=\"0\",outcome=\"ok\"}") == 1);
-    CHECK(upstream_attempts(pool) == 1);
+    CHECK(wait_until([&] { return upstream_attempts(pool) == 1; }, 5s));
 }
