@@ -50,15 +50,17 @@ test-e2e: build
 # measure memory are left out: sanitizers keep freed memory in quarantine, so RSS bounds
 # say nothing under them (those tests run in `make test`).
 SANITIZER_SKIP := observability|memory stays bounded
+# Only what those tests run: the end-to-end tests are not built there.
+SANITIZER_TARGETS := unit-tests integration-tests llama-pool fake-llama-server
 test-asan: deps
 	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLLAMA_POOL_SANITIZE=address >/dev/null
-	@cmake --build build-asan -j$(JOBS)
+	@cmake --build build-asan -j$(JOBS) --target $(SANITIZER_TARGETS)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	 ctest --test-dir build-asan --output-on-failure -j$(JOBS) -L "unit|integration" -E "$(SANITIZER_SKIP)"
 
 test-tsan: deps
 	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DLLAMA_POOL_SANITIZE=thread >/dev/null
-	@cmake --build build-tsan -j$(JOBS)
+	@cmake --build build-tsan -j$(JOBS) --target $(SANITIZER_TARGETS)
 	@TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 	 ctest --test-dir build-tsan --output-on-failure -j$(JOBS) -L "unit|integration" -E "$(SANITIZER_SKIP)"
 

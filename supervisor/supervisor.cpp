@@ -32,16 +32,9 @@ Supervisor::Supervisor(PoolConfig config, Logger& log, WorkerListener& listener,
     threads_ = llama_pool::threads_per_worker(config_.threads, config_.workers,
                                               std::thread::hardware_concurrency());
     // Workers listen on loopback with a key only the pool knows, so nothing else on the box
-    // can reach them around the pool's limits and accounting. They read it from a private
-    // file: on their command line every user of the machine could read it (ps).
+    // can reach them around the pool's limits and accounting (each worker reads it from a
+    // private file while it starts: see Worker::spawn).
     api_key_ = random_key();
-    try {
-        api_key_file_ = std::make_unique<SecretFile>(api_key_);
-    } catch (const std::exception& e) {
-        log_.warn("supervisor", "worker_key_file_failed",
-                  {{"error", e.what()},
-                   {"consequence", "the per-boot key goes on the workers' command lines"}});
-    }
 }
 
 Supervisor::~Supervisor() {
@@ -55,7 +48,6 @@ std::unique_ptr<Worker> Supervisor::make_worker_locked(const PoolConfig& config)
     settings.threads = llama_pool::threads_per_worker(config.threads, config.workers,
                                                       std::thread::hardware_concurrency());
     settings.api_key = api_key_;
-    settings.api_key_file = api_key_file_ ? api_key_file_->path() : std::string();
     settings.pick_port = [this] { return pick_port(); };
     return std::make_unique<Worker>(std::move(settings), log_, listener_, random_);
 }

@@ -13,7 +13,6 @@
 #include "common/config.hpp"
 #include "common/log.hpp"
 #include "common/random.hpp"
-#include "supervisor/secret_file.hpp"
 #include "supervisor/upstream_monitor.hpp"
 #include "supervisor/worker.hpp"
 #include "supervisor/worker_listener.hpp"
@@ -72,7 +71,6 @@ class Supervisor {
     RandomSource& random_;
     int threads_ = 1;
     std::string api_key_;
-    std::unique_ptr<SecretFile> api_key_file_;  // null when it could not be written
 
     mutable std::mutex mutex_;
     std::condition_variable cv_;

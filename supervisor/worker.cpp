@@ -209,8 +209,21 @@ void Worker::run() {
 
 void Worker::spawn() {
     const auto port = settings_.pick_port();
+    // The key goes in a private file, not on the command line, which every user of the
+    // machine can read (ps).
+    key_file_.reset();
+    if (!settings_.api_key.empty()) {
+        try {
+            key_file_ = std::make_unique<SecretFile>(settings_.api_key);
+        } catch (const std::exception& e) {
+            log_.warn(kComponent, "worker_key_file_failed",
+                      {{"worker", settings_.id},
+                       {"error", e.what()},
+                       {"consequence", "the per-boot key goes on the worker's command line"}});
+        }
+    }
     const auto args = build_worker_args(settings_.config, port, settings_.threads,
-                                        settings_.api_key, settings_.api_key_file);
+                                        settings_.api_key, key_file_ ? key_file_->path() : "");
     const auto program = resolve_executable(settings_.config.llama_server);
     {
         std::lock_guard lock(output_mutex_);
@@ -272,6 +285,7 @@ void Worker::step_starting() {
     if (!health.answered) {
         return;  // not listening yet
     }
+    key_file_.reset();  // read at start-up, before the port is bound
     if (!port_verified_) {
         // Something answers on the port: make sure it is our child and not a process that
         // grabbed the port before the worker could bind it.
@@ -434,6 +448,7 @@ void Worker::fail(const std::string& reason) {
     }
     // Let the reader thread deliver the last lines before we quote them.
     child_.reset();
+    key_file_.reset();
     const auto last_lines = tail_output(8);
     const auto decision = restart_policy_.on_failure(Clock::now(), random_);
     {
@@ -486,6 +501,7 @@ void Worker::drain_and_stop() {
                   {{"worker", settings_.id}, {"pid", child_->pid()}, {"exit", exit.describe()}});
         child_.reset();
     }
+    key_file_.reset();
     {
         std::lock_guard lock(mutex_);
         status_.pid = 0;

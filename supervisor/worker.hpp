@@ -23,6 +23,7 @@
 #include "supervisor/child_process.hpp"
 #include "supervisor/probes.hpp"
 #include "supervisor/restart_policy.hpp"
+#include "supervisor/secret_file.hpp"
 #include "supervisor/worker_listener.hpp"
 #include "supervisor/worker_state.hpp"
 
@@ -53,7 +54,6 @@ struct WorkerSettings {
     PoolConfig config;
     int threads = 1;
     std::string api_key;
-    std::string api_key_file;  // the key in a private file; passed instead of the key
     std::function<std::uint16_t()> pick_port;  // returns a free loopback port
 };
 
@@ -106,6 +106,9 @@ class Worker {
 
     // Owned by the owner thread only.
     std::unique_ptr<ChildProcess> child_;
+    // The per-boot key in a private file, from spawn until the child answers on its port
+    // (it has read the file by then): on disk for seconds, not for the pool's lifetime.
+    std::unique_ptr<SecretFile> key_file_;
     TimePoint spawned_at_{};
     TimePoint state_entered_{};
     TimePoint backoff_until_{};

@@ -1,6 +1,6 @@
-// The worker-side security defaults against a REAL llama-server: it listens on loopback only
-// and refuses every request but /health without the pool's per-boot key, which it read from
-// the private file the pool passed with --api-key-file.
+// The worker-side security defaults against a REAL llama-server: it listens on loopback only,
+// refuses requests without the pool's per-boot key, and took that key from the private file
+// the pool passed with --api-key-file, which is gone once the worker answers.
 #include <catch2/catch.hpp>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -25,22 +25,16 @@ TEST_CASE("a real worker takes the pool's key from a file and refuses requests w
     REQUIRE(at != std::string::npos);
     const auto path_start = at + std::string("--api-key-file ").size();
     const auto path = cmdline.substr(path_start, cmdline.find(' ', path_start) - path_start);
-    std::string key;
-    std::getline(std::ifstream(path), key);
-    REQUIRE(key.size() == 32);
+    // Read at start-up and removed once the worker answered: no key left on disk.
+    CHECK_FALSE(std::ifstream(path).good());
 
     httplib::Client direct("127.0.0.1", worker["port"].get<int>());
     const std::string body = R"({"prompt":"Hello","n_predict":2})";
     const auto refused = direct.Post("/completion", body, "application/json");
     REQUIRE(refused);
     CHECK(refused->status == 401);
-    const auto served =
-        direct.Post("/completion", {{"Authorization", "Bearer " + key}}, body, "application/json");
-    REQUIRE(served);
-    CHECK(served->status == 200);
     // Through the pool, without any key of the client's.
     const auto relayed = pool.client().Post("/completion", body, "application/json");
     REQUIRE(relayed);
     CHECK(relayed->status == 200);
-    CHECK(pool.process().output().find(key) == std::string::npos);
 }

@@ -180,6 +180,13 @@ TEST_CASE("beyond max_connections a client gets a 503 at once, not a hang",
     PoolProcess pool(fake_pool_args(1, {"--max-connections", "32", "--head-timeout", "60"}));
     REQUIRE(pool.wait_ready(1, 20s));
     auto idle = open_idle(pool.port(), 32);
+    // A connect() returns before the pool has accepted: wait until the pool holds them all
+    // (the next connection is refused), then every further one must be refused at once.
+    REQUIRE(wait_until(
+        [&] {
+            return raw_status(raw_exchange(pool.port(), post("/completion", kBody), 5s)) == 503;
+        },
+        10s));
     for (int i = 0; i < 20; ++i) {
         const auto r = raw_exchange(pool.port(), post("/completion", kBody), 5s);
         REQUIRE(raw_status(r) == 503);
@@ -200,6 +207,12 @@ TEST_CASE("out of file descriptors a client gets a 503 at once, not a hang",
                      {"/bin/sh", "-c", "ulimit -n 96 && exec \"$0\" \"$@\""});
     REQUIRE(pool.wait_ready(1, 20s));
     auto idle = open_idle(pool.port(), 120);  // more than the pool has descriptors for
+    // A connect() returns before the pool has accepted: wait until it has run out.
+    REQUIRE(wait_until(
+        [&] {
+            return raw_status(raw_exchange(pool.port(), post("/completion", kBody), 5s)) == 503;
+        },
+        10s));
     const auto started = std::chrono::steady_clock::now();
     const auto r = raw_exchange(pool.port(), post("/completion", kBody), 10s);
     CHECK(raw_status(r) == 503);

@@ -3,7 +3,6 @@
 // per-boot key, which they read from a private file (never from their command line); no
 // key shows in the logs.
 #include <signal.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -70,6 +69,22 @@ std::string arg_after(const std::vector<std::string>& args, const std::string& f
     return {};
 }
 
+// The key the pool sent a fake worker, from the worker's request log (--log-requests).
+std::string worker_key_from(const std::string& log) {
+    std::ifstream in(log);
+    std::string line;
+    while (std::getline(in, line)) {
+        const auto entry = json::parse(line);
+        for (const auto& h : entry["headers"]) {
+            const auto value = h[1].get<std::string>();
+            if (h[0] == "Authorization" && value.rfind("Bearer ", 0) == 0) {
+                return value.substr(7);
+            }
+        }
+    }
+    return {};
+}
+
 }  // namespace
 
 TEST_CASE("the pool and its workers listen on 127.0.0.1 unless told otherwise",
@@ -84,47 +99,57 @@ TEST_CASE("the pool and its workers listen on 127.0.0.1 unless told otherwise",
 
 TEST_CASE("workers read the per-boot key from a private file, never from their command line",
           "[integration][security]") {
-    std::string key_file;
-    {
-        PoolProcess pool(fake_pool_args(1));
-        REQUIRE(pool.wait_ready(1, 20s));
-        const auto worker = pool.status()["workers"][0];
-        const auto args = cmdline_args(worker["pid"].get<int>());
-        CHECK(std::find(args.begin(), args.end(), "--api-key") == args.end());
-        key_file = arg_after(args, "--api-key-file");
-        REQUIRE_FALSE(key_file.empty());
-        struct stat file {};
-        struct stat dir {};
-        REQUIRE(::stat(key_file.c_str(), &file) == 0);
-        REQUIRE(::stat(key_file.substr(0, key_file.rfind('/')).c_str(), &dir) == 0);
-        CHECK((file.st_mode & 0777) == 0600);
-        CHECK((dir.st_mode & 0777) == 0700);
-        CHECK(file.st_uid == ::getuid());
-        std::string key;
-        std::getline(std::ifstream(key_file), key);
-        CHECK(key.size() == 32);
-        // Around the pool, the worker refuses; only the pool's key opens it.
-        httplib::Client direct("127.0.0.1", worker["port"].get<int>());
-        const std::string body = R"({"prompt":"x","max_tokens":1})";
-        CHECK(direct.Post("/completion", body, "application/json")->status == 401);
-        CHECK(
-            direct
-                .Post("/completion", {{"Authorization", "Bearer " + key}}, body, "application/json")
-                ->status == 200);
-        CHECK(pool.process().output().find(key) == std::string::npos);
-        pool.process().signal(SIGTERM);
-        REQUIRE(pool.process().wait_exit(20s) == 0);
-    }
-    // Gone with the pool.
+    const std::string log = "/tmp/llama-pool-security-requests.jsonl";
+    std::remove(log.c_str());
+    PoolProcess pool(fake_pool_args(1, {}, {"--log-requests", log}));
+    REQUIRE(pool.wait_ready(1, 20s));
+    const auto worker = pool.status()["workers"][0];
+    const auto args = cmdline_args(worker["pid"].get<int>());
+    CHECK(std::find(args.begin(), args.end(), "--api-key") == args.end());
+    const auto key_file = arg_after(args, "--api-key-file");
+    REQUIRE_FALSE(key_file.empty());
+    // On disk only while the worker starts: gone with its directory once it answers.
     CHECK(::access(key_file.c_str(), F_OK) != 0);
     CHECK(::access(key_file.substr(0, key_file.rfind('/')).c_str(), F_OK) != 0);
+    // Around the pool, the worker refuses; the key the pool sends opens it.
+    httplib::Client direct("127.0.0.1", worker["port"].get<int>());
+    const std::string body = R"({"prompt":"x","max_tokens":1})";
+    CHECK(direct.Post("/completion", body, "application/json")->status == 401);
+    CHECK(pool.client().Post("/completion", body, "application/json")->status == 200);
+    const auto key = worker_key_from(log);
+    REQUIRE(key.size() == 32);
+    CHECK(
+        direct.Post("/completion", {{"Authorization", "Bearer " + key}}, body, "application/json")
+            ->status == 200);
+    CHECK(pool.process().output().find(key) == std::string::npos);
+    std::remove(log.c_str());
+}
+
+TEST_CASE("a worker restarted after a crash gets the key again", "[integration][security]") {
+    PoolProcess pool(fake_pool_args(1));
+    REQUIRE(pool.wait_ready(1, 20s));
+    const auto first = pool.worker_pids().at(0);
+    ::kill(first, SIGKILL);
+    REQUIRE(wait_until(
+        [&] {
+            const auto pids = pool.worker_pids();
+            return !pids.empty() && pids[0] != first && pool.status()["totals"]["ready"] == 1;
+        },
+        20s));
+    const auto r =
+        pool.client().Post("/completion", R"({"prompt":"x","max_tokens":1})", "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 200);
 }
 
 TEST_CASE("no key the pool is given or makes shows in its log", "[integration][security]") {
+    const std::string log = "/tmp/llama-pool-security-log-requests.jsonl";
+    std::remove(log.c_str());
     PoolProcess pool(fake_pool_args(
         1,
         {"--api-key", "client-secret-1", "--admin-key", "admin-secret-2", "--metrics-key",
-         "metrics-secret-3", "--upstream-api-key", "upstream-secret-4", "--log-level", "debug"}));
+         "metrics-secret-3", "--upstream-api-key", "upstream-secret-4", "--log-level", "debug"},
+        {"--log-requests", log}));
     auto c = pool.client();
     REQUIRE(wait_until(
         [&] {
@@ -142,10 +167,8 @@ TEST_CASE("no key the pool is given or makes shows in its log", "[integration][s
     CHECK(c.Get("/metrics", {{"X-Api-Key", "metrics-secret-3"}})->status == 200);
     CHECK(c.Get("/pool/status")->status == 401);
     const auto status = json::parse(c.Get("/pool/status", {{"X-Api-Key", "admin-secret-2"}})->body);
-    const auto args = cmdline_args(status["workers"][0]["pid"].get<int>());
-    std::string worker_key;
-    std::getline(std::ifstream(arg_after(args, "--api-key-file")), worker_key);
-    REQUIRE_FALSE(worker_key.empty());
+    const auto worker_key = worker_key_from(log);
+    REQUIRE(worker_key.size() == 32);
     const auto output = pool.process().output();
     for (const auto& secret : {std::string("client-secret-1"), std::string("admin-secret-2"),
                                std::string("metrics-secret-3"), std::string("upstream-secret-4"),
@@ -157,4 +180,5 @@ TEST_CASE("no key the pool is given or makes shows in its log", "[integration][s
     CHECK(status.dump().find(worker_key) == std::string::npos);
     CHECK(c.Get("/pool/workers/0/log", {{"X-Api-Key", "admin-secret-2"}})->body.find(worker_key) ==
           std::string::npos);
+    std::remove(log.c_str());
 }

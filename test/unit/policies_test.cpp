@@ -1,8 +1,13 @@
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
+#include <fstream>
 
 #include "common/backoff.hpp"
 #include "supervisor/health_body.hpp"
 #include "supervisor/restart_policy.hpp"
+#include "supervisor/secret_file.hpp"
 #include "supervisor/worker_args.hpp"
 #include "supervisor/worker_state.hpp"
 #include "test/support/fakes.hpp"
@@ -122,4 +127,26 @@ TEST_CASE("threads auto divides the cores among workers", "[args]") {
     CHECK(threads_per_worker(0, 4, 2) == 1);
     CHECK(threads_per_worker(0, 3, 8) == 2);
     CHECK(threads_per_worker(5, 2, 12) == 5);
+}
+
+TEST_CASE("a secret file is readable by its owner only and goes with its directory",
+          "[args][security]") {
+    std::string path;
+    {
+        const SecretFile file("s3cret-key");
+        path = file.path();
+        const auto dir = path.substr(0, path.rfind('/'));
+        struct stat st {};
+        REQUIRE(::stat(path.c_str(), &st) == 0);
+        CHECK((st.st_mode & 0777) == 0600);
+        CHECK(st.st_uid == ::getuid());
+        REQUIRE(::stat(dir.c_str(), &st) == 0);
+        CHECK((st.st_mode & 0777) == 0700);
+        std::string line;
+        std::getline(std::ifstream(path), line);
+        CHECK(line == "s3cret-key");  // one line, as llama-server's --api-key-file reads it
+        CHECK(dir.find("llama-pool-") != std::string::npos);
+    }
+    CHECK(::access(path.c_str(), F_OK) != 0);
+    CHECK(::access(path.substr(0, path.rfind('/')).c_str(), F_OK) != 0);
 }
