@@ -209,7 +209,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
         for (int fresh_try = 0; fresh_try < 2; ++fresh_try) {
             bool reused = false;
             conn = backend.pool.take(Clock::now() + from_seconds(config_.connect_timeout), reused,
-                                     error);
+                                     error, fresh_try == 0);
             if (!conn.connected()) {
                 io = IoStatus::error;
                 error = "connect: " + error;
@@ -307,6 +307,15 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                     break;
                 }
                 usage.feed(piece);
+                if (done) {
+                    // The worker has sent all of its reply, so its slot is free: hand the slot
+                    // on before the client sees the end. Otherwise a client that sends its next
+                    // request at once can find this worker still full, and be sent to another
+                    // one (prefix affinity then loses the prompt cache). `backend` may not
+                    // outlive the lease, so it is not used after this.
+                    backend.pool.give_back(std::move(conn));
+                    acquired.lease.reset();
+                }
                 if (!piece.empty() && !exchange.write(piece)) {
                     outcome.client_gone = true;
                     exchange.abort();
@@ -320,7 +329,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
             }
             service_rate_.on_completion(Clock::now());
             if (const auto counts = usage.finish(event_stream); counts.found) {
-                metrics_.tokens(backend.id, counts.predicted, counts.prompt);
+                metrics_.tokens(outcome.worker, counts.predicted, counts.prompt);
             }
             if (io != IoStatus::ok) {
                 // The worker broke mid-response. A chunked body can still end cleanly with
@@ -340,7 +349,6 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                 return outcome;
             }
             exchange.finish();
-            backend.pool.give_back(std::move(conn));
             return outcome;
         }
         // Whether, and when, to try again.
