@@ -299,7 +299,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
         for (int fresh_try = 0; fresh_try < 2; ++fresh_try) {
             bool reused = false;
             conn = backend.pool.take(Clock::now() + from_seconds(config_.connect_timeout), reused,
-                                     error);
+                                     error, fresh_try == 0);
             if (!conn.connected()) {
                 io = IoStatus::error;
                 error = "connect: " + error;
@@ -456,8 +456,22 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
             }
             UsageScanner usage;
             const auto upstream_outcome = [&](std::string_view what) {
-                metrics_.upstream(backend.id, what);
+                metrics_.upstream(outcome.worker, what);
             };
+            // Once the worker has sent all of its reply its slot is free: hand the slot on
+            // before the client sees the end. Otherwise a client that sends its next request
+            // at once can find this worker still full and be sent to another one, where prefix
+            // affinity loses the prompt cache. `backend` may not outlive the lease, so nothing
+            // below uses it once this has run.
+            const auto release_worker = [&] {
+                verdict.report(!worker_fault);
+                upstream_outcome(head.status >= 500 ? "status_5xx" : "ok");
+                backend.pool.give_back(std::move(conn));
+                acquired.lease.reset();
+            };
+            if (pre.done) {
+                release_worker();
+            }
             if (!exchange.begin(head.status, client_response_headers(head.headers, request_id),
                                 length)) {
                 outcome.client_gone = true;
@@ -488,6 +502,9 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                     }
                 }
                 usage.feed(piece);
+                if (done) {
+                    release_worker();
+                }
                 if (!piece.empty() && !exchange.write(piece)) {
                     outcome.client_gone = true;
                     exchange.abort();
@@ -503,7 +520,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
             if (const auto counts =
                     usage.finish(events || content_type.rfind("text/event-stream", 0) == 0);
                 counts.found) {
-                metrics_.tokens(backend.id, counts.predicted, counts.prompt);
+                metrics_.tokens(outcome.worker, counts.predicted, counts.prompt);
             }
             if (io != IoStatus::ok) {
                 // The worker broke mid-response. A stream ends with what was produced and an
@@ -525,10 +542,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                 }
                 return outcome;
             }
-            verdict.report(!worker_fault);
-            upstream_outcome(head.status >= 500 ? "status_5xx" : "ok");
             exchange.finish();
-            backend.pool.give_back(std::move(conn));
             return outcome;
         }
         // Whether, and when, to try again.

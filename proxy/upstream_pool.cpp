@@ -3,19 +3,15 @@
 namespace llama_pool {
 
 HttpClientConnection UpstreamPool::take(TimePoint connect_deadline, bool& reused,
-                                        std::string& error) {
-    {
+                                        std::string& error, bool reuse) {
+    if (reuse) {
         std::lock_guard lock(mutex_);
         while (!idle_.empty()) {
-            auto idle = std::move(idle_.back());
+            auto conn = std::move(idle_.back());
             idle_.pop_back();
-            // A connection given back within the last second is not polled for a close
-            // first (a syscall per request): no server closes keep-alive connections that
-            // fast, and the relay retries a reused connection that fails before any reply
-            // byte on a fresh one anyway.
-            if (Clock::now() - idle.since < seconds(1) || !idle.connection.stale()) {
+            if (!conn.stale()) {
                 reused = true;
-                return std::move(idle.connection);
+                return conn;
             }
         }
     }
@@ -33,7 +29,7 @@ void UpstreamPool::give_back(HttpClientConnection connection) {
     }
     std::lock_guard lock(mutex_);
     if (idle_.size() < max_idle_) {
-        idle_.push_back({std::move(connection), Clock::now()});
+        idle_.push_back(std::move(connection));
     }
 }
 

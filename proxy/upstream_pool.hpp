@@ -20,8 +20,10 @@ class UpstreamPool {
 
     // An idle connection when one is still good, else a new one (`reused` tells which: a
     // reused connection that fails before any reply byte may just have been closed by the
-    // server's keep-alive timer, and deserves an immediate second try).
-    HttpClientConnection take(TimePoint connect_deadline, bool& reused, std::string& error);
+    // server's keep-alive timer, and deserves an immediate second try, on a new connection:
+    // `reuse` false).
+    HttpClientConnection take(TimePoint connect_deadline, bool& reused, std::string& error,
+                              bool reuse = true);
     void give_back(HttpClientConnection connection);
 
     std::uint64_t connections_opened() const { return opened_.load(); }
@@ -30,16 +32,11 @@ class UpstreamPool {
     std::uint16_t port() const { return port_; }
 
   private:
-    struct Idle {
-        HttpClientConnection connection;
-        TimePoint since;
-    };
-
     std::string host_;
     std::uint16_t port_;
     std::size_t max_idle_;
     mutable std::mutex mutex_;
-    std::vector<Idle> idle_;
+    std::vector<HttpClientConnection> idle_;
     std::atomic<std::uint64_t> opened_{0};
 };
 
