@@ -225,16 +225,18 @@ TEST_CASE("the n8n node's calls, replayed as it sends them, get 2xx and the fiel
     }
 }
 
-TEST_CASE("a client that disconnects mid-stream frees its slot within a second", "[e2e]") {
+TEST_CASE("a client that disconnects mid-stream cancels its generation and frees the slot",
+          "[e2e]") {
     PoolProcess pool(real_pool_args(1, {"--ctx-size", "16384", "--parallel", "1"}));
     REQUIRE(pool.wait_ready(1, 60s));
-    auto busy = [&] {
+    auto slot = [&] {
         const auto r = pool.client(5s).Get("/slots");
         REQUIRE(r);
         const auto slots = json::parse(r->body);
         REQUIRE(slots.size() == 1);
-        return slots[0]["is_processing"].get<bool>();
+        return slots[0];
     };
+    auto busy = [&] { return slot()["is_processing"].get<bool>(); };
     const auto deadline = std::chrono::steady_clock::now() + 30s;
     std::string error;
     auto fd = llama_pool::connect_tcp("127.0.0.1", pool.port(), deadline, error);
@@ -259,11 +261,25 @@ TEST_CASE("a client that disconnects mid-stream frees its slot within a second",
     REQUIRE(busy());
     fd.reset();  // the client goes away mid-stream
     const auto closed_at = std::chrono::steady_clock::now();
-    REQUIRE(wait_until([&] { return !busy(); }, 5s, 10ms));
+    // Left alone, the generation runs until the context is full. The worker's count of
+    // predicted tokens (flushed when the slot is released, re-exported on our /metrics) shows
+    // that it stopped far short of that, so the disconnect cancelled it. How fast that
+    // happens is printed, not asserted: it varies with the machine's load.
+    REQUIRE(wait_until([&] { return !busy(); }, 60s, 10ms));
     const auto freed_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                               std::chrono::steady_clock::now() - closed_at)
                               .count();
     std::printf("measured: slot freed %lld ms after the client disconnected\n",
                 static_cast<long long>(freed_ms));
-    CHECK(freed_ms < 1000);
+    const auto n_ctx = slot()["n_ctx"].get<long>();
+    const auto metrics = pool.client(5s).Get("/metrics");
+    REQUIRE(metrics);
+    const std::string series = "llamacpp_tokens_predicted_total{worker=\"0\"} ";
+    const auto at = metrics->body.find("\n" + series);
+    REQUIRE(at != std::string::npos);
+    const auto predicted = std::stod(metrics->body.substr(at + 1 + series.size()));
+    std::printf("measured: %.0f tokens predicted before the cancel, context %ld\n", predicted,
+                n_ctx);
+    CHECK(predicted > 0);
+    CHECK(predicted < n_ctx / 2.0);
 }
