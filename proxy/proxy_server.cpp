@@ -4,7 +4,6 @@
 
 #include "common/credentials.hpp"
 #include "common/error_body.hpp"
-#include "proxy/request_id.hpp"
 
 namespace llama_pool {
 
@@ -64,7 +63,7 @@ void ProxyServer::shutdown(TimePoint deadline) {
 void ProxyServer::handle(Exchange& exchange) {
     const auto started = Clock::now();
     auto& request = exchange.request();
-    const auto request_id = request_id_for(request.headers.get("X-Request-Id"));
+    const auto request_id = request_ids_.for_request(request.headers.get("X-Request-Id"));
     std::string target;
     RelayOutcome outcome;
     std::string path = "invalid";

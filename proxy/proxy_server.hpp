@@ -13,8 +13,9 @@
 #include "proxy/pool_routes.hpp"
 #include "proxy/rate_limiter.hpp"
 #include "proxy/relay.hpp"
-#include "proxy/route_handler.hpp"
 #include "proxy/reply_reuse.hpp"
+#include "proxy/request_id.hpp"
+#include "proxy/route_handler.hpp"
 
 namespace llama_pool {
 
@@ -53,6 +54,7 @@ class ProxyServer {
     SteadyTimeSource time_;
     ReplyReuse reuse_;
     InboundAuth auth_;
+    RequestIds request_ids_;
     std::unique_ptr<KeyedRateLimiter> rate_limiter_;  // null when rate limiting is off
     RouteHandler* workload_routes_ = nullptr;
     std::unique_ptr<HttpServer> server_;

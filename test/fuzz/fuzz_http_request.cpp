@@ -58,7 +58,7 @@ void check_request_contents(const HttpRequest& request) {
                                       : query == std::string_view(request.target).substr(q + 1));
     static_cast<void>(request.keep_alive());
 
-    const auto id = request_id_for(request.headers.get("X-Request-Id"));
+    const auto id = RequestIds(0).for_request(request.headers.get("X-Request-Id"));
     FUZZ_CHECK(is_acceptable_request_id(id));
 
     std::string normalized;

@@ -130,7 +130,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     check_route(target);
 
     // The request id: kept when acceptable, replaced otherwise; always safe to echo.
-    const auto kept = request_id_for(target);
+    const auto kept = RequestIds(0).for_request(target);
     FUZZ_CHECK(is_acceptable_request_id(kept));
     if (is_acceptable_request_id(target)) {
         FUZZ_CHECK(kept == target);
@@ -140,6 +140,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     for (const char c : kept) {
         FUZZ_CHECK(c != '\r' && c != '\n' && c != '"' && c != ' ');
     }
-    FUZZ_CHECK(is_acceptable_request_id(request_id_for(std::nullopt)));
+    FUZZ_CHECK(is_acceptable_request_id(RequestIds(0).for_request(std::nullopt)));
     return 0;
 }

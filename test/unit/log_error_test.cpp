@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "common/error_body.hpp"
 #include "common/log.hpp"
@@ -41,9 +42,26 @@ TEST_CASE("pool errors have llama-server's shape plus a source marker", "[errors
 }
 
 TEST_CASE("request ids are kept when safe and replaced otherwise", "[request-id]") {
-    CHECK(request_id_for(std::string_view("abc-123_x.y:z")) == "abc-123_x.y:z");
-    CHECK(request_id_for(std::string_view("evil\r\nSet-Cookie: a")) != "evil\r\nSet-Cookie: a");
-    CHECK(request_id_for(std::string_view(std::string(200, 'a'))).size() == 16);
-    CHECK(request_id_for(std::nullopt).size() == 16);
-    CHECK(new_request_id() != new_request_id());
+    RequestIds ids;
+    CHECK(ids.for_request(std::string_view("abc-123_x.y:z")) == "abc-123_x.y:z");
+    CHECK(ids.for_request(std::string_view("evil\r\nSet-Cookie: a")) != "evil\r\nSet-Cookie: a");
+    CHECK(ids.for_request(std::string_view(std::string(200, 'a'))).size() == 16);
+    CHECK(ids.for_request(std::nullopt).size() == 16);
+    CHECK(is_acceptable_request_id(ids.next()));
+}
+
+TEST_CASE("fresh request ids never repeat and depend on the random start", "[request-id]") {
+    RequestIds ids(42);
+    std::set<std::string> seen;
+    for (int i = 0; i < 200000; ++i) {
+        REQUIRE(seen.insert(ids.next()).second);
+    }
+    // Consecutive ids do not look consecutive (they are mixed), and another start gives
+    // other ids.
+    RequestIds same(42);
+    RequestIds other(43);
+    const auto a = same.next();
+    CHECK(seen.count(a) == 1);  // the same start gives the same ids
+    CHECK(other.next() != a);
+    CHECK(same.next().substr(0, 8) != a.substr(0, 8));
 }
