@@ -83,11 +83,15 @@ void check_normalized_path(std::string_view path) {
 
 void check_route(std::string_view path) {
     const auto label = route_label(path);
-    // Bounded cardinality: a route label is the path itself (a known route), or one of two
-    // catch-alls; never something else the client made up.
-    FUZZ_CHECK(label == path || label == "/pool" || label == "other");
+    // Bounded cardinality: a route label is the path itself (a known route), or a fixed
+    // prefix's label (/pool/*, /v1/jobs/{id}), or the catch-all; never something else the
+    // client made up.
+    FUZZ_CHECK(label == path || label == "/pool" || label == "/v1/jobs" || label == "other");
     if (label == "/pool") {
         FUZZ_CHECK(path.rfind("/pool", 0) == 0);
+    }
+    if (label == "/v1/jobs") {
+        FUZZ_CHECK(path.rfind("/v1/jobs", 0) == 0);
     }
     if (label == path) {
         FUZZ_CHECK(path.size() <= 32);
