@@ -4,15 +4,22 @@ namespace llama_pool {
 
 HttpClientConnection UpstreamPool::take(TimePoint connect_deadline, bool& reused,
                                         std::string& error, bool reuse) {
-    if (reuse) {
-        std::lock_guard lock(mutex_);
-        while (!idle_.empty()) {
-            auto conn = std::move(idle_.back());
-            idle_.pop_back();
-            if (!conn.stale()) {
-                reused = true;
-                return conn;
+    while (reuse) {
+        HttpClientConnection conn;
+        {
+            std::lock_guard lock(mutex_);
+            if (idle_.empty()) {
+                break;
             }
+            conn = std::move(idle_.back());
+            idle_.pop_back();
+        }
+        // The staleness check is a poll(): outside the lock, or every request to this worker
+        // queues behind it (the profile at 64 connections put 40% of the proxy's futex calls
+        // here when it was inside).
+        if (!conn.stale()) {
+            reused = true;
+            return conn;
         }
     }
     reused = false;
