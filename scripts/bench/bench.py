@@ -702,6 +702,11 @@ def render(results, args, wall_s):
         L.append(f"\n#### 6. Summarizing a {chars:,}-character document: the n8n node's "
                  f"sequential loop vs POST /v1/summarize (real llama-server, demo model, "
                  f"`ignore_eos`)\n\n{table}")
+    if "overhead" in results or "streaming" in results:
+        L.append("\n#### The peers' configs, as run (@PORT@ and @UPSTREAM@ are filled in per run)\n")
+        for name in ("nginx.conf.in", "haproxy.cfg.in"):
+            text = open(os.path.join(BENCH_DIR, name)).read().rstrip("\n")
+            L.append(f"`scripts/bench/{name}`:\n\n```\n{text}\n```\n")
     return "\n".join(L) + "\n"
 
 
