@@ -360,6 +360,7 @@ void HttpServer::refuse(int fd, std::string_view message) {
 // accept it and answer 503 (the libev/nginx way), then taken back.
 void HttpServer::shed_pending_connection() {
     bool shed_one = false;
+    bool have_reserve = false;
     {
         std::lock_guard guard(listener_mutex_);
         reserve_fd_.reset();
@@ -371,8 +372,9 @@ void HttpServer::shed_pending_connection() {
             }
         }
         reserve_fd_ = Fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+        have_reserve = reserve_fd_.valid();  // read under the lock: other threads shed too
     }
-    if (!shed_one || !reserve_fd_.valid()) {
+    if (!shed_one || !have_reserve) {
         // Not even that worked: wait a moment rather than spin on a readable listener.
         std::this_thread::sleep_for(milliseconds(10));
     }

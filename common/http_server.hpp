@@ -172,7 +172,7 @@ class HttpServer {
 
     std::mutex listener_mutex_;  // accept against close
     Fd listener_;                // guarded by listener_mutex_ while threads run
-    Fd reserve_fd_;              // given up for a moment when the process runs out of descriptors
+    Fd reserve_fd_;              // listener_mutex_; given up for a moment when out of descriptors
 
     mutable std::mutex mutex_;
     std::condition_variable idle_cv_;  // drain(): active_requests_ reached 0

@@ -207,12 +207,13 @@ TEST_CASE("out of file descriptors a client gets a 503 at once, not a hang",
                      {"/bin/sh", "-c", "ulimit -n 96 && exec \"$0\" \"$@\""});
     REQUIRE(pool.wait_ready(1, 20s));
     auto idle = open_idle(pool.port(), 120);  // more than the pool has descriptors for
-    // A connect() returns before the pool has accepted: wait until it has run out.
+    // A connect() returns before the pool has accepted: wait until it has run out. Under
+    // ThreadSanitizer, with other tests running, accepting them all took over 10 s once.
     REQUIRE(wait_until(
         [&] {
             return raw_status(raw_exchange(pool.port(), post("/completion", kBody), 5s)) == 503;
         },
-        10s));
+        30s));
     const auto started = std::chrono::steady_clock::now();
     const auto r = raw_exchange(pool.port(), post("/completion", kBody), 10s);
     CHECK(raw_status(r) == 503);
