@@ -6,52 +6,19 @@
 #include "common/exchange.hpp"
 #include "common/socket.hpp"
 #include "test/support/fakes.hpp"
+#include "test/support/test_exchange.hpp"
 
 using namespace llama_pool;
 
 namespace {
 
 // An in-process exchange from a given client address; keeps what was answered.
-class RecordingExchange final : public Exchange {
-  public:
-    RecordingExchange(std::string method, std::string remote, Headers headers = {})
-        : remote_(std::move(remote)) {
-        request_.method = std::move(method);
-        request_.headers = std::move(headers);
-    }
-    const HttpRequest& request() const override { return request_; }
-    const std::string& remote_address() const override { return remote_; }
-    bool respond(int status, Headers, std::string_view body) override {
-        status_ = status;
-        body_ = body;
-        return true;
-    }
-    bool begin(int status, Headers, std::optional<std::size_t>) override {
-        status_ = status;
-        return true;
-    }
-    bool write(std::string_view data) override {
-        body_ += data;
-        return true;
-    }
-    bool finish() override { return true; }
-    void abort() override {}
-    bool responded() const override { return status_ != 0; }
-    int response_status() const override { return status_; }
-    bool client_gone() const override { return false; }
-    IoWatch watch() const override { return {}; }
-    const std::string& body() const { return body_; }
-
-  private:
-    HttpRequest request_;
-    std::string remote_;
-    int status_ = 0;
-    std::string body_;
-};
-
 int status_of(PoolRoutes& routes, const std::string& method, const std::string& path,
               const std::string& remote, Headers headers = {}) {
-    RecordingExchange ex(method, remote, std::move(headers));
+    HttpRequest request;
+    request.method = method;
+    request.headers = std::move(headers);
+    test::TestExchange ex(std::move(request), remote);
     REQUIRE(routes.handle(ex, path, "rid"));
     return ex.response_status();
 }

@@ -11,59 +11,32 @@
 #include "proxy/backend_registry.hpp"
 #include "proxy/pool_metrics.hpp"
 #include "proxy/relay.hpp"
+#include "test/support/test_exchange.hpp"
 
 using namespace llama_pool;
 using namespace std::chrono_literals;
 
 namespace {
 
-// Records the worker's in-flight count at every write and at finish().
-class RecordingExchange final : public Exchange {
-  public:
-    RecordingExchange(BackendRegistry& registry, std::string body) : registry_(registry) {
-        request_.method = "POST";
-        request_.target = "/completion";
-        request_.version_minor = 1;
-        request_.body = std::move(body);
-    }
-    const HttpRequest& request() const override { return request_; }
-    const std::string& remote_address() const override { return remote_; }
-    bool respond(int status, Headers, std::string_view body) override {
-        status_ = status;
-        body_ = body;
-        return true;
-    }
-    bool begin(int status, Headers, std::optional<std::size_t> length) override {
-        status_ = status;
-        length_ = length;
-        return true;
-    }
-    bool write(std::string_view data) override {
-        body_ += data;
-        inflight_at_write.push_back(registry_.worker_inflight("w"));
-        return true;
-    }
-    bool finish() override {
-        inflight_at_finish = registry_.worker_inflight("w");
-        return true;
-    }
-    void abort() override {}
-    bool responded() const override { return status_ != 0; }
-    int response_status() const override { return status_; }
-    bool client_gone() const override { return false; }
-    IoWatch watch() const override { return {}; }
-
+// A client exchange that records the worker's in-flight count at every write and at finish().
+struct Observed {
     std::vector<int> inflight_at_write;
     int inflight_at_finish = -1;
-    std::optional<std::size_t> length_;
-    std::string body_;
-
-  private:
-    BackendRegistry& registry_;
-    HttpRequest request_;
-    std::string remote_ = "127.0.0.1";
-    int status_ = 0;
 };
+
+test::TestExchange observed_exchange(BackendRegistry& registry, std::string body, Observed& seen) {
+    HttpRequest request;
+    request.method = "POST";
+    request.target = "/completion";
+    request.version_minor = 1;
+    request.body = std::move(body);
+    test::TestExchange ex(std::move(request));
+    ex.on_write = [&registry, &seen] {
+        seen.inflight_at_write.push_back(registry.worker_inflight("w"));
+    };
+    ex.on_finish = [&registry, &seen] { seen.inflight_at_finish = registry.worker_inflight("w"); };
+    return ex;
+}
 
 }  // namespace
 
@@ -100,20 +73,22 @@ TEST_CASE("a worker's slot is free before the client sees the end of its reply",
     Relay relay(config, registry, log, random, metrics);
 
     SECTION("a reply with a length: the last write completes it") {
-        RecordingExchange ex(registry, R"({"prompt":"x"})");
+        Observed seen;
+        auto ex = observed_exchange(registry, R"({"prompt":"x"})", seen);
         const auto outcome = relay.forward(ex, "/completion", "id-1");
         CHECK(outcome.status == 200);
-        REQUIRE(ex.length_.has_value());
-        REQUIRE(ex.body_.size() == *ex.length_);
-        REQUIRE_FALSE(ex.inflight_at_write.empty());
-        CHECK(ex.inflight_at_write.back() == 0);
+        REQUIRE(ex.length().has_value());
+        REQUIRE(ex.body().size() == *ex.length());
+        REQUIRE_FALSE(seen.inflight_at_write.empty());
+        CHECK(seen.inflight_at_write.back() == 0);
     }
     SECTION("a stream: the end comes with finish()") {
-        RecordingExchange ex(registry, R"({"prompt":"x","stream":true})");
+        Observed seen;
+        auto ex = observed_exchange(registry, R"({"prompt":"x","stream":true})", seen);
         const auto outcome = relay.forward(ex, "/completion", "id-2");
         CHECK(outcome.status == 200);
-        CHECK(ex.inflight_at_finish == 0);
-        CHECK(ex.body_.find("\"stop\":true") != std::string::npos);
+        CHECK(seen.inflight_at_finish == 0);
+        CHECK(ex.body().find("\"stop\":true") != std::string::npos);
     }
     CHECK(registry.worker_inflight("w") == 0);
 }
