@@ -349,7 +349,7 @@ def bench_streaming(runs, events):
     return rows
 
 
-# --- 3. memory and connections -------------------------------------------------------------
+# --- 4. memory and connections -------------------------------------------------------------
 
 
 def bench_memory(idle_conns, streams, hold_seconds, retire_wait):
@@ -401,15 +401,16 @@ def bench_memory(idle_conns, streams, hold_seconds, retire_wait):
     return rows
 
 
-# --- 4. prefix affinity on real workers ------------------------------------------------------
+# --- 5. prefix affinity on real workers ------------------------------------------------------
 
 
-def stream_completion(port, prompt, n_predict):
-    body = json.dumps({"prompt": prompt, "n_predict": n_predict, "stream": True,
-                       "cache_prompt": True}).encode()
+def post_stream(port, payload, timeout):
+    """POST /completion with `payload` on a fresh connection, read the whole stream: returns
+    (time to first event or None, whole latency, the data events' JSON)."""
+    body = json.dumps(payload).encode()
     req = (f"POST /completion HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
-    with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         t0 = time.perf_counter()
         s.sendall(req)
         buf, ttft = b"", None
@@ -420,9 +421,16 @@ def stream_completion(port, prompt, n_predict):
             if ttft is None and b"data: " in chunk:
                 ttft = time.perf_counter() - t0
             buf += chunk
-    events = [e for e in dechunk(buf.partition(b"\r\n\r\n")[2]).split(b"\n\n") if e.startswith(b"data: ")]
-    last = json.loads(events[-1][6:])
-    return ttft, last.get("timings", {}).get("prompt_n", 0)
+        latency = time.perf_counter() - t0
+    events = [json.loads(e[6:]) for e in dechunk(buf.partition(b"\r\n\r\n")[2]).split(b"\n\n")
+              if e.startswith(b"data: ")]
+    return ttft, latency, events
+
+
+def stream_completion(port, prompt, n_predict):
+    ttft, _, events = post_stream(port, {"prompt": prompt, "n_predict": n_predict,
+                                         "stream": True, "cache_prompt": True}, 120)
+    return ttft, events[-1].get("timings", {}).get("prompt_n", 0)
 
 
 def bench_affinity(requests, concurrency):
@@ -471,7 +479,7 @@ def bench_affinity(requests, concurrency):
     return rows
 
 
-# --- 5. real-worker scaling -----------------------------------------------------------------
+# --- 3. real-worker scaling -----------------------------------------------------------------
 
 SCALING_PROMPT = "Once upon a time, in a quiet village by the sea, there lived an old clockmaker who"
 
@@ -479,24 +487,9 @@ SCALING_PROMPT = "Once upon a time, in a quiet village by the sea, there lived a
 def timed_stream(port, n_predict):
     """One streamed completion of exactly n_predict tokens on a fresh connection: returns
     (time to first token, whole latency, tokens predicted) in seconds and tokens."""
-    body = json.dumps({"prompt": SCALING_PROMPT, "n_predict": n_predict, "ignore_eos": True,
-                       "stream": True}).encode()
-    req = (f"POST /completion HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
-    with socket.create_connection(("127.0.0.1", port), timeout=600) as s:
-        t0 = time.perf_counter()
-        s.sendall(req)
-        buf, ttft = b"", None
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            if ttft is None and b"data: " in chunk:
-                ttft = time.perf_counter() - t0
-            buf += chunk
-        latency = time.perf_counter() - t0
-    events = [e for e in dechunk(buf.partition(b"\r\n\r\n")[2]).split(b"\n\n") if e.startswith(b"data: ")]
-    last = json.loads(events[-1][6:]) if events else {}
+    ttft, latency, events = post_stream(port, {"prompt": SCALING_PROMPT, "n_predict": n_predict,
+                                               "ignore_eos": True, "stream": True}, 600)
+    last = events[-1] if events else {}
     return ttft or latency, latency, int(last.get("tokens_predicted", 0))
 
 
