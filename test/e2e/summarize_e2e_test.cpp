@@ -33,12 +33,8 @@ TEST_CASE("real workers summarize a document in parallel and as a job", "[e2e]")
     auto client = pool.client(120s);
     // A fixed, short answer per chunk keeps the run quick and the levels predictable on a
     // random-weight model (which would otherwise talk until the token budget).
-    json body = {{"text", document(6000)},
-                 {"max_chunk_chars", 1500},
-                 {"overlap", 150},
-                 {"n_predict", 24},
-                 {"ignore_eos", true},
-                 {"temperature", 0}};
+    json body = {{"text", document(6000)}, {"max_chunk_chars", 1500}, {"overlap", 150},
+                 {"n_predict", 24},        {"ignore_eos", true},      {"temperature", 0}};
     const auto r = client.Post("/v1/summarize", body.dump(), "application/json");
     REQUIRE(r);
     INFO(r->body);
