@@ -100,7 +100,7 @@ soak: build
 format:
 	@git ls-files '*.cpp' '*.hpp' | xargs clang-format -i
 
-check-format:
+check-format: deps
 	@git ls-files '*.cpp' '*.hpp' | xargs clang-format --dry-run --Werror
 
 clean:

@@ -12,6 +12,7 @@ packages=(
   prometheus  # promtool checks /metrics and the alert rules in the tests
   wrk nginx haproxy  # the benchmark harness, smoke-run by the tests
   docker-compose systemd yamllint  # deployment checks (compose, systemd-analyze, manifests)
+  clang-format  # make check-format, the first step of CI
 )
 # Tools the optional targets use; installed by `make deps-extra`: clang for the fuzzers,
 # valgrind and perf for scripts/bench/profile.py.
