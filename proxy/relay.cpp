@@ -371,33 +371,28 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                        {"error", last_error}});
             io = failed_io;
         };
-        if (io != IoStatus::ok) {
-            failed_attempt(io, error);
-        } else if (retryable_status(head.status) && outcome.attempts < config_.retry_attempts) {
+        // A status worth another worker: what the client gets if no retry succeeds.
+        const auto retry_after_status = [&](int client_status) {
             drain_for_reuse();
             retry_status = head.status;
             last_error = fmt::format("worker {} answered {}", backend.id, head.status);
-            last_status = head.status;
-            verdict.report(false);
+            last_status = client_status;
             metrics_.upstream(backend.id, "status_5xx_retried");
             log_.warn(kComponent, "upstream_retryable_status",
                       {{"request_id", request_id},
                        {"worker", backend.id},
                        {"attempt", outcome.attempts},
                        {"status", head.status}});
+        };
+        if (io != IoStatus::ok) {
+            failed_attempt(io, error);
+        } else if (retryable_status(head.status) && outcome.attempts < config_.retry_attempts) {
+            retry_after_status(head.status);
+            verdict.report(false);
         } else if (head.status == 500 && !second_opinion_for && request_is_json() && may_retry()) {
-            drain_for_reuse();
-            retry_status = 500;
-            last_error = fmt::format("worker {} answered 500", backend.id);
-            last_status = 503;
+            retry_after_status(503);
             second_opinion_for = backend.id;
             verdict.hand_over();
-            metrics_.upstream(backend.id, "status_5xx_retried");
-            log_.warn(kComponent, "upstream_retryable_status",
-                      {{"request_id", request_id},
-                       {"worker", backend.id},
-                       {"attempt", outcome.attempts},
-                       {"status", head.status}});
         } else {
             // Read the start of the body before anything reaches the client: a failure until
             // then is retried like one before the head.
