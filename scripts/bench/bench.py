@@ -404,6 +404,18 @@ def bench_memory(idle_conns, streams, hold_seconds, retire_wait):
 # --- 5. prefix affinity on real workers ------------------------------------------------------
 
 
+def run_threads(target, count):
+    """Runs `target` on `count` threads at once and returns the wall time until all end."""
+    import threading
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def post_stream(port, payload, timeout):
     """POST /completion with `payload` on a fresh connection, read the whole stream: returns
     (time to first event or None, whole latency, the data events' JSON)."""
@@ -461,13 +473,7 @@ def bench_affinity(requests, concurrency):
                 with lock:
                     results.append(r)
 
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+        wall = run_threads(worker, concurrency)
         ttfts = sorted(r[0] * 1000 for r in results)
         rows.append({"policy": policy, "requests": len(results),
                      "prompt_tokens_evaluated": sum(r[1] for r in results),
@@ -506,13 +512,7 @@ def closed_loop(port, concurrency, seconds, n_predict):
             with lock:
                 results.append(r)
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results, time.perf_counter() - t0
+    return results, run_threads(client, concurrency)
 
 
 def scaling_targets(model, workers):

@@ -297,18 +297,12 @@ def main():
         for line in metrics:
             if not line.startswith("#") and not line.endswith(" 0"):
                 print(f"    {line}")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"mode": mode, "counts": tally.counts, "resources": res_rows,
-                           "notes": notes, "fake_attempts": fake_attempts, "children": len(children), "orphans": orphans,
-                           "failures": failures, "metrics": metrics}, f, indent=1)
-        if failures:
-            print("\nFAILED:\n" + "\n".join(f"- {f}" for f in failures))
-            say(f"logs kept in {tmp}")
-            args.keep = True
-            return 1
-        print("\nchaos: every request ended in an expected outcome; no orphan; bounded resources")
-        return 0
+        record = {"mode": mode, "counts": tally.counts, "resources": res_rows, "notes": notes,
+                  "fake_attempts": fake_attempts, "children": len(children), "orphans": orphans,
+                  "failures": failures, "metrics": metrics}
+        return harness.conclude("chaos", args, tmp, record, failures,
+                                "every request ended in an expected outcome; no orphan; "
+                                "bounded resources")
     finally:
         procs.stop_all()
         if not args.keep:

@@ -545,5 +545,20 @@ class Sampler(threading.Thread):
             self.stop_event.wait(self.interval)
 
 
+def conclude(prog, args, tmp, record, failures, success):
+    """The end of a run: the JSON record when --json asks for it, then the verdict. On failure
+    the logs in `tmp` are kept (args.keep). Returns the exit code."""
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=1)
+    if failures:
+        print("\nFAILED:\n" + "\n".join(f"- {f}" for f in failures))
+        log(prog, f"logs kept in {tmp}")
+        args.keep = True
+        return 1
+    print(f"\n{prog}: {success}")
+    return 0
+
+
 def make_tmp(prefix):
     return tempfile.mkdtemp(prefix=prefix)

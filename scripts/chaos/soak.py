@@ -16,7 +16,6 @@ opening and closing, a worker restarting) stay within it. Every request must als
 expected outcome, as in the chaos run. Standard library only.
 """
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -186,18 +185,11 @@ def main():
         print("faults: " + "; ".join(faults))
         print(f"worker processes started by the pool: {len(pool.children_seen)}; alive after it "
               f"exited: {len(orphans)}")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"seconds": args.seconds, "table": table, "growth": growth,
-                           "outcomes": totals, "faults": faults, "failures": failures,
-                           "samples": sampler.samples}, f, indent=1)
-        if failures:
-            print("\nFAILED:\n" + "\n".join(f"- {f}" for f in failures))
-            say(f"logs kept in {tmp}")
-            args.keep = True
-            return 1
-        print("\nsoak: no growth after the warm-up, every request ended in an expected outcome")
-        return 0
+        record = {"seconds": args.seconds, "table": table, "growth": growth, "outcomes": totals,
+                  "faults": faults, "failures": failures, "samples": sampler.samples}
+        return harness.conclude("soak", args, tmp, record, failures,
+                                "no growth after the warm-up, every request ended in an "
+                                "expected outcome")
     finally:
         procs.stop_all()
         if not args.keep:
