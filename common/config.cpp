@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <map>
 #include <variant>
 
 #include "common/config_fields.hpp"
@@ -123,10 +124,14 @@ void apply_config_json(const std::string& text, const std::string& origin, PoolC
         return;
     }
     for (const auto& [section, body] : doc.items()) {
+        if (section == "groups") {
+            config.groups = parse_groups_json(body, origin, errors);
+            continue;
+        }
         if (!body.is_object()) {
             errors.push_back(
                 fmt::format("{}: key {}: must be an object of settings (sections: listen, workers, "
-                            "upstreams, proxy, cache, summarize, jobs, auth, log)",
+                            "groups, upstreams, proxy, cache, summarize, jobs, auth, log)",
                             origin, quote_for_error(section)));
             continue;
         }
@@ -227,6 +232,164 @@ bool parse_upstream_url(const std::string& url, UpstreamAddress& out, std::strin
     return true;
 }
 
+namespace {
+
+// The llama-server binary and the model of one set of workers. `where` prefixes each error
+// ("groups[1] \"embed\": ") when a group's settings are checked.
+void validate_workers(const PoolConfig& c, const std::string& where,
+                      std::vector<std::string>& errors) {
+    if (c.workers <= 0) {
+        return;
+    }
+    const auto exe = resolve_executable(c.llama_server);
+    struct stat st {};
+    if (::stat(exe.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || ::access(exe.c_str(), X_OK) != 0) {
+        errors.push_back(fmt::format(
+            "{}key \"workers.llama_server\": {} is not an executable file (set "
+            "--llama-server PATH or LLAMA_SERVER; `make -s llama-server-path` builds one)",
+            where, quote_for_error(c.llama_server)));
+    }
+    if (c.model.empty()) {
+        errors.push_back(
+            fmt::format("{}key \"{}\": no model given (set --model PATH or LLAMA_POOL_MODEL; "
+                        "`make -s demo-model-path` builds a small demo model)",
+                        where, where.empty() ? "workers.model" : "model"));
+    } else if (struct stat ms{}; ::stat(c.model.c_str(), &ms) != 0 || !S_ISREG(ms.st_mode)) {
+        errors.push_back(fmt::format("{}key \"{}\": {} does not exist or is not a file", where,
+                                     where.empty() ? "workers.model" : "model",
+                                     quote_for_error(c.model)));
+    }
+}
+
+std::string group_where(std::size_t index, const GroupConfig& g) {
+    return fmt::format("groups[{}] {}: ", index, quote_for_error(g.name));
+}
+
+void validate_groups(const PoolConfig& c, std::vector<std::string>& errors) {
+    std::map<std::string, std::string> names;  // name or alias -> the group that has it
+    int defaults = 0;
+    int always_on = 0;
+    const auto resolved = resolve_groups(c, 1);
+    for (std::size_t i = 0; i < c.groups.size(); ++i) {
+        const auto& g = c.groups[i];
+        const auto where = group_where(i, g);
+        if (g.name.empty()) {
+            errors.push_back(fmt::format("groups[{}]: key \"name\" is required", i));
+        }
+        std::vector<std::string> labels = g.aliases;
+        labels.insert(labels.begin(), g.name);
+        for (std::size_t k = 0; k < labels.size(); ++k) {
+            const auto& label = labels[k];
+            const auto key = k == 0 ? "name" : "aliases";
+            if (label.empty() && k == 0) {
+                continue;
+            }
+            if (!valid_group_name(label)) {
+                errors.push_back(fmt::format(
+                    "{}key \"{}\": {} may hold only letters, digits, '.', '_' and '-' (1 to 64)",
+                    where, key, quote_for_error(label)));
+            } else if (const auto [it, fresh] = names.emplace(label, g.name); !fresh) {
+                errors.push_back(fmt::format(
+                    "{}key \"{}\": {} is already the name or an alias of group {}; names and "
+                    "aliases must be unique",
+                    where, key, quote_for_error(label), quote_for_error(it->second)));
+            }
+        }
+        for (const auto& e : g.endpoints) {
+            if (e.empty() || e.front() != '/') {
+                errors.push_back(
+                    fmt::format("{}key \"endpoints\": {} is not a path (e.g. "
+                                "\"/v1/embeddings\")",
+                                where, quote_for_error(e)));
+            }
+        }
+        defaults += g.is_default ? 1 : 0;
+        const auto& spec = resolved[i].spec;
+        if (spec.min_workers > spec.workers) {
+            errors.push_back(fmt::format(
+                "{}key \"min_workers\": {} is more than the group's workers ({}); lower it or "
+                "raise workers",
+                where, spec.min_workers, spec.workers));
+        }
+        always_on += spec.min_workers;
+        validate_workers(resolved[i].config, where, errors);
+    }
+    if (defaults > 1) {
+        errors.push_back(fmt::format(
+            "key \"groups\": {} groups say \"default\": true; at most one may (without one, the "
+            "first group is the default)",
+            defaults));
+    }
+    if (c.max_total_workers > 0 && always_on > c.max_total_workers) {
+        errors.push_back(fmt::format(
+            "key \"workers.max_total\": {} is below the {} workers the groups keep running "
+            "(their min_workers together); raise it or lower some group's min_workers",
+            c.max_total_workers, always_on));
+    }
+}
+
+}  // namespace
+
+std::vector<ResolvedGroup> resolve_groups(const PoolConfig& config, unsigned cores) {
+    std::vector<ResolvedGroup> out;
+    if (config.groups.empty()) {
+        ResolvedGroup g;
+        g.spec.name = std::string(kImplicitGroup);
+        g.spec.model = config.model;
+        g.spec.workers = config.workers;
+        g.spec.min_workers = config.workers;
+        g.spec.is_default = true;
+        g.config = config;
+        g.implicit = true;
+        out.push_back(std::move(g));
+    }
+    for (const auto& spec : config.groups) {
+        ResolvedGroup g;
+        g.spec = spec;
+        g.config = config;
+        g.config.groups.clear();
+        std::vector<std::string> ignored;  // overrides were checked when parsed
+        for (const auto& [key, value] : spec.overrides.items()) {
+            for (const auto& f : config_fields()) {
+                if (f.key == key) {
+                    apply_field_value(f, value, "", g.config, ignored);
+                }
+            }
+        }
+        if (!spec.model.empty()) {
+            g.config.model = spec.model;
+        }
+        if (spec.workers >= 0) {
+            g.config.workers = spec.workers;
+        }
+        g.spec.workers = g.config.workers;
+        g.spec.model = g.config.model;
+        if (g.spec.min_workers < 0) {
+            g.spec.min_workers = g.spec.workers;
+        }
+        out.push_back(std::move(g));
+    }
+    // The first group is the default unless one says so.
+    if (std::none_of(out.begin(), out.end(), [](const auto& g) { return g.spec.is_default; })) {
+        out.front().spec.is_default = true;
+    }
+    // Automatic threads divide the cores among the workers that can run at once: every
+    // group's, or the budget's worth when that is smaller.
+    int concurrent = 0;
+    for (const auto& g : out) {
+        concurrent += g.spec.workers;
+    }
+    if (config.max_total_workers > 0) {
+        concurrent = std::min(concurrent, config.max_total_workers);
+    }
+    for (auto& g : out) {
+        if (g.config.threads == 0 && !g.implicit) {
+            g.config.threads = std::max(1, static_cast<int>(cores) / std::max(1, concurrent));
+        }
+    }
+    return out;
+}
+
 void validate_config(const PoolConfig& c, std::vector<std::string>& errors) {
     for (const auto& url : c.upstreams) {
         UpstreamAddress address;
@@ -236,25 +399,10 @@ void validate_config(const PoolConfig& c, std::vector<std::string>& errors) {
                 fmt::format("key \"upstreams.urls\": {} {}", quote_for_error(url), why));
         }
     }
-    if (c.workers > 0) {
-        const auto exe = resolve_executable(c.llama_server);
-        struct stat st {};
-        if (::stat(exe.c_str(), &st) != 0 || !S_ISREG(st.st_mode) ||
-            ::access(exe.c_str(), X_OK) != 0) {
-            errors.push_back(fmt::format(
-                "key \"workers.llama_server\": {} is not an executable file (set "
-                "--llama-server PATH or LLAMA_SERVER; `make -s llama-server-path` builds one)",
-                quote_for_error(c.llama_server)));
-        }
-        if (c.model.empty()) {
-            errors.push_back(
-                "key \"workers.model\": no model given (set --model PATH or LLAMA_POOL_MODEL; "
-                "`make -s demo-model-path` builds a small demo model)");
-        } else if (struct stat ms{}; ::stat(c.model.c_str(), &ms) != 0 || !S_ISREG(ms.st_mode)) {
-            errors.push_back(
-                fmt::format("key \"workers.model\": {} does not exist or is not a file",
-                            quote_for_error(c.model)));
-        }
+    if (c.groups.empty()) {
+        validate_workers(c, "", errors);
+    } else {
+        validate_groups(c, errors);
     }
     if (c.summarize_overlap > c.summarize_max_chunk_chars / 2) {
         errors.push_back(fmt::format(
@@ -308,6 +456,29 @@ nlohmann::ordered_json config_to_json(const PoolConfig& config, bool show_secret
             out[section][name] = "<redacted>";
         }
     }
+    if (!config.groups.empty()) {
+        out["groups"] = groups_to_json(config.groups);
+    }
+    return out;
+}
+
+nlohmann::ordered_json groups_to_json(const std::vector<GroupConfig>& groups) {
+    auto out = nlohmann::ordered_json::array();
+    for (const auto& g : groups) {
+        nlohmann::ordered_json j;
+        j["name"] = g.name;
+        j["aliases"] = g.aliases;
+        j["model"] = g.model;
+        j["workers"] = g.workers;
+        j["min_workers"] = g.min_workers;
+        j["idle_stop"] = g.idle_stop;
+        j["endpoints"] = g.endpoints;
+        j["default"] = g.is_default;
+        for (const auto& [key, value] : g.overrides.items()) {
+            j[key.substr(key.find('.') + 1)] = value;
+        }
+        out.push_back(std::move(j));
+    }
     return out;
 }
 
@@ -322,6 +493,9 @@ std::vector<std::string> changed_keys(const PoolConfig& a, const PoolConfig& b) 
         if (ja[section][name] != jb[section][name]) {
             out.emplace_back(f.key);
         }
+    }
+    if (a.groups != b.groups) {
+        out.emplace_back("groups");
     }
     return out;
 }

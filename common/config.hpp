@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "common/group_config.hpp"
+
 namespace llama_pool {
 
 // The whole configuration as plain values with their defaults in place. Durations are
@@ -21,6 +23,7 @@ struct PoolConfig {
 
     // workers
     int workers = 2;
+    int max_total_workers = 0;  // llama-server processes across all groups; 0 = no limit
     std::string llama_server = "llama-server";
     std::string model;
     int threads = 0;  // 0 = auto: the machine's cores divided among the workers
@@ -39,6 +42,9 @@ struct PoolConfig {
     int crash_loop_restarts = 5;
     double crash_loop_window = 300;
     double stop_grace = 10;
+
+    // model groups; empty: the workers.* settings form one group ("default")
+    std::vector<GroupConfig> groups;
 
     // proxy
     double connect_timeout = 5;
@@ -134,9 +140,24 @@ void validate_config(const PoolConfig& config, std::vector<std::string>& errors)
 
 // Secrets (keys) are shown as "<redacted>" unless asked for.
 nlohmann::ordered_json config_to_json(const PoolConfig& config, bool show_secrets = false);
+// The groups as the config file spells them (overrides without their "workers." prefix).
+nlohmann::ordered_json groups_to_json(const std::vector<GroupConfig>& groups);
 // The keys ("section.name") whose values differ between two configs.
 std::vector<std::string> changed_keys(const PoolConfig& a, const PoolConfig& b);
 std::string help_text();
+
+// A group with every setting resolved: the spec with workers/min_workers filled in, and the
+// pool's config with the group's overrides applied (model, workers, threads, ...).
+struct ResolvedGroup {
+    GroupConfig spec;
+    PoolConfig config;
+    bool implicit = false;  // the one group made from workers.* when `groups` is absent
+};
+// The groups a config describes, in order; never empty. `cores` divides threads among the
+// workers that can run at once (all groups' workers, or the budget when it is smaller).
+std::vector<ResolvedGroup> resolve_groups(const PoolConfig& config, unsigned cores);
+// The one group name used when the config has no `groups`.
+inline constexpr std::string_view kImplicitGroup = "default";
 
 struct UpstreamAddress {
     std::string host;

@@ -26,6 +26,10 @@ std::span<const FieldSpec> config_fields() {
          "seconds"},
         {"workers.count", "--workers", "LLAMA_POOL_WORKERS", "llama-server workers to run",
          &P::workers, 0, 256},
+        {"workers.max_total", "--max-total-workers", "LLAMA_POOL_MAX_TOTAL_WORKERS",
+         "most llama-server processes at once across all groups; to start another, the least "
+         "recently used idle group gives one up (0 = no limit)",
+         &P::max_total_workers, 0, 4096},
         {"workers.llama_server", "--llama-server", "LLAMA_SERVER",
          "llama-server binary (path, or a name on PATH)", &P::llama_server},
         {"workers.model", "--model", "LLAMA_POOL_MODEL", "GGUF model file every worker loads",
@@ -334,6 +338,40 @@ nlohmann::json text_to_json(const FieldSpec& f, const std::string& text) {
         f.member);
 }
 
+// A list from one environment variable: comma-separated, blanks ignored.
+std::vector<std::string> split_list(std::string_view rest) {
+    std::vector<std::string> values;
+    while (!rest.empty()) {
+        const auto comma = rest.find(',');
+        auto item = rest.substr(0, comma);
+        while (!item.empty() && item.front() == ' ')
+            item.remove_prefix(1);
+        while (!item.empty() && item.back() == ' ')
+            item.remove_suffix(1);
+        if (!item.empty()) {
+            values.emplace_back(item);
+        }
+        rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+    }
+    return values;
+}
+
+// NAME=MODEL groups from flags or the environment replace the file's groups, as repeated
+// list flags replace a file's list.
+void apply_group_flags(const std::vector<std::string>& texts, const std::string& origin,
+                       ConfigResult& result) {
+    result.config.groups.clear();
+    for (const auto& text : texts) {
+        GroupConfig group;
+        std::string error;
+        if (!parse_group_flag(text, group, error)) {
+            result.errors.push_back(fmt::format("{} {}: {}", origin, quote_for_error(text), error));
+            continue;
+        }
+        result.config.groups.push_back(std::move(group));
+    }
+}
+
 void apply_text(const FieldSpec& f, const std::string& text, const std::string& origin,
                 PoolConfig& config, std::vector<std::string>& errors) {
     // Applied as it is, not through json::dump() and a re-parse: a value is whatever bytes
@@ -364,7 +402,10 @@ std::string help_text() {
         "environment variables over the config file over built-in defaults.\n"
         "\n"
         "  --config FILE          JSON config file, comments allowed (env LLAMA_POOL_CONFIG)\n"
-        "  --check-config         validate, print the effective config as JSON, exit\n"
+        "  --check-config         validate, print the effective config and its groups as JSON,\n"
+        "                         exit\n"
+        "  --group NAME=MODEL     a model group serving MODEL under NAME (repeatable; replaces\n"
+        "                         the config file's groups; env LLAMA_POOL_GROUPS=N=M,N=M)\n"
         "  --help                 this text\n"
         "  --version              print the version\n"
         "\n";
@@ -438,28 +479,17 @@ ConfigResult load_config(const std::vector<std::string>& args, const EnvLookup& 
         if (auto value = env(std::string(f.env)); value && !value->empty()) {
             if (const auto list = std::get_if<std::vector<std::string> PoolConfig::*>(&f.member)) {
                 // A list from one variable: comma-separated, blanks ignored.
-                auto& values = result.config.**list;
-                values.clear();
-                std::string_view rest = *value;
-                while (!rest.empty()) {
-                    const auto comma = rest.find(',');
-                    auto item = rest.substr(0, comma);
-                    while (!item.empty() && item.front() == ' ')
-                        item.remove_prefix(1);
-                    while (!item.empty() && item.back() == ' ')
-                        item.remove_suffix(1);
-                    if (!item.empty()) {
-                        values.emplace_back(item);
-                    }
-                    rest = comma == std::string_view::npos ? std::string_view{}
-                                                           : rest.substr(comma + 1);
-                }
+                result.config.** list = split_list(*value);
                 continue;
             }
             apply_text(f, *value, fmt::format("environment {}", f.env), result.config,
                        result.errors);
         }
     }
+    if (auto from_env = env("LLAMA_POOL_GROUPS"); from_env && !from_env->empty()) {
+        apply_group_flags(split_list(*from_env), "environment LLAMA_POOL_GROUPS", result);
+    }
+    std::vector<std::string> group_flags;
     std::set<std::string_view> lists_from_flags;
     for (std::size_t i = 0; i < args.size(); ++i) {
         std::string a = args[i];
@@ -473,6 +503,16 @@ ConfigResult load_config(const std::vector<std::string>& args, const EnvLookup& 
             continue;
         }
         if (a == "--check-config") {
+            continue;
+        }
+        if (a == "--group") {
+            if (inline_value) {
+                group_flags.push_back(*inline_value);
+            } else if (i + 1 < args.size()) {
+                group_flags.push_back(args[++i]);
+            } else {
+                result.errors.push_back("option --group needs a value (NAME=MODEL)");
+            }
             continue;
         }
         const FieldSpec* field = nullptr;
@@ -508,6 +548,9 @@ ConfigResult load_config(const std::vector<std::string>& args, const EnvLookup& 
             continue;
         }
         apply_text(*field, value, fmt::format("option {}", a), result.config, result.errors);
+    }
+    if (!group_flags.empty()) {
+        apply_group_flags(group_flags, "option --group", result);
     }
     if (result.errors.empty()) {
         validate_config(result.config, result.errors);
