@@ -4,41 +4,39 @@
 #include <thread>
 
 #include "common/socket.hpp"
-#include "proxy/backend_registry.hpp"
+#include "proxy/group_set.hpp"
 #include "proxy/proxy_server.hpp"
-#include "supervisor/supervisor.hpp"
 #include "workloads/workload_routes.hpp"
 
 namespace llama_pool {
 
 namespace {
 
-void reload_config(const std::function<ConfigResult()>& reload, Supervisor& supervisor,
-                   Logger& log) {
+void reload_config(const std::function<ConfigResult()>& reload, PoolConfig& running,
+                   GroupSet& groups, Logger& log) {
     const auto loaded = reload();
     if (!loaded.ok()) {
         // An invalid new config leaves the running pool untouched.
         log.error("pool", "config_reload_rejected", {{"errors", loaded.errors}});
         return;
     }
-    const auto current = supervisor.config();
     std::vector<std::string> needs_restart;
-    for (const auto& key : changed_keys(current, loaded.config)) {
-        if (key.rfind("workers.", 0) != 0) {
+    for (const auto& key : changed_keys(running, loaded.config)) {
+        if (key.rfind("workers.", 0) != 0 && key != "groups") {
             needs_restart.push_back(key);
         }
     }
+    // Groups whose worker settings changed roll over; the others go on serving untouched.
+    const auto rolled = groups.reload(loaded.config, needs_restart);
     if (!needs_restart.empty()) {
         log.warn("pool", "config_reload_partial",
                  {{"not_applied_until_pool_restart", needs_restart}});
     }
-    const auto started = supervisor.rolling_restart(loaded.config);
     log.info("pool", "config_reloaded",
-             {{"changed", changed_keys(current, loaded.config)},
-              {"rollout", started == Supervisor::RolloutStart::started ? "started"
-                          : started == Supervisor::RolloutStart::already_running
-                              ? "already running, reload ignored"
-                              : "shutting down"}});
+             {{"changed", changed_keys(running, loaded.config)},
+              {"rolled_over", rolled},
+              {"rollout", groups.rollout_running() ? "running" : "none needed"}});
+    running = loaded.config;
 }
 
 }  // namespace
@@ -47,16 +45,8 @@ int serve(const PoolConfig& config, Logger& log, const sigset_t& signals,
           const std::function<ConfigResult()>& reload) {
     SeededRandom random;
     SteadyTimeSource time;
-    RegistryOptions options;
-    options.policy = parse_balancer_policy(config.balancer);
-    options.queue_max = static_cast<std::size_t>(config.queue_max);
-    options.breaker.consecutive_failures = config.breaker_failures;
-    options.breaker.failure_ratio = config.breaker_failure_ratio;
-    options.breaker.window = from_seconds(config.breaker_window);
-    options.breaker.base_ejection = from_seconds(config.breaker_ejection);
-    options.breaker.max_ejection = from_seconds(config.breaker_max_ejection);
-    options.breaker.half_open_trials = config.breaker_half_open_trials;
-    BackendRegistry registry(random, time, options);
+    PoolMetrics metrics(LLAMA_POOL_VERSION);
+    GroupSet groups(config, log, random, time, metrics);
 
     auto client_keys = config.api_keys;
     if (!config.api_key_file.empty()) {
@@ -77,11 +67,17 @@ int serve(const PoolConfig& config, Logger& log, const sigset_t& signals,
              {"soft_limit", fds.after},
              {"max_connections", config.max_connections},
              {"enough", fds.after >= needed}});
-    Supervisor supervisor(config, log, registry, random);
-    PoolMetrics metrics(LLAMA_POOL_VERSION);
-    metrics.attach(&registry, &supervisor);
-    ProxyServer proxy(config, registry, &supervisor, log, random, metrics, std::move(client_keys));
-    WorkloadRoutes workloads(config, proxy.relay(), registry, log);
+    std::vector<PoolMetrics::GroupSource> sources;
+    for (const auto& g : groups.groups()) {
+        sources.push_back({g->metrics_label(), &g->registry(), &g->supervisor()});
+    }
+    metrics.attach(std::move(sources));
+    struct DetachGroups {
+        PoolMetrics& metrics;
+        ~DetachGroups() { metrics.attach(std::vector<PoolMetrics::GroupSource>{}); }
+    } detach_groups{metrics};
+    ProxyServer proxy(config, groups, log, metrics, std::move(client_keys));
+    WorkloadRoutes workloads(config, groups, log);
     workloads.start();
     proxy.set_workload_routes(&workloads);
     metrics.attach_jobs([&workloads] { return workloads.job_counts(); });
@@ -99,8 +95,9 @@ int serve(const PoolConfig& config, Logger& log, const sigset_t& signals,
     }
     log.info("pool", "listening",
              {{"host", config.host}, {"port", proxy.port()}, {"version", LLAMA_POOL_VERSION}});
-    supervisor.start();
+    groups.start();
 
+    PoolConfig running_config = config;
     std::atomic<bool> shutdown_done{false};
     std::thread shutdown_thread;
     bool forced = false;
@@ -112,7 +109,7 @@ int serve(const PoolConfig& config, Logger& log, const sigset_t& signals,
         }
         if (sig == SIGHUP) {
             if (!shutdown_thread.joinable()) {
-                reload_config(reload, supervisor, log);
+                reload_config(reload, running_config, groups, log);
             }
             continue;
         }
@@ -126,7 +123,7 @@ int serve(const PoolConfig& config, Logger& log, const sigset_t& signals,
                 // (the record says so after the restart), while requests get the grace.
                 workloads.stop();
                 proxy.shutdown(Clock::now() + from_seconds(config.shutdown_grace));
-                supervisor.stop(Duration::zero());
+                groups.stop(Duration::zero());
                 shutdown_done = true;
             });
         } else {
@@ -134,7 +131,7 @@ int serve(const PoolConfig& config, Logger& log, const sigset_t& signals,
             forced = true;
             proxy.http().stop_accepting();
             proxy.abort();
-            supervisor.hurry();
+            groups.hurry();
         }
     }
     shutdown_thread.join();

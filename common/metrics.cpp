@@ -27,30 +27,33 @@ std::vector<double> checked_bounds(std::vector<double> bounds) {
     return bounds;
 }
 
-// `name{a="x",b="y"`: the caller closes the brace, after adding `le` where needed.
-void append_name_and_labels(std::string& out, std::string_view name,
+// `name{a="x",b="y"` (the caller closes the brace, after adding `le` where needed), or just
+// `name` when no label has a value. A label with an empty value is left out: Prometheus
+// reads it as absent anyway, and so a label that only some series need (a model group's name
+// when the pool has groups) costs the others nothing. Returns whether a brace was opened.
+bool append_name_and_labels(std::string& out, std::string_view name,
                             const std::vector<std::string>& label_names,
                             const std::vector<std::string>& label_values) {
     out += name;
-    out += '{';
+    bool opened = false;
     for (std::size_t i = 0; i < label_names.size(); ++i) {
-        if (i > 0) {
-            out += ',';
+        if (label_values[i].empty()) {
+            continue;
         }
+        out += opened ? ',' : '{';
+        opened = true;
         out += label_names[i];
         out += "=\"";
         append_escaped_label_value(out, label_values[i]);
         out += '"';
     }
+    return opened;
 }
 
 void append_sample(std::string& out, std::string_view name,
                    const std::vector<std::string>& label_names,
                    const std::vector<std::string>& label_values, double value) {
-    if (label_names.empty()) {
-        out += name;
-    } else {
-        append_name_and_labels(out, name, label_names, label_values);
+    if (append_name_and_labels(out, name, label_names, label_values)) {
         out += '}';
     }
     out += ' ';
@@ -86,8 +89,8 @@ void append_samples(std::string& out, const std::string& name,
     const auto snap = histogram.snapshot();
     const auto bucket_name = name + "_bucket";
     for (std::size_t i = 0; i < snap.cumulative_counts.size(); ++i) {
-        append_name_and_labels(out, bucket_name, label_names, label_values);
-        out += label_names.empty() ? "le=\"" : ",le=\"";
+        const bool opened = append_name_and_labels(out, bucket_name, label_names, label_values);
+        out += opened ? ",le=\"" : "{le=\"";
         append_metric_value(out, i < snap.upper_bounds.size() ? snap.upper_bounds[i] : HUGE_VAL);
         out += "\"} ";
         append_metric_value(out, static_cast<double>(snap.cumulative_counts[i]));

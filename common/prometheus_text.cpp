@@ -567,7 +567,8 @@ ExpositionMerger::ExpositionMerger(std::string label_name, FamilyRenamer rename)
     }
 }
 
-void ExpositionMerger::add(std::string_view label_value, std::string_view text) {
+void ExpositionMerger::add(std::string_view label_value, std::string_view text,
+                           const std::vector<std::pair<std::string, std::string>>& extra) {
     for (auto& family : parse_exposition(text)) {
         if (rename_) {
             auto name = rename_(family.name);
@@ -582,17 +583,25 @@ void ExpositionMerger::add(std::string_view label_value, std::string_view text) 
         }
         for (auto& sample : family.samples) {
             auto& labels = sample.labels;
-            // Keep the source's own label of that name, renamed, as Prometheus does on scrape.
-            auto it = std::find_if(labels.begin(), labels.end(),
-                                   [&](const auto& label) { return label.first == label_name_; });
-            if (it != labels.end()) {
-                std::string renamed = "exported_" + label_name_;
-                while (has_label(labels, renamed)) {
-                    renamed.insert(0, "exported_");
+            auto put = [&labels](const std::string& name, std::string_view value, std::size_t at) {
+                // Keep the source's own label of that name, renamed, as Prometheus does on
+                // scrape.
+                auto it = std::find_if(labels.begin(), labels.end(),
+                                       [&](const auto& label) { return label.first == name; });
+                if (it != labels.end()) {
+                    std::string renamed = "exported_" + name;
+                    while (has_label(labels, renamed)) {
+                        renamed.insert(0, "exported_");
+                    }
+                    it->first = std::move(renamed);
                 }
-                it->first = std::move(renamed);
+                labels.insert(labels.begin() + static_cast<std::ptrdiff_t>(at),
+                              {name, std::string(value)});
+            };
+            put(label_name_, label_value, 0);
+            for (std::size_t i = 0; i < extra.size(); ++i) {
+                put(extra[i].first, extra[i].second, i);
             }
-            labels.insert(labels.begin(), {label_name_, std::string(label_value)});
         }
 
         const auto [it, inserted] = index_.try_emplace(family.name, families_.size());

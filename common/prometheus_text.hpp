@@ -98,7 +98,10 @@ class ExpositionMerger {
     // or `quantile`.
     explicit ExpositionMerger(std::string label_name, FamilyRenamer rename = {});
 
-    void add(std::string_view label_value, std::string_view text);
+    // `extra`: more labels put on every sample of this source, before the merger's own
+    // (e.g. the worker's group).
+    void add(std::string_view label_value, std::string_view text,
+             const std::vector<std::pair<std::string, std::string>>& extra = {});
 
     void append_to(std::string& out) const;
     std::string render() const;

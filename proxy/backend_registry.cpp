@@ -38,6 +38,7 @@ BackendRegistry::AcquireResult BackendRegistry::acquire(TimePoint deadline,
         result.status = AcquireStatus::shutdown;
         return result;
     }
+    last_active_ = time_.now();
     // Only jump the queue when nobody is waiting: FIFO fairness for the waiters.
     if (waiters_.empty()) {
         if (auto backend = pick_locked(avoid, affinity_key)) {
@@ -54,6 +55,9 @@ BackendRegistry::AcquireResult BackendRegistry::acquire(TimePoint deadline,
     waiter.avoid = avoid;
     waiter.affinity_key = affinity_key;
     waiters_.push_back(&waiter);
+    if (activity_hook_) {
+        activity_hook_();
+    }
     while (!waiter.assigned && !shutdown_) {
         const auto now = Clock::now();
         if (now >= deadline) {
@@ -249,7 +253,29 @@ void BackendRegistry::release(const std::string& id) {
     if (auto it = entries_.find(id); it != entries_.end() && it->second.inflight > 0) {
         --it->second.inflight;
     }
+    last_active_ = time_.now();
     dispatch_locked();
+    if (activity_hook_ && inflight_total_locked() == 0) {
+        activity_hook_();
+    }
+}
+
+int BackendRegistry::inflight_total_locked() const {
+    int total = 0;
+    for (const auto& [id, e] : entries_) {
+        total += e.inflight;
+    }
+    return total;
+}
+
+int BackendRegistry::inflight_total() const {
+    std::lock_guard lock(mutex_);
+    return inflight_total_locked();
+}
+
+TimePoint BackendRegistry::last_active() const {
+    std::lock_guard lock(mutex_);
+    return last_active_;
 }
 
 void BackendRegistry::worker_ready(const WorkerEndpoint& endpoint) {

@@ -121,6 +121,16 @@ class BackendRegistry final : public WorkerListener {
     int worker_inflight(const std::string& id) const override;
     void worker_removed(const std::string& id) override;
 
+    // Called when a request starts waiting in the queue and when the last request in
+    // flight ends: the moments a group scaler must look again. Called with the registry's
+    // lock held, so it must only record and wake (lock order: registry, then the hook's).
+    // Set before traffic starts.
+    void set_activity_hook(std::function<void()> hook) { activity_hook_ = std::move(hook); }
+    // When a request last entered or left this registry (start: construction).
+    TimePoint last_active() const;
+    // Requests in flight on every backend together.
+    int inflight_total() const;
+
     void shutdown();
     // Not const: reading a breaker's state moves an expired ejection to half-open.
     std::vector<BackendSnapshot> snapshot();
@@ -154,6 +164,7 @@ class BackendRegistry final : public WorkerListener {
                                              const std::set<std::string>& avoid,
                                              std::uint64_t affinity_key);
     void dispatch_locked();
+    int inflight_total_locked() const;
 
     RandomSource& random_;
     const TimeSource& time_;
@@ -163,6 +174,8 @@ class BackendRegistry final : public WorkerListener {
     std::map<std::string, Entry> entries_;
     std::deque<Waiter*> waiters_;
     bool shutdown_ = false;
+    std::function<void()> activity_hook_;
+    TimePoint last_active_ = time_.now();
 };
 
 }  // namespace llama_pool

@@ -54,19 +54,20 @@ std::string_view route_label(std::string_view path) {
 
 PoolMetrics::PoolMetrics(std::string version)
     : requests_(registry_.counter("llama_pool_requests_total",
-                                  "Client requests answered, by route and HTTP status.",
-                                  {"route", "code"})),
+                                  "Client requests answered, by group, route and HTTP status.",
+                                  {"group", "route", "code"})),
       duration_(registry_.histogram("llama_pool_request_duration_seconds",
-                                    "Time from request to the end of the response.", {"route"},
-                                    llm_latency_buckets())),
+                                    "Time from request to the end of the response.",
+                                    {"group", "route"}, llm_latency_buckets())),
       ttfb_(registry_.histogram("llama_pool_time_to_first_byte_seconds",
-                                "Time from request to the first response byte sent.", {"route"},
-                                llm_latency_buckets())),
+                                "Time from request to the first response byte sent.",
+                                {"group", "route"}, llm_latency_buckets())),
       queue_wait_(registry_.histogram("llama_pool_queue_wait_seconds",
-                                      "Time requests waited for a worker slot.", {},
+                                      "Time requests waited for a worker slot.", {"group"},
                                       llm_latency_buckets())),
       upstream_(registry_.counter("llama_pool_upstream_requests_total",
-                                  "Attempts sent to workers, by outcome.", {"worker", "outcome"})),
+                                  "Attempts sent to workers, by outcome.",
+                                  {"group", "worker", "outcome"})),
       retries_(registry_.counter("llama_pool_retries_total", "Retries, by reason.", {"reason"})),
       rejected_(registry_.counter("llama_pool_rejected_total",
                                   "Requests the pool refused itself, by reason.", {"reason"})),
@@ -74,10 +75,10 @@ PoolMetrics::PoolMetrics(std::string version)
                                      "Clients that went away before their response ended.")),
       tokens_predicted_(registry_.counter("llama_pool_tokens_predicted_total",
                                           "Tokens generated, read from the workers' replies.",
-                                          {"worker"})),
+                                          {"group", "worker"})),
       prompt_tokens_(registry_.counter("llama_pool_prompt_tokens_total",
                                        "Prompt tokens evaluated, read from the workers' replies.",
-                                       {"worker"})),
+                                       {"group", "worker"})),
       cache_lookups_(registry_.counter(
           "llama_pool_cache_lookups_total",
           "Response cache lookups of cacheable requests: hit, miss, or bypass (no-cache).",
@@ -102,9 +103,12 @@ PoolMetrics::PoolMetrics(std::string version)
     registry_.add_collector([this](std::string& out) { render_worker_metrics(out); });
 }
 
+void PoolMetrics::attach(std::vector<GroupSource> groups) {
+    groups_ = std::move(groups);
+}
+
 void PoolMetrics::attach(BackendRegistry* registry, Supervisor* supervisor) {
-    backends_ = registry;
-    supervisor_ = supervisor;
+    attach({GroupSource{"", registry, supervisor}});
 }
 
 void PoolMetrics::attach_reuse(std::function<ReuseSnapshot()> source) {
@@ -121,21 +125,51 @@ std::string PoolMetrics::render() {
     return registry_.render();
 }
 
-void PoolMetrics::request_done(std::string_view route, int status, double seconds) {
-    requests_.labels({std::string(route), std::to_string(status)}).inc();
-    duration_.labels({std::string(route)}).observe(seconds);
+std::string PoolMetrics::render_group(std::string_view group) {
+    // The whole exposition, less the samples labelled with another group. Samples without a
+    // group label (process, cache, jobs) are pool-wide and stay.
+    const auto all = render();
+    std::string wanted = "group=\"";
+    append_escaped_label_value(wanted, group);
+    wanted += '"';
+    std::string out;
+    std::string_view rest = all;
+    while (!rest.empty()) {
+        const auto nl = rest.find('\n');
+        const auto line = rest.substr(0, nl == std::string_view::npos ? rest.size() : nl + 1);
+        rest.remove_prefix(line.size());
+        const auto brace = line.find('{');
+        const auto labels = brace == std::string_view::npos || line.front() == '#'
+                                ? std::string_view{}
+                                : line.substr(brace);
+        const auto at = labels.find("group=\"");
+        // A label list starts with '{' or follows a comma: "exported_group" is not ours.
+        const bool has_group =
+            at != std::string_view::npos && (labels[at - 1] == '{' || labels[at - 1] == ',');
+        if (!has_group || labels.substr(at, wanted.size()) == wanted) {
+            out += line;
+        }
+    }
+    return out;
 }
 
-void PoolMetrics::first_byte(std::string_view route, double seconds) {
-    ttfb_.labels({std::string(route)}).observe(seconds);
+void PoolMetrics::request_done(std::string_view group, std::string_view route, int status,
+                               double seconds) {
+    requests_.labels({std::string(group), std::string(route), std::to_string(status)}).inc();
+    duration_.labels({std::string(group), std::string(route)}).observe(seconds);
 }
 
-void PoolMetrics::queue_wait(double seconds) {
-    queue_wait_.get().observe(seconds);
+void PoolMetrics::first_byte(std::string_view group, std::string_view route, double seconds) {
+    ttfb_.labels({std::string(group), std::string(route)}).observe(seconds);
 }
 
-void PoolMetrics::upstream(const std::string& worker, std::string_view outcome) {
-    upstream_.labels({worker, std::string(outcome)}).inc();
+void PoolMetrics::queue_wait(std::string_view group, double seconds) {
+    queue_wait_.labels({std::string(group)}).observe(seconds);
+}
+
+void PoolMetrics::upstream(std::string_view group, const std::string& worker,
+                           std::string_view outcome) {
+    upstream_.labels({std::string(group), worker, std::string(outcome)}).inc();
 }
 
 void PoolMetrics::retry(std::string_view reason) {
@@ -150,9 +184,10 @@ void PoolMetrics::client_disconnect() {
     disconnects_.get().inc();
 }
 
-void PoolMetrics::tokens(const std::string& worker, long long predicted, long long prompt) {
-    tokens_predicted_.labels({worker}).inc(static_cast<double>(predicted));
-    prompt_tokens_.labels({worker}).inc(static_cast<double>(prompt));
+void PoolMetrics::tokens(std::string_view group, const std::string& worker, long long predicted,
+                         long long prompt) {
+    tokens_predicted_.labels({std::string(group), worker}).inc(static_cast<double>(predicted));
+    prompt_tokens_.labels({std::string(group), worker}).inc(static_cast<double>(prompt));
 }
 
 void PoolMetrics::cache_lookup(std::string_view result) {
@@ -188,58 +223,85 @@ std::string label(std::string_view name, std::string_view value) {
 }  // namespace
 
 void PoolMetrics::render_pool_state(std::string& out) {
-    if (backends_ == nullptr) {
+    if (groups_.empty()) {
         return;
     }
-    const auto backends = backends_->snapshot();
+    struct Scraped {
+        std::string group_label;
+        std::vector<BackendSnapshot> backends;
+        std::size_t waiting = 0;
+        std::vector<WorkerStatus> workers;
+    };
+    std::vector<Scraped> scraped;
+    for (const auto& g : groups_) {
+        Scraped s;
+        // Without groups the one group has no name here: its series keep the labels they
+        // always had.
+        s.group_label = g.group.empty() ? "" : label("group", g.group) + ",";
+        s.backends = g.registry->snapshot();
+        s.waiting = g.registry->waiting();
+        if (g.supervisor != nullptr) {
+            s.workers = g.supervisor->status();
+        }
+        scraped.push_back(std::move(s));
+    }
+    // One family at a time (the exposition format wants a family's samples together), each
+    // over every group.
+    auto per_backend = [&](std::string_view name, std::string_view help, std::string_view type,
+                           const auto& value) {
+        append_family_header(out, name, help, type);
+        for (const auto& s : scraped) {
+            for (const auto& b : s.backends) {
+                sample(out, name, s.group_label + label("worker", b.id), value(b));
+            }
+        }
+    };
     append_family_header(out, "llama_pool_queue_depth", "Requests waiting for a worker slot.",
                          "gauge");
-    sample(out, "llama_pool_queue_depth", "", static_cast<double>(backends_->waiting()));
-    append_family_header(out, "llama_pool_inflight_requests", "Requests in flight on each worker.",
-                         "gauge");
-    for (const auto& b : backends) {
-        sample(out, "llama_pool_inflight_requests", label("worker", b.id), b.inflight);
+    for (const auto& s : scraped) {
+        std::string labels = s.group_label;
+        if (!labels.empty()) {
+            labels.pop_back();  // the trailing comma
+        }
+        sample(out, "llama_pool_queue_depth", labels, static_cast<double>(s.waiting));
     }
-    append_family_header(out, "llama_pool_worker_capacity",
-                         "Concurrent requests each worker can serve (its slots).", "gauge");
-    for (const auto& b : backends) {
-        sample(out, "llama_pool_worker_capacity", label("worker", b.id),
-               b.available ? b.capacity : 0);
-    }
-    append_family_header(out, "llama_pool_breaker_state",
-                         "Circuit breaker per worker: 0 closed, 1 half-open, 2 open.", "gauge");
-    for (const auto& b : backends) {
-        const double v = b.breaker == BreakerState::closed      ? 0
-                         : b.breaker == BreakerState::half_open ? 1
-                                                                : 2;
-        sample(out, "llama_pool_breaker_state", label("worker", b.id), v);
-    }
-    append_family_header(out, "llama_pool_upstream_connections_opened_total",
-                         "Connections the pool opened to each worker.", "counter");
-    for (const auto& b : backends) {
-        sample(out, "llama_pool_upstream_connections_opened_total", label("worker", b.id),
-               static_cast<double>(b.connections_opened));
-    }
-    if (supervisor_ == nullptr) {
-        return;
-    }
-    const auto workers = supervisor_->status();
+    per_backend("llama_pool_inflight_requests", "Requests in flight on each worker.", "gauge",
+                [](const BackendSnapshot& b) { return static_cast<double>(b.inflight); });
+    per_backend(
+        "llama_pool_worker_capacity", "Concurrent requests each worker can serve (its slots).",
+        "gauge",
+        [](const BackendSnapshot& b) { return static_cast<double>(b.available ? b.capacity : 0); });
+    per_backend("llama_pool_breaker_state",
+                "Circuit breaker per worker: 0 closed, 1 half-open, 2 open.", "gauge",
+                [](const BackendSnapshot& b) {
+                    return b.breaker == BreakerState::closed      ? 0.0
+                           : b.breaker == BreakerState::half_open ? 1.0
+                                                                  : 2.0;
+                });
+    per_backend("llama_pool_upstream_connections_opened_total",
+                "Connections the pool opened to each worker.", "counter",
+                [](const BackendSnapshot& b) { return static_cast<double>(b.connections_opened); });
     append_family_header(out, "llama_pool_worker_state",
                          "1 for each worker's current lifecycle state, 0 for the others.", "gauge");
-    for (const auto& w : workers) {
-        for (const auto s : all_worker_states) {
-            sample(out, "llama_pool_worker_state",
-                   label("worker", w.id) + "," + label("state", to_string(s)),
-                   w.state == s ? 1 : 0);
+    for (const auto& s : scraped) {
+        for (const auto& w : s.workers) {
+            for (const auto state : all_worker_states) {
+                sample(
+                    out, "llama_pool_worker_state",
+                    s.group_label + label("worker", w.id) + "," + label("state", to_string(state)),
+                    w.state == state ? 1 : 0);
+            }
         }
     }
     append_family_header(out, "llama_pool_worker_restarts_total",
                          "Worker failures that led to a restart (or gave up), by reason.",
                          "counter");
-    for (const auto& w : workers) {
-        for (const auto& [reason, n] : w.failures_by_reason) {
-            sample(out, "llama_pool_worker_restarts_total",
-                   label("worker", w.id) + "," + label("reason", reason), n);
+    for (const auto& s : scraped) {
+        for (const auto& w : s.workers) {
+            for (const auto& [reason, n] : w.failures_by_reason) {
+                sample(out, "llama_pool_worker_restarts_total",
+                       s.group_label + label("worker", w.id) + "," + label("reason", reason), n);
+            }
         }
     }
 }
@@ -292,6 +354,14 @@ void PoolMetrics::render_reuse_state(std::string& out) {
 
 std::string merge_worker_expositions(
     const std::vector<std::pair<std::string, std::string>>& texts) {
+    std::vector<WorkerExposition> plain;
+    for (const auto& [worker, text] : texts) {
+        plain.push_back({"", worker, text});
+    }
+    return merge_worker_expositions(plain);
+}
+
+std::string merge_worker_expositions(const std::vector<WorkerExposition>& texts) {
     ExpositionMerger merger("worker", [](std::string_view name) {
         std::string renamed(name);
         for (auto& c : renamed) {
@@ -301,8 +371,12 @@ std::string merge_worker_expositions(
         }
         return renamed;
     });
-    for (const auto& [worker, text] : texts) {
-        merger.add(worker, text);
+    for (const auto& t : texts) {
+        if (t.group.empty()) {
+            merger.add(t.worker, t.text);
+        } else {
+            merger.add(t.worker, t.text, {{"group", t.group}});
+        }
     }
     std::string merged;
     merger.append_to(merged);
@@ -316,22 +390,21 @@ std::string merge_worker_expositions(
 }
 
 void PoolMetrics::render_worker_metrics(std::string& out) {
-    if (backends_ == nullptr) {
-        return;
-    }
-    std::vector<std::pair<std::string, std::string>> texts;
-    for (const auto& b : backends_->snapshot()) {
-        if (!b.available) {
-            continue;
-        }
-        Headers headers;
-        if (!b.api_key.empty()) {
-            headers.add("Authorization", "Bearer " + b.api_key);
-        }
-        const auto r =
-            http_fetch(b.host, b.port, "GET", "/metrics", headers, {}, milliseconds(2000), 4 << 20);
-        if (r.status == 200) {
-            texts.emplace_back(b.id, r.body);
+    std::vector<WorkerExposition> texts;
+    for (const auto& g : groups_) {
+        for (const auto& b : g.registry->snapshot()) {
+            if (!b.available) {
+                continue;
+            }
+            Headers headers;
+            if (!b.api_key.empty()) {
+                headers.add("Authorization", "Bearer " + b.api_key);
+            }
+            const auto r = http_fetch(b.host, b.port, "GET", "/metrics", headers, {},
+                                      milliseconds(2000), 4 << 20);
+            if (r.status == 200) {
+                texts.push_back({g.group, b.id, r.body});
+            }
         }
     }
     out += merge_worker_expositions(texts);

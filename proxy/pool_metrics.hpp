@@ -35,7 +35,15 @@ class PoolMetrics {
   public:
     explicit PoolMetrics(std::string version);
 
-    // Scrape-time sources; `supervisor` may be null (a pool of unmanaged upstreams).
+    // Scrape-time sources, one per model group; `supervisor` may be null (a pool of
+    // unmanaged upstreams). Attach before traffic, detach (empty) before they go.
+    struct GroupSource {
+        std::string group;
+        BackendRegistry* registry = nullptr;
+        Supervisor* supervisor = nullptr;
+    };
+    void attach(std::vector<GroupSource> groups);
+    // Convenience for one unnamed group (tests).
     void attach(BackendRegistry* registry, Supervisor* supervisor);
     // The cache's and coalescer's state; an empty function detaches it (before its owner goes).
     void attach_reuse(std::function<ReuseSnapshot()> source);
@@ -43,15 +51,19 @@ class PoolMetrics {
     using JobCounts = std::vector<std::pair<std::string, std::size_t>>;
     void attach_jobs(std::function<JobCounts()> source);
     std::string render();
+    // Only the series of one group's workers and requests, plus the pool-wide ones.
+    std::string render_group(std::string_view group);
 
-    void request_done(std::string_view route, int status, double seconds);
-    void first_byte(std::string_view route, double seconds);
-    void queue_wait(double seconds);
-    void upstream(const std::string& worker, std::string_view outcome);
+    // `group` is "" for routes the pool answers itself.
+    void request_done(std::string_view group, std::string_view route, int status, double seconds);
+    void first_byte(std::string_view group, std::string_view route, double seconds);
+    void queue_wait(std::string_view group, double seconds);
+    void upstream(std::string_view group, const std::string& worker, std::string_view outcome);
     void retry(std::string_view reason);
     void rejected(std::string_view reason);
     void client_disconnect();
-    void tokens(const std::string& worker, long long predicted, long long prompt);
+    void tokens(std::string_view group, const std::string& worker, long long predicted,
+                long long prompt);
     // result: hit, miss or bypass (Cache-Control: no-cache).
     void cache_lookup(std::string_view result);
     // result: executed, attached, replayed or conflict.
@@ -75,8 +87,7 @@ class PoolMetrics {
     Family<Counter>& prompt_tokens_;
     Family<Counter>& cache_lookups_;
     Family<Counter>& idempotent_;
-    BackendRegistry* backends_ = nullptr;
-    Supervisor* supervisor_ = nullptr;
+    std::vector<GroupSource> groups_;
     std::mutex reuse_mutex_;  // the source is detached while scrapes may run
     std::function<ReuseSnapshot()> reuse_;
     std::function<JobCounts()> jobs_;  // guarded by reuse_mutex_ too: both are rarely set
@@ -86,6 +97,13 @@ class PoolMetrics {
 // /metrics re-exports them: llama.cpp's "llamacpp:" becomes "llamacpp_" (Prometheus
 // reserves the colon for recording rules) and n_tokens_max, declared a counter, a gauge.
 std::string merge_worker_expositions(const std::vector<std::pair<std::string, std::string>>& texts);
+// The same with each worker's group as a `group` label too (none when `group` is empty).
+struct WorkerExposition {
+    std::string group;
+    std::string worker;
+    std::string text;
+};
+std::string merge_worker_expositions(const std::vector<WorkerExposition>& texts);
 
 // A bounded route label: the llama-server endpoint a path names, "/pool" for the admin
 // API, or "other". Client-chosen paths must never become label values.

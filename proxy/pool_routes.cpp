@@ -50,23 +50,27 @@ std::string html_escape(std::string_view s) {
 }  // namespace
 
 nlohmann::json PoolRoutes::status_json() {
-    const auto backends = registry_.snapshot();
-    auto find_backend = [&](const std::string& id) -> const BackendSnapshot* {
-        for (const auto& b : backends) {
-            if (b.id == id) {
-                return &b;
-            }
-        }
-        return nullptr;
-    };
     nlohmann::ordered_json workers = nlohmann::ordered_json::array();
-    int ready = 0, inflight = 0, slots = 0;
-    if (supervisor_ != nullptr) {
-        for (const auto& w : supervisor_->status()) {
+    nlohmann::ordered_json groups = nlohmann::ordered_json::array();
+    int ready = 0, inflight = 0, slots = 0, available = 0;
+    std::size_t queued = 0;
+    for (const auto& group : groups_.groups()) {
+        const auto backends = group->registry().snapshot();
+        auto find_backend = [&](const std::string& id) -> const BackendSnapshot* {
+            for (const auto& b : backends) {
+                if (b.id == id) {
+                    return &b;
+                }
+            }
+            return nullptr;
+        };
+        int g_ready = 0, g_inflight = 0, g_slots = 0, g_workers = 0;
+        for (const auto& w : group->supervisor().status()) {
             const auto* b = find_backend(w.id);
             const int in = b ? b->inflight : 0;
             nlohmann::ordered_json j;
             j["id"] = w.id;
+            j["group"] = group->name();
             j["managed"] = w.managed;
             j["pid"] = w.pid;
             j["port"] = w.port;
@@ -85,39 +89,85 @@ nlohmann::json PoolRoutes::status_json() {
                 j["last_output"] = w.last_output;
             }
             workers.push_back(std::move(j));
-            ready += w.state == WorkerState::ready ? 1 : 0;
-            inflight += in;
-            slots += w.state == WorkerState::ready ? w.capacity : 0;
+            g_workers += w.managed ? 1 : 0;
+            g_ready += w.state == WorkerState::ready ? 1 : 0;
+            g_inflight += in;
+            g_slots += w.state == WorkerState::ready ? w.capacity : 0;
         }
+        const auto g_queued = group->registry().waiting();
+        const auto& spec = group->spec();
+        nlohmann::ordered_json g;
+        g["name"] = group->name();
+        g["aliases"] = spec.aliases;
+        g["model"] = spec.model;
+        g["default"] = spec.is_default;
+        g["endpoints"] = spec.endpoints;
+        g["workers"] = g_workers;
+        g["min_workers"] = spec.min_workers;
+        g["max_workers"] = spec.workers;
+        g["idle_stop"] = spec.idle_stop;
+        g["admin_hold"] = groups_.admin_hold(*group);
+        g["ready"] = g_ready;
+        g["available"] = group->registry().available_count();
+        g["inflight"] = g_inflight;
+        g["slots"] = g_slots;
+        g["queued"] = g_queued;
+        groups.push_back(std::move(g));
+        ready += g_ready;
+        inflight += g_inflight;
+        slots += g_slots;
+        available += group->registry().available_count();
+        queued += g_queued;
     }
     nlohmann::ordered_json out;
     out["version"] = version_;
     out["workers"] = std::move(workers);
+    out["groups"] = std::move(groups);
     out["totals"] = {{"workers", out["workers"].size()},
                      {"ready", ready},
-                     {"available", registry_.available_count()},
+                     {"available", available},
                      {"inflight", inflight},
                      {"slots", slots},
-                     {"queued", registry_.waiting()}};
+                     {"queued", queued}};
+    out["worker_budget"] = {{"limit", groups_.budget().limit()},
+                            {"in_use", groups_.budget().in_use()}};
     // A worker's output may hold any bytes; invalid UTF-8 must not turn /pool/status into a 500.
     return nlohmann::json::parse(
         out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 }
 
 void PoolRoutes::health(Exchange& exchange, const std::string& request_id) {
-    const int available = registry_.available_count();
-    const auto backends = registry_.snapshot();
+    int available = 0;
+    std::size_t total = 0;
+    bool all_on_demand = true;
+    nlohmann::ordered_json per_group = nlohmann::ordered_json::object();
+    for (const auto& g : groups_.groups()) {
+        const int a = g->registry().available_count();
+        const auto t = g->supervisor().status().size();
+        available += a;
+        total += t;
+        all_on_demand = all_on_demand && g->spec().min_workers == 0;
+        per_group[g->name()] = {{"workers_ready", a}, {"workers_total", t}};
+    }
     nlohmann::ordered_json body;
-    if (available > 0) {
+    // Ready when some worker can serve, or when every group starts on demand (nothing has to
+    // run before the first request asks for it).
+    if (available > 0 || (all_on_demand && !groups_.implicit())) {
         body["status"] = "ok";
         body["workers_ready"] = available;
-        body["workers_total"] = supervisor_ ? supervisor_->status().size() : backends.size();
+        body["workers_total"] = total;
+        if (!groups_.implicit()) {
+            body["groups"] = std::move(per_group);
+        }
         respond_json(exchange, 200, body.dump(), request_id);
         return;
     }
     body["status"] = "unavailable";
     body["workers_ready"] = 0;
-    body["workers_total"] = supervisor_ ? supervisor_->status().size() : backends.size();
+    body["workers_total"] = total;
+    if (!groups_.implicit()) {
+        body["groups"] = std::move(per_group);
+    }
     body["error"] = {{"code", 503},
                      {"message", "no worker is ready"},
                      {"type", "unavailable_error"},
@@ -130,17 +180,20 @@ void PoolRoutes::index_page(Exchange& exchange, const std::string& request_id) {
     std::string rows;
     for (const auto& w : status["workers"]) {
         rows += fmt::format(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td></tr>\n",
-            html_escape(w["id"].get<std::string>()), html_escape(w["state"].get<std::string>()),
-            w["pid"].get<int>(), w["inflight"].get<int>(), w["slots"].get<int>(),
-            w["restarts"].get<int>(), html_escape(w["detail"].get<std::string>()));
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td>"
+            "</tr>\n",
+            html_escape(w["group"].get<std::string>()), html_escape(w["id"].get<std::string>()),
+            html_escape(w["state"].get<std::string>()), w["pid"].get<int>(),
+            w["inflight"].get<int>(), w["slots"].get<int>(), w["restarts"].get<int>(),
+            html_escape(w["detail"].get<std::string>()));
     }
     const auto& t = status["totals"];
     const auto page = fmt::format(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>llama-pool</title></head>\n"
         "<body><h1>llama-pool {}</h1>\n"
         "<p>{} of {} workers ready; {} requests in flight on {} slots; {} queued.</p>\n"
-        "<table border=\"1\" cellpadding=\"4\"><tr><th>worker</th><th>state</th><th>pid</th>"
+        "<table border=\"1\" cellpadding=\"4\"><tr><th>group</th><th>worker</th><th>state</th>"
+        "<th>pid</th>"
         "<th>in flight/slots</th><th>restarts</th><th>detail</th></tr>\n{}</table>\n"
         "<p>JSON: <a href=\"/pool/status\">/pool/status</a>, health: <a href=\"/health\">/health"
         "</a>, metrics: <a href=\"/metrics\">/metrics</a></p></body></html>\n",
@@ -166,29 +219,49 @@ FetchResult worker_get(const BackendSnapshot& b, std::string_view target) {
 
 }  // namespace
 
+std::vector<ModelGroup*> PoolRoutes::selected_groups(Exchange& exchange,
+                                                     const std::string& /*request_id*/) {
+    const auto& request = exchange.request();
+    std::vector<ModelGroup*> out;
+    if (!groups_.implicit() && !requested_model({}, request.query()).empty()) {
+        // Routed as a request naming that model would be: name, alias, file name, default.
+        out.push_back(&groups_.route(request, request.path()));
+        return out;
+    }
+    for (const auto& g : groups_.groups()) {
+        out.push_back(g.get());
+    }
+    return out;
+}
+
 void PoolRoutes::slots(Exchange& exchange, const std::string& request_id) {
-    // Every available worker's slots, renumbered pool-wide, each saying which worker and
-    // which of its slots it is.
+    // Every available worker's slots, renumbered pool-wide, each saying which worker (and,
+    // with groups, which group) and which of its slots it is.
     nlohmann::json all = nlohmann::json::array();
     bool any_idle = false;
-    for (const auto& b : registry_.snapshot()) {
-        if (!b.available) {
-            continue;
-        }
-        const auto r = worker_get(b, "/slots");
-        const auto doc = nlohmann::json::parse(r.body, nullptr, false);
-        if (r.status != 200 || !doc.is_array()) {
-            continue;
-        }
-        for (auto slot : doc) {
-            if (!slot.is_object()) {
+    for (auto* group : selected_groups(exchange, request_id)) {
+        for (const auto& b : group->registry().snapshot()) {
+            if (!b.available) {
                 continue;
             }
-            slot["worker"] = b.id;
-            slot["worker_slot_id"] = slot.value("id", -1);
-            slot["id"] = all.size();
-            any_idle = any_idle || !slot.value("is_processing", false);
-            all.push_back(std::move(slot));
+            const auto r = worker_get(b, "/slots");
+            const auto doc = nlohmann::json::parse(r.body, nullptr, false);
+            if (r.status != 200 || !doc.is_array()) {
+                continue;
+            }
+            for (auto slot : doc) {
+                if (!slot.is_object()) {
+                    continue;
+                }
+                slot["worker"] = b.id;
+                if (!groups_.implicit()) {
+                    slot["group"] = group->name();
+                }
+                slot["worker_slot_id"] = slot.value("id", -1);
+                slot["id"] = all.size();
+                any_idle = any_idle || !slot.value("is_processing", false);
+                all.push_back(std::move(slot));
+            }
         }
     }
     const auto query = exchange.request().query();
@@ -201,25 +274,31 @@ void PoolRoutes::slots(Exchange& exchange, const std::string& request_id) {
 }
 
 void PoolRoutes::props(Exchange& exchange, const std::string& request_id) {
-    // One worker's properties (they share model and settings), with total_slots the sum over
-    // the available workers and the per-worker breakdown.
+    // One worker's properties (a group's workers share model and settings), with total_slots
+    // the sum over the available workers and the per-worker breakdown.
     nlohmann::json props;
     nlohmann::json workers = nlohmann::json::array();
     int total = 0;
-    for (const auto& b : registry_.snapshot()) {
-        if (!b.available) {
-            continue;
-        }
-        const auto r = worker_get(b, "/props");
-        auto doc = nlohmann::json::parse(r.body, nullptr, false);
-        if (r.status != 200 || !doc.is_object()) {
-            continue;
-        }
-        const int slots = doc.value("total_slots", b.capacity);
-        total += slots;
-        workers.push_back({{"id", b.id}, {"total_slots", slots}});
-        if (props.is_null()) {
-            props = std::move(doc);
+    for (auto* group : selected_groups(exchange, request_id)) {
+        for (const auto& b : group->registry().snapshot()) {
+            if (!b.available) {
+                continue;
+            }
+            const auto r = worker_get(b, "/props");
+            auto doc = nlohmann::json::parse(r.body, nullptr, false);
+            if (r.status != 200 || !doc.is_object()) {
+                continue;
+            }
+            const int slots = doc.value("total_slots", b.capacity);
+            total += slots;
+            nlohmann::json w = {{"id", b.id}, {"total_slots", slots}};
+            if (!groups_.implicit()) {
+                w["group"] = group->name();
+            }
+            workers.push_back(std::move(w));
+            if (props.is_null()) {
+                props = std::move(doc);
+            }
         }
     }
     if (props.is_null()) {
@@ -232,6 +311,57 @@ void PoolRoutes::props(Exchange& exchange, const std::string& request_id) {
                  props.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), request_id);
 }
 
+void PoolRoutes::models(Exchange& exchange, const std::string& request_id) {
+    // OpenAI's model list: one object per group, with what a client needs to pick one.
+    nlohmann::ordered_json data = nlohmann::ordered_json::array();
+    const auto created = std::chrono::duration_cast<std::chrono::seconds>(
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count();
+    for (const auto& g : groups_.groups()) {
+        nlohmann::ordered_json m;
+        m["id"] = g->name();
+        m["object"] = "model";
+        m["created"] = created;
+        m["owned_by"] = "llama-pool";
+        m["aliases"] = g->spec().aliases;
+        m["model_path"] = g->spec().model;
+        m["default"] = g->spec().is_default;
+        m["running"] = g->registry().available_count() > 0;
+        m["workers"] = g->supervisor().worker_count();
+        data.push_back(std::move(m));
+    }
+    nlohmann::ordered_json body;
+    body["object"] = "list";
+    body["data"] = std::move(data);
+    respond_json(exchange, 200, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                 request_id);
+}
+
+void PoolRoutes::group_action(Exchange& exchange, std::string_view name, std::string_view action,
+                              const std::string& request_id) {
+    const auto result = action == "start" ? groups_.start_group(name) : groups_.stop_group(name);
+    switch (result) {
+        case GroupSet::AdminResult::accepted:
+            respond_json(exchange, 202,
+                         nlohmann::json{{"group", std::string(name)},
+                                        {"action", std::string(action)},
+                                        {"status", "accepted"}}
+                             .dump(),
+                         request_id);
+            return;
+        case GroupSet::AdminResult::not_found:
+            respond_json(
+                exchange, 404,
+                make_error_body(404, "no group named " + std::string(name), "not_found_error"),
+                request_id);
+            return;
+        case GroupSet::AdminResult::stopping:
+            respond_json(exchange, 503, make_error_body(503, "the pool is shutting down"),
+                         request_id);
+            return;
+    }
+}
+
 bool PoolRoutes::handle(Exchange& exchange, const std::string& path,
                         const std::string& request_id) {
     const auto& method = exchange.request().method;
@@ -241,6 +371,12 @@ bool PoolRoutes::handle(Exchange& exchange, const std::string& path,
     }
     if (path == "/props" && method == "GET") {
         props(exchange, request_id);
+        return true;
+    }
+    if ((path == "/v1/models" || path == "/models") && method == "GET" && !groups_.implicit()) {
+        // One pool, one model: the worker's own list is the faithful answer. With groups the
+        // pool knows them all, started or not.
+        models(exchange, request_id);
         return true;
     }
     if (path == "/health") {
@@ -271,21 +407,41 @@ bool PoolRoutes::handle(Exchange& exchange, const std::string& path,
                      request_id);
         return true;
     }
-    if (path == "/pool/restart" && method == "POST" && supervisor_ != nullptr) {
-        switch (supervisor_->rolling_restart(supervisor_->config())) {
-            case Supervisor::RolloutStart::started:
-                respond_json(exchange, 202, R"({"rollout":"started"})", request_id);
-                break;
-            case Supervisor::RolloutStart::already_running:
-                respond_json(exchange, 409,
-                             make_error_body(409, "a rolling restart is already running",
-                                             "invalid_request_error"),
-                             request_id);
-                break;
-            case Supervisor::RolloutStart::stopping:
-                respond_json(exchange, 503, make_error_body(503, "the pool is shutting down"),
-                             request_id);
-                break;
+    if (!admin(exchange, path, request_id)) {
+        respond_json(exchange, 404, make_error_body(404, "File Not Found", "not_found_error"),
+                     request_id);
+    }
+    return true;
+}
+
+bool PoolRoutes::admin(Exchange& exchange, const std::string& path, const std::string& request_id) {
+    const auto& method = exchange.request().method;
+    if (path == "/pool/restart" && method == "POST") {
+        // Every group rolls over; a group already rolling says so.
+        bool any_started = false, any_running = false, stopping = false;
+        for (const auto& g : groups_.groups()) {
+            switch (g->supervisor().rolling_restart(g->supervisor().config())) {
+                case Supervisor::RolloutStart::started:
+                    any_started = true;
+                    break;
+                case Supervisor::RolloutStart::already_running:
+                    any_running = true;
+                    break;
+                case Supervisor::RolloutStart::stopping:
+                    stopping = true;
+                    break;
+            }
+        }
+        if (stopping) {
+            respond_json(exchange, 503, make_error_body(503, "the pool is shutting down"),
+                         request_id);
+        } else if (any_started) {
+            respond_json(exchange, 202, R"({"rollout":"started"})", request_id);
+        } else if (any_running) {
+            respond_json(exchange, 409,
+                         make_error_body(409, "a rolling restart is already running",
+                                         "invalid_request_error"),
+                         request_id);
         }
         return true;
     }
@@ -295,39 +451,51 @@ bool PoolRoutes::handle(Exchange& exchange, const std::string& path,
                      request_id);
         return true;
     }
-    constexpr std::string_view prefix = "/pool/workers/";
-    if (path.rfind(prefix, 0) == 0 && supervisor_ != nullptr) {
-        const auto rest = path.substr(prefix.size());
+    constexpr std::string_view group_prefix = "/pool/groups/";
+    if (path.rfind(group_prefix, 0) == 0 && method == "POST") {
+        const auto rest = std::string_view(path).substr(group_prefix.size());
         const auto slash = rest.find('/');
-        const auto id = rest.substr(0, slash);
-        const auto action = slash == std::string::npos ? std::string() : rest.substr(slash + 1);
-        if (action == "log" && method == "GET") {
-            if (const auto lines = supervisor_->worker_output(id)) {
+        const auto action = slash == std::string_view::npos ? "" : rest.substr(slash + 1);
+        if (action == "start" || action == "stop") {
+            group_action(exchange, rest.substr(0, slash), action, request_id);
+            return true;
+        }
+        return false;
+    }
+    constexpr std::string_view prefix = "/pool/workers/";
+    if (path.rfind(prefix, 0) != 0) {
+        return false;
+    }
+    const auto rest = path.substr(prefix.size());
+    const auto slash = rest.find('/');
+    const auto id = rest.substr(0, slash);
+    const auto action = slash == std::string::npos ? std::string() : rest.substr(slash + 1);
+    if (action == "log" && method == "GET") {
+        for (const auto& g : groups_.groups()) {
+            if (const auto lines = g->supervisor().worker_output(id)) {
                 respond_json(exchange, 200,
                              nlohmann::json{{"id", id}, {"lines", *lines}}.dump(
                                  -1, ' ', false, nlohmann::json::error_handler_t::replace),
                              request_id);
-            } else {
-                respond_json(exchange, 404, make_error_body(404, "no worker with id " + id),
-                             request_id);
+                return true;
             }
-            return true;
         }
-        if (action == "restart" && method == "POST") {
-            if (supervisor_->restart_worker(id)) {
+        respond_json(exchange, 404, make_error_body(404, "no worker with id " + id), request_id);
+        return true;
+    }
+    if (action == "restart" && method == "POST") {
+        for (const auto& g : groups_.groups()) {
+            if (g->supervisor().restart_worker(id)) {
                 respond_json(exchange, 202,
                              nlohmann::json{{"id", id}, {"restart", "requested"}}.dump(),
                              request_id);
-            } else {
-                respond_json(exchange, 404, make_error_body(404, "no worker with id " + id),
-                             request_id);
+                return true;
             }
-            return true;
         }
+        respond_json(exchange, 404, make_error_body(404, "no worker with id " + id), request_id);
+        return true;
     }
-    respond_json(exchange, 404, make_error_body(404, "File Not Found", "not_found_error"),
-                 request_id);
-    return true;
+    return false;
 }
 
 }  // namespace llama_pool

@@ -3,26 +3,22 @@
 #include <string>
 
 #include "common/http_server.hpp"
-#include "proxy/backend_registry.hpp"
-#include "supervisor/supervisor.hpp"
+#include "proxy/group_set.hpp"
 
 namespace llama_pool {
 
-// The endpoints the pool answers itself: GET /health, GET /, /pool/status,
-// /pool/workers/{id}/log, POST /pool/workers/{id}/restart. `supervisor` may be null (a pool
-// of unmanaged upstreams). /pool/* needs `admin_key` when one is set, and answers only
-// loopback clients when none is.
+// The endpoints the pool answers itself: GET /health, GET /, GET /slots, GET /props,
+// GET /v1/models (when there are groups), /pool/status, /pool/workers/{id}/log,
+// POST /pool/workers/{id}/restart, POST /pool/restart and POST /pool/groups/{name}/start|stop.
+// /pool/* needs `admin_key` when one is set, and answers only loopback clients when none is.
 class PoolRoutes {
   public:
-    PoolRoutes(BackendRegistry& registry, Supervisor* supervisor, std::string version,
-               std::string admin_key)
-        : registry_(registry),
-          supervisor_(supervisor),
-          version_(std::move(version)),
-          admin_key_(std::move(admin_key)) {}
+    PoolRoutes(GroupSet& groups, std::string version, std::string admin_key)
+        : groups_(groups), version_(std::move(version)), admin_key_(std::move(admin_key)) {}
 
     // True when the path belongs to the pool (then the exchange has been answered). GET /slots
-    // and GET /props are answered from the workers' own replies, aggregated.
+    // and GET /props are answered from the workers' own replies, aggregated over every group,
+    // or over one with ?model=.
     bool handle(Exchange& exchange, const std::string& path, const std::string& request_id);
 
     nlohmann::json status_json();
@@ -32,9 +28,15 @@ class PoolRoutes {
     void index_page(Exchange& exchange, const std::string& request_id);
     void slots(Exchange& exchange, const std::string& request_id);
     void props(Exchange& exchange, const std::string& request_id);
+    void models(Exchange& exchange, const std::string& request_id);
+    bool admin(Exchange& exchange, const std::string& path, const std::string& request_id);
+    void group_action(Exchange& exchange, std::string_view name, std::string_view action,
+                      const std::string& request_id);
+    // The groups a metadata request is about: the one its ?model= names, else all. Empty
+    // (after a 404 was sent) when ?model= names no group.
+    std::vector<ModelGroup*> selected_groups(Exchange& exchange, const std::string& request_id);
 
-    BackendRegistry& registry_;
-    Supervisor* supervisor_;
+    GroupSet& groups_;
     std::string version_;
     std::string admin_key_;
 };

@@ -15,16 +15,14 @@ milliseconds to_ms(double seconds) {
 
 }  // namespace
 
-ProxyServer::ProxyServer(const PoolConfig& config, BackendRegistry& registry,
-                         Supervisor* supervisor, Logger& log, RandomSource& random,
+ProxyServer::ProxyServer(const PoolConfig& config, GroupSet& groups, Logger& log,
                          PoolMetrics& metrics, std::vector<std::string> client_keys)
     : config_(config),
-      registry_(registry),
+      groups_(groups),
       log_(log),
       metrics_(metrics),
-      routes_(registry, supervisor, LLAMA_POOL_VERSION, config.admin_key),
-      relay_(config, registry, log, random, metrics),
-      reuse_(config, relay_, log, metrics, time_),
+      routes_(groups, LLAMA_POOL_VERSION, config.admin_key),
+      reuse_(config, log, metrics, time_),
       auth_(std::move(client_keys)) {
     metrics.attach_reuse([this] { return reuse_.snapshot(); });
     if (config.rate_limit_rps > 0) {
@@ -56,7 +54,7 @@ bool ProxyServer::start(std::string& error) {
 void ProxyServer::shutdown(TimePoint deadline) {
     server_->stop_accepting();
     server_->drain(deadline);
-    registry_.shutdown();
+    groups_.shutdown_registries();
     server_->stop();
 }
 
@@ -82,9 +80,9 @@ void ProxyServer::handle(Exchange& exchange) {
     const auto route = route_label(path);
     // A client that left got no status; 499 is the conventional label for that.
     const int status = outcome.client_gone ? 499 : outcome.status;
-    metrics_.request_done(route, status, seconds);
+    metrics_.request_done(outcome.group, route, status, seconds);
     if (outcome.first_byte_seconds >= 0) {
-        metrics_.first_byte(route, outcome.first_byte_seconds);
+        metrics_.first_byte(outcome.group, route, outcome.first_byte_seconds);
     }
     if (outcome.client_gone) {
         metrics_.client_disconnect();
@@ -102,6 +100,7 @@ void ProxyServer::handle(Exchange& exchange) {
              {{"request_id", request_id},
               {"method", request.method},
               {"route", route},
+              {"group", outcome.group},
               {"status", status},
               {"worker", outcome.worker},
               {"attempts", outcome.attempts},
@@ -131,7 +130,11 @@ void ProxyServer::serve(Exchange& exchange, const std::string& path, const std::
         }
         Headers headers;
         headers.add("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
-        exchange.respond(200, std::move(headers), metrics_.render());
+        const auto model = requested_model({}, request.query());
+        exchange.respond(200, std::move(headers),
+                         model.empty() || groups_.implicit()
+                             ? metrics_.render()
+                             : metrics_.render_group(groups_.route(request, path).metrics_label()));
         outcome.status = 200;
         return;
     }
@@ -171,7 +174,9 @@ void ProxyServer::serve(Exchange& exchange, const std::string& path, const std::
         outcome.status = exchange.response_status();
         return;
     }
-    outcome = reuse_.forward(exchange, target, request_id);
+    auto& group = groups_.route(request, path);
+    outcome = reuse_.forward(exchange, target, request_id, group.relay());
+    outcome.group = group.metrics_label();
 }
 
 }  // namespace llama_pool

@@ -7,7 +7,7 @@
 #include "common/http_server.hpp"
 #include "common/log.hpp"
 #include "common/random.hpp"
-#include "proxy/backend_registry.hpp"
+#include "proxy/group_set.hpp"
 #include "proxy/inbound_auth.hpp"
 #include "proxy/pool_metrics.hpp"
 #include "proxy/pool_routes.hpp"
@@ -24,8 +24,7 @@ namespace llama_pool {
 class ProxyServer {
   public:
     // `client_keys` is the full set of accepted client keys (config list plus key file).
-    ProxyServer(const PoolConfig& config, BackendRegistry& registry, Supervisor* supervisor,
-                Logger& log, RandomSource& random, PoolMetrics& metrics,
+    ProxyServer(const PoolConfig& config, GroupSet& groups, Logger& log, PoolMetrics& metrics,
                 std::vector<std::string> client_keys);
     ~ProxyServer();
 
@@ -36,7 +35,6 @@ class ProxyServer {
     // Cuts every running request short (second signal); shutdown() then returns at once.
     void abort() { server_->abort(); }
     HttpServer& http() { return *server_; }
-    Relay& relay() { return relay_; }
     // Extra endpoints (summarize, jobs), tried after the pool's own; set before start().
     void set_workload_routes(RouteHandler* routes) { workload_routes_ = routes; }
 
@@ -46,11 +44,10 @@ class ProxyServer {
                const std::string& request_id, RelayOutcome& outcome);
 
     const PoolConfig& config_;
-    BackendRegistry& registry_;
+    GroupSet& groups_;
     Logger& log_;
     PoolMetrics& metrics_;
     PoolRoutes routes_;
-    Relay relay_;
     SteadyTimeSource time_;
     ReplyReuse reuse_;
     InboundAuth auth_;

@@ -266,7 +266,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
             affinity);
         const auto waited = to_seconds(Clock::now() - queued_at);
         outcome.queue_seconds += waited;
-        metrics_.queue_wait(waited);
+        metrics_.queue_wait(group_, waited);
         if (acquired.status == BackendRegistry::AcquireStatus::cancelled) {
             outcome.client_gone = true;
             exchange.abort();
@@ -361,9 +361,10 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                 registry_.report_refused(backend.id);
             }
             verdict.report(false);
-            metrics_.upstream(backend.id, failed_io == IoStatus::timeout ? "timeout"
-                                          : why.rfind("connect", 0) == 0 ? "connect_error"
-                                                                         : "reset");
+            metrics_.upstream(group_, backend.id,
+                              failed_io == IoStatus::timeout ? "timeout"
+                              : why.rfind("connect", 0) == 0 ? "connect_error"
+                                                             : "reset");
             log_.warn(kComponent, "upstream_failed",
                       {{"request_id", request_id},
                        {"worker", backend.id},
@@ -377,7 +378,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
             retry_status = head.status;
             last_error = fmt::format("worker {} answered {}", backend.id, head.status);
             last_status = client_status;
-            metrics_.upstream(backend.id, "status_5xx_retried");
+            metrics_.upstream(group_, backend.id, "status_5xx_retried");
             log_.warn(kComponent, "upstream_retryable_status",
                       {{"request_id", request_id},
                        {"worker", backend.id},
@@ -451,7 +452,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
             }
             UsageScanner usage;
             const auto upstream_outcome = [&](std::string_view what) {
-                metrics_.upstream(outcome.worker, what);
+                metrics_.upstream(group_, outcome.worker, what);
             };
             // Once the worker has sent all of its reply its slot is free: hand the slot on
             // before the client sees the end. Otherwise a client that sends its next request
@@ -515,7 +516,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
             if (const auto counts =
                     usage.finish(events || content_type.rfind("text/event-stream", 0) == 0);
                 counts.found) {
-                metrics_.tokens(outcome.worker, counts.predicted, counts.prompt);
+                metrics_.tokens(group_, outcome.worker, counts.predicted, counts.prompt);
             }
             if (io != IoStatus::ok) {
                 // The worker broke mid-response. A stream ends with what was produced and an

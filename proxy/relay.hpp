@@ -17,6 +17,7 @@ namespace llama_pool {
 // What happened to one relayed request, for the access log and metrics.
 struct RelayOutcome {
     int status = 0;
+    std::string group;  // the model group that served it; empty for the pool's own routes
     std::string worker;
     int attempts = 0;
     double queue_seconds = 0;
@@ -37,13 +38,16 @@ struct RelayOutcome {
 // never (a retried generation would corrupt what the client already has).
 class Relay {
   public:
+    // `group`: the model group it serves, as its metric series are labelled ("" for the one
+    // group of a pool without groups); also scopes the group's cached replies.
     Relay(const PoolConfig& config, BackendRegistry& registry, Logger& log, RandomSource& random,
-          PoolMetrics& metrics)
+          PoolMetrics& metrics, std::string group = {})
         : config_(config),
           registry_(registry),
           log_(log),
           random_(random),
           metrics_(metrics),
+          group_(std::move(group)),
           budget_(config.retry_budget_ratio, config.retry_budget_min) {}
 
     // `avoid`: workers to use only when no other one has a free slot (a caller retrying
@@ -52,6 +56,7 @@ class Relay {
                          const std::string& request_id, const std::set<std::string>& avoid = {});
 
     const ServiceRate& service_rate() const { return service_rate_; }
+    const std::string& group() const { return group_; }
 
   private:
     void refuse(Exchange& exchange, RelayOutcome& outcome, const std::string& reason,
@@ -63,6 +68,7 @@ class Relay {
     Logger& log_;
     RandomSource& random_;
     PoolMetrics& metrics_;
+    const std::string group_;
     RetryBudget budget_;
     ServiceRate service_rate_;
 };

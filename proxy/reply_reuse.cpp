@@ -31,6 +31,12 @@ void respond_error(Exchange& exchange, int status, std::string_view message,
     exchange.respond(status, std::move(headers), make_error_body(status, message));
 }
 
+// Length-prefixed group, then who: no choice of bytes makes one group's entry another's.
+std::string group_scoped(std::string_view group, std::string_view who) {
+    return std::to_string(group.size()) + ":" + std::string(group) + std::to_string(who.size()) +
+           ":" + std::string(who);
+}
+
 Headers one_header(std::string name, std::string value) {
     Headers h;
     h.add(std::move(name), std::move(value));
@@ -64,9 +70,9 @@ class LeadScope {
 
 }  // namespace
 
-ReplyReuse::ReplyReuse(const PoolConfig& config, Relay& relay, Logger& log, PoolMetrics& metrics,
+ReplyReuse::ReplyReuse(const PoolConfig& config, Logger& log, PoolMetrics& metrics,
                        const TimeSource& time)
-    : config_(config), relay_(relay), log_(log), metrics_(metrics) {
+    : config_(config), log_(log), metrics_(metrics) {
     if (config.cache_enabled) {
         cache_ = std::make_unique<ResponseCache>(
             ResponseCacheLimits{static_cast<std::size_t>(config.cache_max_bytes),
@@ -100,24 +106,25 @@ ReuseSnapshot ReplyReuse::snapshot() {
 }
 
 RelayOutcome ReplyReuse::forward(Exchange& exchange, const std::string& target,
-                                 const std::string& request_id) {
+                                 const std::string& request_id, Relay& relay) {
     const auto& request = exchange.request();
     const bool keyed = coalescer_ && request.headers.has("Idempotency-Key");
     if (!cache_ && !keyed) {
-        return relay_.forward(exchange, target, request_id);
+        return relay.forward(exchange, target, request_id);
     }
     const auto traits = read_request_traits(request, target);
     if (keyed && traits.coalescable()) {
-        return coalesce(exchange, target, request_id, traits);
+        return coalesce(exchange, target, request_id, traits, relay);
     }
     if (cache_ && traits.cacheable()) {
-        return serve_fresh(exchange, target, request_id, traits, false, {});
+        return serve_fresh(exchange, target, request_id, traits, false, {}, relay);
     }
-    return relay_.forward(exchange, target, request_id);
+    return relay.forward(exchange, target, request_id);
 }
 
 RelayOutcome ReplyReuse::coalesce(Exchange& exchange, const std::string& target,
-                                  const std::string& request_id, const RequestTraits& traits) {
+                                  const std::string& request_id, const RequestTraits& traits,
+                                  Relay& relay) {
     RelayOutcome outcome;
     const auto& key = *traits.idempotency_key;
     if (key.empty() || key.size() > kMaxIdempotencyKeyBytes ||
@@ -134,7 +141,7 @@ RelayOutcome ReplyReuse::coalesce(Exchange& exchange, const std::string& target,
     // has none, so that two clients choosing the same key never meet.
     const auto credential = credential_of(exchange);
     const auto who = credential.empty() ? "addr:" + exchange.remote_address() : "key:" + credential;
-    const auto scope = std::to_string(who.size()) + ":" + who + key;
+    const auto scope = group_scoped(relay.group(), who) + key;
 
     const auto started = Clock::now();
     auto deadline = started + from_seconds(config_.total_timeout);
@@ -204,14 +211,16 @@ RelayOutcome ReplyReuse::coalesce(Exchange& exchange, const std::string& target,
             case Coalescer::Role::lead: {
                 LeadScope lead(*coalescer_, scope, ticket);
                 metrics_.idempotent_request("executed");
-                outcome = serve_fresh(exchange, target, request_id, traits, true,
-                                      [&](std::shared_ptr<const StoredReply> reply) {
-                                          // Refusals and worker failures are for the moment:
-                                          // requests attached now get them, a later retry
-                                          // gets a fresh attempt.
-                                          const bool keep = reply && reply->status < 500;
-                                          lead.finish(std::move(reply), keep);
-                                      });
+                outcome = serve_fresh(
+                    exchange, target, request_id, traits, true,
+                    [&](std::shared_ptr<const StoredReply> reply) {
+                        // Refusals and worker failures are for the moment:
+                        // requests attached now get them, a later retry
+                        // gets a fresh attempt.
+                        const bool keep = reply && reply->status < 500;
+                        lead.finish(std::move(reply), keep);
+                    },
+                    relay);
                 outcome.idempotency = "executed";
                 return outcome;
             }
@@ -221,13 +230,14 @@ RelayOutcome ReplyReuse::coalesce(Exchange& exchange, const std::string& target,
 
 RelayOutcome ReplyReuse::serve_fresh(Exchange& exchange, const std::string& target,
                                      const std::string& request_id, const RequestTraits& traits,
-                                     bool outlive_client, const ReplyHandler& on_reply) {
+                                     bool outlive_client, const ReplyHandler& on_reply,
+                                     Relay& relay) {
     const bool cacheable = cache_ && traits.cacheable();
     std::string cache_key;
     std::string cache_result;
     if (cacheable) {
-        cache_key = response_cache_key(credential_of(exchange), exchange.request().method, target,
-                                       *traits.canonical_body);
+        cache_key = response_cache_key(group_scoped(relay.group(), credential_of(exchange)),
+                                       exchange.request().method, target, *traits.canonical_body);
         if (traits.no_cache) {
             cache_result = "bypass";
         } else if (auto hit = cache_->get(cache_key)) {
@@ -274,7 +284,7 @@ RelayOutcome ReplyReuse::serve_fresh(Exchange& exchange, const std::string& targ
             std::max(options.max_bytes, static_cast<std::size_t>(config_.idempotency_max_bytes));
     }
     RecordingExchange tee(exchange, std::move(options));
-    auto outcome = relay_.forward(tee, target, request_id);
+    auto outcome = relay.forward(tee, target, request_id);
     outcome.cache = cache_result;
     // A chunked reply the worker broke off still ended cleanly for the client; it is not
     // one to keep or share.

@@ -27,17 +27,18 @@ namespace llama_pool {
 // which time the first connection is gone.
 class ReplyReuse {
   public:
-    ReplyReuse(const PoolConfig& config, Relay& relay, Logger& log, PoolMetrics& metrics,
-               const TimeSource& time);
+    ReplyReuse(const PoolConfig& config, Logger& log, PoolMetrics& metrics, const TimeSource& time);
 
+    // `relay`: the relay of the group that serves the request; cache and Idempotency-Key
+    // entries are the group's own, so one group's reply never answers another's request.
     RelayOutcome forward(Exchange& exchange, const std::string& target,
-                         const std::string& request_id);
+                         const std::string& request_id, Relay& relay);
 
     ReuseSnapshot snapshot();
 
   private:
     RelayOutcome coalesce(Exchange& exchange, const std::string& target,
-                          const std::string& request_id, const RequestTraits& traits);
+                          const std::string& request_id, const RequestTraits& traits, Relay& relay);
     using ReplyHandler = std::function<void(std::shared_ptr<const StoredReply>)>;
     // Cache lookup, then the relay through a recording tee. `on_reply` is called once with
     // the complete reply (null when there is none), as early as it is known: before the
@@ -45,10 +46,9 @@ class ReplyReuse {
     // when the client leaves.
     RelayOutcome serve_fresh(Exchange& exchange, const std::string& target,
                              const std::string& request_id, const RequestTraits& traits,
-                             bool outlive_client, const ReplyHandler& on_reply);
+                             bool outlive_client, const ReplyHandler& on_reply, Relay& relay);
 
     const PoolConfig& config_;
-    Relay& relay_;
     Logger& log_;
     PoolMetrics& metrics_;
     std::unique_ptr<ResponseCache> cache_;  // null when the cache is off

@@ -41,9 +41,12 @@ bool probe_completion(const ProbeTarget& target, milliseconds timeout, std::stri
     auto headers = auth_headers(target);
     headers.add("Content-Type", "application/json");
     // One token, no prompt cache: the whole decode path in well under a second on a loaded
-    // model.
-    const std::string body = R"({"prompt":"Hello","n_predict":1,"cache_prompt":false})";
-    const auto r = http_fetch(target.host, target.port, "POST", "/completion", headers, body,
+    // model. The native /embedding route answers whatever the server's pooling is.
+    const std::string body = target.embeddings
+                                 ? R"({"content":"Hello"})"
+                                 : R"({"prompt":"Hello","n_predict":1,"cache_prompt":false})";
+    const auto r = http_fetch(target.host, target.port, "POST",
+                              target.embeddings ? "/embedding" : "/completion", headers, body,
                               timeout, 1 << 20, target.watch);
     if (r.status != 200) {
         error = r.status == 0 ? fmt::format("no reply ({})", r.error)
@@ -51,6 +54,14 @@ bool probe_completion(const ProbeTarget& target, milliseconds timeout, std::stri
         return false;
     }
     const auto doc = nlohmann::json::parse(r.body, nullptr, false);
+    if (target.embeddings) {
+        // A list of {index, embedding} (current llama.cpp) or one {embedding} (older forks).
+        if (!(doc.is_array() || (doc.is_object() && doc.contains("embedding")))) {
+            error = "reply without an embedding";
+            return false;
+        }
+        return true;
+    }
     if (!doc.is_object() || !doc.contains("content")) {
         error = "reply without content";
         return false;

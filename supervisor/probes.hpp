@@ -13,8 +13,9 @@ namespace llama_pool {
 struct ProbeTarget {
     std::string host;
     std::uint16_t port = 0;
-    std::string api_key;  // sent as a Bearer token when set
-    IoWatch watch;        // lets a stop interrupt a probe in flight
+    std::string api_key;      // sent as a Bearer token when set
+    IoWatch watch;            // lets a stop interrupt a probe in flight
+    bool embeddings = false;  // an embeddings-only server: probe with an embedding
 };
 
 struct HealthProbe {
@@ -28,8 +29,9 @@ struct HealthProbe {
 
 HealthProbe probe_health(const ProbeTarget& target, milliseconds timeout);
 
-// A one-token completion: /health stays green on a server whose decode loop is stuck, so
-// only this shows that the worker really generates.
+// A one-token completion (an embedding of one word for an embeddings server): /health stays
+// green on a server whose decode loop is stuck, so only this shows that the worker really
+// computes.
 bool probe_completion(const ProbeTarget& target, milliseconds timeout, std::string& error);
 
 // The slot count from /props (`total_slots`), or `fallback` when it is not there.

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <sys/random.h>
 
+#include <algorithm>
 #include <thread>
 
 #include "common/socket.hpp"
@@ -27,8 +28,12 @@ std::string random_key() {
 }
 
 Supervisor::Supervisor(PoolConfig config, Logger& log, WorkerListener& listener,
-                       RandomSource& random)
-    : config_(std::move(config)), log_(log), listener_(listener), random_(random) {
+                       RandomSource& random, SupervisorOptions options)
+    : config_(std::move(config)),
+      options_(std::move(options)),
+      log_(log),
+      listener_(listener),
+      random_(random) {
     threads_ = llama_pool::threads_per_worker(config_.threads, config_.workers,
                                               std::thread::hardware_concurrency());
     // Workers listen on loopback with a key only the pool knows, so nothing else on the box
@@ -42,8 +47,11 @@ Supervisor::~Supervisor() {
 }
 
 std::unique_ptr<Worker> Supervisor::make_worker_locked(const PoolConfig& config) {
+    if (options_.budget != nullptr && !options_.budget->try_acquire()) {
+        return nullptr;
+    }
     WorkerSettings settings;
-    settings.id = std::to_string(next_id_++);
+    settings.id = options_.id_prefix + std::to_string(next_id_++);
     settings.config = config;
     settings.threads = llama_pool::threads_per_worker(config.threads, config.workers,
                                                       std::thread::hardware_concurrency());
@@ -60,8 +68,14 @@ void Supervisor::start() {
                {"cores", std::thread::hardware_concurrency()},
                {"slots_per_worker", config_.parallel}});
     std::lock_guard lock(mutex_);
-    for (int i = 0; i < config_.workers; ++i) {
-        workers_.push_back(make_worker_locked(config_));
+    const int initial = options_.initial_workers < 0 ? config_.workers : options_.initial_workers;
+    for (int i = 0; i < initial; ++i) {
+        auto worker = make_worker_locked(config_);
+        if (!worker) {
+            log_.warn("supervisor", "worker_budget_full", {{"wanted", initial}, {"started", i}});
+            break;
+        }
+        workers_.push_back(std::move(worker));
     }
     for (auto& w : workers_) {
         w->start();
@@ -264,6 +278,52 @@ void Supervisor::retire(const std::string& id, Duration drain_grace) {
             }
         }
     }
+    if (gone && options_.budget != nullptr) {
+        options_.budget->release();
+    }
+}
+
+bool Supervisor::add_worker() {
+    std::lock_guard lock(mutex_);
+    if (stopping_ || rollout_running_ || static_cast<int>(workers_.size()) >= config_.workers) {
+        return false;
+    }
+    auto worker = make_worker_locked(config_);
+    if (!worker) {
+        return false;
+    }
+    workers_.push_back(std::move(worker));
+    workers_.back()->start();
+    return true;
+}
+
+bool Supervisor::retire_one(Duration drain_grace) {
+    std::string chosen;
+    {
+        std::lock_guard lock(mutex_);
+        if (stopping_ || rollout_running_ || workers_.empty()) {
+            return false;
+        }
+        // A worker that cannot serve goes first; among ready ones, the least busy, newest
+        // first on a tie (the older ones have the warmer caches).
+        int best = 0;
+        for (auto it = workers_.rbegin(); it != workers_.rend(); ++it) {
+            const auto& w = *it;
+            const int score =
+                w->status().state != WorkerState::ready ? -1 : listener_.worker_inflight(w->id());
+            if (chosen.empty() || score < best) {
+                chosen = w->id();
+                best = score;
+            }
+        }
+    }
+    retire(chosen, drain_grace);
+    return true;
+}
+
+int Supervisor::worker_count() const {
+    std::lock_guard lock(mutex_);
+    return static_cast<int>(workers_.size());
 }
 
 void Supervisor::run_rollout(PoolConfig target) {
@@ -274,14 +334,18 @@ void Supervisor::run_rollout(PoolConfig target) {
             old_ids.push_back(w->id());
         }
     }
-    log_.info("supervisor", "rollout_started",
-              {{"old_workers", old_ids.size()}, {"new_workers", target.workers}});
     const auto ready_timeout = std::chrono::duration_cast<Duration>(
         std::chrono::duration<double>(target.startup_timeout + target.warmup_timeout + 10));
     const auto drain_grace =
         std::chrono::duration_cast<Duration>(std::chrono::duration<double>(target.shutdown_grace));
-    const auto total =
-        std::max<std::size_t>(old_ids.size(), static_cast<std::size_t>(target.workers));
+    // An on-demand group is rolled over at the size it has now (within its bounds); an
+    // always-on one at its configured size.
+    const int min_workers =
+        options_.min_workers < 0 ? target.workers : std::min(options_.min_workers, target.workers);
+    const int new_count = std::clamp(static_cast<int>(old_ids.size()), min_workers, target.workers);
+    const auto total = std::max<std::size_t>(old_ids.size(), static_cast<std::size_t>(new_count));
+    log_.info("supervisor", "rollout_started",
+              {{"old_workers", old_ids.size()}, {"new_workers", new_count}});
     std::string outcome = "done";
     for (std::size_t i = 0; i < total; ++i) {
         {
@@ -291,11 +355,28 @@ void Supervisor::run_rollout(PoolConfig target) {
                 break;
             }
         }
-        if (i < static_cast<std::size_t>(target.workers)) {
+        bool old_retired = false;
+        if (i < static_cast<std::size_t>(new_count)) {
             Worker* fresh = nullptr;
             {
-                std::lock_guard lock(mutex_);
-                workers_.push_back(make_worker_locked(target));
+                std::unique_lock lock(mutex_);
+                auto worker = make_worker_locked(target);
+                if (!worker && i < old_ids.size()) {
+                    // The budget is full: give the old worker's place to its replacement
+                    // (capacity dips by one worker instead of the budget being exceeded).
+                    lock.unlock();
+                    retire(old_ids[i], drain_grace);
+                    old_retired = true;
+                    lock.lock();
+                    worker = make_worker_locked(target);
+                }
+                if (!worker) {
+                    outcome =
+                        "aborted: the worker budget (workers.max_total) has no place for a "
+                        "replacement worker";
+                    break;
+                }
+                workers_.push_back(std::move(worker));
                 fresh = workers_.back().get();
                 fresh->start();
             }
@@ -306,7 +387,7 @@ void Supervisor::run_rollout(PoolConfig target) {
                 break;
             }
         }
-        if (i < old_ids.size()) {
+        if (i < old_ids.size() && !old_retired) {
             retire(old_ids[i], drain_grace);
         }
     }
@@ -320,7 +401,7 @@ void Supervisor::run_rollout(PoolConfig target) {
         rollout_running_ = false;
     }
     if (outcome == "done") {
-        log_.info("supervisor", "rollout_done", {{"workers", target.workers}});
+        log_.info("supervisor", "rollout_done", {{"workers", new_count}});
     } else {
         log_.error("supervisor", "rollout_failed", {{"reason", outcome}});
     }

@@ -15,15 +15,25 @@
 #include "common/random.hpp"
 #include "supervisor/upstream_monitor.hpp"
 #include "supervisor/worker.hpp"
+#include "supervisor/worker_budget.hpp"
 #include "supervisor/worker_listener.hpp"
 
 namespace llama_pool {
 
-// Owns the pool's workers: creates them from the config, hands out their ports, answers
-// status questions and stops them all. Thread-safe.
+// How a supervisor fits among the groups of a pool.
+struct SupervisorOptions {
+    std::string id_prefix;           // worker ids are prefix + a number ("chat.0"); "" for "0"
+    int initial_workers = -1;        // workers started by start(); -1: config.workers
+    int min_workers = -1;            // a rollout never leaves fewer; -1: config.workers
+    WorkerBudget* budget = nullptr;  // the pool-wide process cap; null: none
+};
+
+// Owns one group's workers: creates them from the config, hands out their ports, answers
+// status questions, grows and shrinks the group, and stops them all. Thread-safe.
 class Supervisor {
   public:
-    Supervisor(PoolConfig config, Logger& log, WorkerListener& listener, RandomSource& random);
+    Supervisor(PoolConfig config, Logger& log, WorkerListener& listener, RandomSource& random,
+               SupervisorOptions options = {});
     ~Supervisor();
     Supervisor(const Supervisor&) = delete;
     Supervisor& operator=(const Supervisor&) = delete;
@@ -44,6 +54,15 @@ class Supervisor {
     bool rollout_running() const;
     PoolConfig config() const;
 
+    // One more worker, if the config's workers and the budget allow; false otherwise.
+    bool add_worker();
+    // Drains (up to `drain_grace`) and stops one worker, preferring one that is not ready,
+    // then the one with the fewest requests in flight; waits until it is gone. False when
+    // there is none.
+    bool retire_one(Duration drain_grace);
+    // Worker processes this supervisor has (any state), upstream monitors not included.
+    int worker_count() const;
+
     std::vector<WorkerStatus> status() const;
     std::optional<std::vector<std::string>> worker_output(const std::string& id) const;
     bool restart_worker(const std::string& id);
@@ -51,6 +70,7 @@ class Supervisor {
 
   private:
     std::uint16_t pick_port();
+    // Null when the budget has no place left.
     std::unique_ptr<Worker> make_worker_locked(const PoolConfig& config);
     void run_rollout(PoolConfig target);
     // Waits until the worker is ready (true) or failed, stopping, or out of time (false).
@@ -66,6 +86,7 @@ class Supervisor {
                                 std::unique_lock<std::mutex>& lock);
 
     PoolConfig config_;
+    SupervisorOptions options_;
     Logger& log_;
     WorkerListener& listener_;
     RandomSource& random_;

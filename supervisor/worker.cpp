@@ -318,7 +318,11 @@ void Worker::step_starting() {
 }
 
 ProbeTarget Worker::probe_target() const {
-    return {"127.0.0.1", status().port, settings_.api_key, {wake_.fd(), -1}};
+    return {"127.0.0.1",
+            status().port,
+            settings_.api_key,
+            {wake_.fd(), -1},
+            embeddings_only(settings_.config)};
 }
 
 bool Worker::warm_up(std::string& error, int& capacity) {

@@ -39,4 +39,10 @@ std::vector<std::string> build_worker_args(const PoolConfig& config, std::uint16
     return args;
 }
 
+bool embeddings_only(const PoolConfig& config) {
+    return std::any_of(
+        config.worker_args.begin(), config.worker_args.end(),
+        [](const std::string& a) { return a == "--embedding" || a == "--embeddings"; });
+}
+
 }  // namespace llama_pool

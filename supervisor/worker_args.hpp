@@ -21,4 +21,9 @@ std::vector<std::string> build_worker_args(const PoolConfig& config, std::uint16
                                            int threads, const std::string& api_key,
                                            const std::string& api_key_file = {});
 
+// True when the worker's own arguments make it an embeddings server (--embedding or
+// --embeddings): llama-server then refuses completions, so its warm-up and inference probes
+// ask for an embedding instead.
+bool embeddings_only(const PoolConfig& config);
+
 }  // namespace llama_pool

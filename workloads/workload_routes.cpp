@@ -79,11 +79,9 @@ json summary_reply(const SummaryResult& result) {
             {"timings", {{"total_ms", static_cast<long long>(result.seconds * 1000)}}}};
 }
 
-WorkloadRoutes::WorkloadRoutes(const PoolConfig& config, Relay& relay, BackendRegistry& registry,
-                               Logger& log)
+WorkloadRoutes::WorkloadRoutes(const PoolConfig& config, GroupSet& groups, Logger& log)
     : config_(config),
-      relay_(relay),
-      registry_(registry),
+      groups_(groups),
       log_(log),
       defaults_(defaults_from(config)),
       store_(store_options(config), unix_ms, log),
@@ -107,6 +105,8 @@ SummaryResult WorkloadRoutes::run(const SummarizeRequest& request, const std::st
                                   CancelToken& cancel, IoWatch parent,
                                   std::function<bool()> parent_gone, const std::string& remote,
                                   const Summarizer::ProgressFn& progress) {
+    const auto model = request.sampling.value("model", std::string());
+    auto& group = groups_.route_model(model, "/completion");
     const auto call = [&](const std::string& body, const std::string& chunk_id,
                           const std::set<std::string>& avoid) {
         HttpRequest http;
@@ -119,7 +119,7 @@ SummaryResult WorkloadRoutes::run(const SummarizeRequest& request, const std::st
         BufferedExchange exchange(std::move(http), remote, watch, [&] {
             return cancel.cancelled() || (parent_gone && parent_gone());
         });
-        const auto outcome = relay_.forward(exchange, "/completion", chunk_id, avoid);
+        const auto outcome = group.relay().forward(exchange, "/completion", chunk_id, avoid);
         CompletionReply reply;
         reply.worker = outcome.worker;
         if (exchange.complete()) {
@@ -129,9 +129,11 @@ SummaryResult WorkloadRoutes::run(const SummarizeRequest& request, const std::st
         return reply;
     };
     const Summarizer summarizer(
-        call, [this] { return registry_.total_capacity(); }, config_.retry_attempts, time_);
+        call, [&group] { return group.registry().total_capacity(); }, config_.retry_attempts,
+        time_);
     log_.info(kComponent, "summarize_started",
               {{"request_id", request_id},
+               {"group", group.name()},
                {"chars", count_chars(request.text)},
                {"max_chunk_chars", request.chunking.max_chars},
                {"overlap", request.chunking.overlap}});

@@ -4,8 +4,7 @@
 
 #include "common/config.hpp"
 #include "common/log.hpp"
-#include "proxy/backend_registry.hpp"
-#include "proxy/relay.hpp"
+#include "proxy/group_set.hpp"
 #include "proxy/route_handler.hpp"
 #include "workloads/job_runner.hpp"
 #include "workloads/job_store.hpp"
@@ -16,9 +15,10 @@ namespace llama_pool {
 // POST /v1/summarize, and the async jobs API over it: POST /v1/jobs, GET /v1/jobs,
 // GET /v1/jobs/{id}, DELETE /v1/jobs/{id}. Every chunk goes through the relay, so it waits
 // in the same FIFO queue as client requests, is retried and feeds the breakers like them.
+// A body's `model` picks the group, as for any request (else the default group).
 class WorkloadRoutes final : public RouteHandler {
   public:
-    WorkloadRoutes(const PoolConfig& config, Relay& relay, BackendRegistry& registry, Logger& log);
+    WorkloadRoutes(const PoolConfig& config, GroupSet& groups, Logger& log);
     ~WorkloadRoutes() override { stop(); }
 
     // Loads the jobs a previous run left in the data directory.
@@ -44,8 +44,7 @@ class WorkloadRoutes final : public RouteHandler {
                       const std::string& remote, const Summarizer::ProgressFn& progress);
 
     const PoolConfig& config_;
-    Relay& relay_;
-    BackendRegistry& registry_;
+    GroupSet& groups_;
     Logger& log_;
     SteadyTimeSource time_;
     SummarizeDefaults defaults_;

@@ -37,7 +37,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH_DIR = os.path.join(ROOT, "scripts", "bench")
 PROCESSES = []
-SECTIONS = ("overhead", "streaming", "scaling", "memory", "affinity", "summarize")
+SECTIONS = ("overhead", "streaming", "scaling", "memory", "affinity", "summarize", "groups")
 LOAD_AT_START = []
 
 
@@ -695,6 +695,9 @@ def render(results, args, wall_s):
         L.append(f"\n#### 6. Summarizing a {chars:,}-character document: the n8n node's "
                  f"sequential loop vs POST /v1/summarize (real llama-server, demo model, "
                  f"`ignore_eos`)\n\n{table}")
+    if "groups" in results:
+        L.append("\n#### 7. Model groups: a cold start and a swap under the worker budget "
+                 "(real llama-server, demo model, one worker per group)\n\n" + results["groups"])
     if "overhead" in results or "streaming" in results:
         L.append("\n#### The peers' configs, as run (@PORT@ and @UPSTREAM@ are filled in per run)\n")
         for name in ("nginx.conf.in", "haproxy.cfg.in"):
@@ -710,6 +713,15 @@ def bench_summarize(chars):
     args = argparse.Namespace(llama_pool=POOL, llama_server=LLAMA_SERVER, model=MODEL,
                               chars=chars)
     return chars, summarize_bench.run(args)
+
+
+def bench_groups(rounds):
+    """Section 7, issue 15: scripts/bench/groups_bench.py (cold start, swap under a budget)."""
+    sys.path.insert(0, BENCH_DIR)
+    import groups_bench
+    args = argparse.Namespace(llama_pool=POOL, llama_server=LLAMA_SERVER, model=MODEL,
+                              rounds=rounds)
+    return groups_bench.run(args)
 
 
 def write_results(text):
@@ -786,6 +798,7 @@ def main():
                                            1 if args.smoke else 3, 0 if args.smoke else 11))
     section("affinity", lambda: bench_affinity(args.affinity_requests, 2))
     section("summarize", lambda: bench_summarize(3000 if args.smoke else args.summarize_chars))
+    section("groups", lambda: bench_groups(1 if args.smoke else 5))
     text = render(results, args, time.time() - started)
     print(text)
     if args.write and not args.smoke:

@@ -28,6 +28,15 @@ dockerfile=$root/docker/Dockerfile
 # The Dockerfile with continued lines joined, for checks that read whole instructions.
 joined=$(sed -e ':a' -e '/\\$/N; s/\\\n//; ta' "$dockerfile")
 check "docker-compose config" docker-compose -f "$root/docker/docker-compose.yml" config -q
+check "docker-compose config (groups)" docker-compose -f "$root/docker/docker-compose.groups.yml" config -q
+# The groups example parses and names only known keys (its model files exist only in a
+# user's models folder, so the file checks are not run here).
+groups_config_parses() {
+  LLAMA_SERVER="$server" "$pool" --check-config --config "$root/conf/llama-pool.groups.json" 2>&1 |
+    grep -v 'does not exist or is not a file' | grep -q 'error' && return 1
+  return 0
+}
+check "groups example config has only known keys" groups_config_parses
 
 copy_sources_exist() {
   grep -E '^COPY ' "$dockerfile" | grep -v -- '--from=' | while read -r _ src _; do

@@ -178,7 +178,10 @@ FAULTS="$WORK/faults"
 POOL="http://127.0.0.1:$POOL_PORT"
 PROM="http://127.0.0.1:$PROM_PORT"
 
-"$POOL_BIN" --port "$POOL_PORT" --workers 2 --llama-server "$FAKE_BIN" --model "$POOL_BIN" \
+# Two model groups of one worker each, so that every dashboard query's group label is
+# checked against real series (requests name no model: they go to the default group, chat).
+"$POOL_BIN" --port "$POOL_PORT" --workers 1 --llama-server "$FAKE_BIN" \
+    --group "chat=$POOL_BIN" --group "other=$FAKE_BIN" \
     --health-interval 0.2 --api-key "$KEY" --breaker-ejection 2 --stop-grace 3 \
     --shutdown-grace 5 --restart-backoff-base 0.2 \
     --worker-arg --tokens-per-second --worker-arg 200 \
@@ -297,7 +300,7 @@ done
 sleep 3
 : >"$FAULTS"
 sleep 1
-curl -s -o /dev/null -m 5 -X POST "$POOL/pool/workers/1/restart"
+curl -s -o /dev/null -m 5 -X POST "$POOL/pool/workers/other.0/restart"
 
 for pid in "${LOAD_PIDS[@]}"; do
     wait "$pid"

@@ -4,7 +4,9 @@
 #include <catch2/catch.hpp>
 
 #include "common/exchange.hpp"
+#include "common/log.hpp"
 #include "common/socket.hpp"
+#include "proxy/group_set.hpp"
 #include "test/support/fakes.hpp"
 #include "test/support/test_exchange.hpp"
 
@@ -23,6 +25,20 @@ int status_of(PoolRoutes& routes, const std::string& method, const std::string& 
     return ex.response_status();
 }
 
+// A pool of no workers: the routes answer from an empty group.
+struct EmptyPool {
+    SeededRandom random{1};
+    test::FakeTime time;
+    Logger log{LogFormat::text, LogLevel::error, [](std::string_view) {}};
+    PoolMetrics metrics{"test"};
+    PoolConfig config = [] {
+        PoolConfig c;
+        c.workers = 0;
+        return c;
+    }();
+    GroupSet groups{config, log, random, time, metrics};
+};
+
 }  // namespace
 
 TEST_CASE("loopback addresses are told apart from the others", "[security]") {
@@ -36,10 +52,8 @@ TEST_CASE("loopback addresses are told apart from the others", "[security]") {
 }
 
 TEST_CASE("without an admin key, /pool/* answers only clients on this machine", "[security]") {
-    SeededRandom random{1};
-    test::FakeTime time;
-    BackendRegistry registry(random, time);
-    PoolRoutes routes(registry, nullptr, "test", "");
+    EmptyPool pool;
+    PoolRoutes routes(pool.groups, "test", "");
     CHECK(status_of(routes, "GET", "/pool/status", "127.0.0.1") == 200);
     CHECK(status_of(routes, "GET", "/pool/status", "::1") == 200);
     CHECK(status_of(routes, "GET", "/pool/status", "192.0.2.7") == 403);
@@ -51,10 +65,8 @@ TEST_CASE("without an admin key, /pool/* answers only clients on this machine", 
 }
 
 TEST_CASE("with an admin key, /pool/* needs it from everywhere", "[security]") {
-    SeededRandom random{1};
-    test::FakeTime time;
-    BackendRegistry registry(random, time);
-    PoolRoutes routes(registry, nullptr, "test", "adm");
+    EmptyPool pool;
+    PoolRoutes routes(pool.groups, "test", "adm");
     Headers good;
     good.add("Authorization", "Bearer adm");
     Headers wrong;

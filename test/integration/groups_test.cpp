@@ -1,0 +1,244 @@
+// Model groups with fake workers: routing by model and path, on-demand start with requests
+// held, idle stop, eviction under the worker budget, per-group capacity, admin start/stop.
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "test/support/pool_fixture.hpp"
+
+using namespace llama_pool::test;
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+// A config with `groups` in a fresh directory that also holds the groups' (dummy) model
+// files: the fakes answer with the model path they were given, which says who served.
+struct GroupsConfig {
+    std::filesystem::path dir;
+    explicit GroupsConfig(const json& groups, const json& workers = json::object()) {
+        char tmpl[] = "/tmp/llama-pool-groups-it-XXXXXX";
+        dir = ::mkdtemp(tmpl);
+        for (const auto* name : {"chat.gguf", "embed.gguf", "cold.gguf", "other.gguf"}) {
+            std::ofstream(dir / name) << "gguf";
+        }
+        json doc;
+        doc["workers"] = workers;
+        doc["groups"] = groups;
+        // Model names are file names here; the directory is filled in.
+        for (auto& g : doc["groups"]) {
+            g["model"] = (dir / g["model"].get<std::string>()).string();
+        }
+        std::ofstream(dir / "pool.json") << doc.dump(2);
+    }
+    ~GroupsConfig() { std::filesystem::remove_all(dir); }
+    std::string path() const { return (dir / "pool.json").string(); }
+    std::string model(const std::string& file) const { return (dir / file).string(); }
+};
+
+std::vector<std::string> group_pool_args(const GroupsConfig& config,
+                                         std::vector<std::string> extra = {}) {
+    auto args = fake_pool_args(1, {"--config", config.path()});
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+}
+
+json group_status(const PoolProcess& pool, const std::string& name) {
+    const auto status = pool.status();  // held: a range over a temporary's member dangles
+    for (const auto& g : status.value("groups", json::array())) {
+        if (g["name"] == name) {
+            return g;
+        }
+    }
+    return json();
+}
+
+// Which model file answered a POST (the fake names its --model in every reply).
+std::string served_by(PoolProcess& pool, const std::string& path, const json& body) {
+    auto c = pool.client();
+    const auto r = c.Post(path, body.dump(), "application/json");
+    if (!r || r->status != 200) {
+        return r ? "status " + std::to_string(r->status) + ": " + r->body : "no reply";
+    }
+    const auto doc = json::parse(r->body, nullptr, false);
+    return std::filesystem::path(doc.value("model", std::string())).filename().string();
+}
+
+}  // namespace
+
+TEST_CASE("groups: one URL routes by model name, alias, file name and endpoint",
+          "[integration][groups]") {
+    GroupsConfig config(json::array(
+        {{{"name", "chat"}, {"aliases", {"bitnet"}}, {"model", "chat.gguf"}, {"workers", 1}},
+         {{"name", "embed"},
+          {"model", "embed.gguf"},
+          {"workers", 1},
+          {"endpoints", {"/v1/embeddings", "/v1/completions"}}}}));
+    PoolProcess pool(group_pool_args(config));
+    REQUIRE(pool.wait_ready(2, 20s));
+    CHECK(served_by(pool, "/completion", {{"model", "chat"}, {"prompt", "x"}}) == "chat.gguf");
+    CHECK(served_by(pool, "/completion", {{"model", "bitnet"}, {"prompt", "x"}}) == "chat.gguf");
+    CHECK(served_by(pool, "/completion", {{"model", "embed"}, {"prompt", "x"}}) == "embed.gguf");
+    // The n8n node's model paths: the file name decides.
+    CHECK(served_by(pool, "/completion", {{"model", "models/x/embed.gguf"}, {"prompt", "x"}}) ==
+          "embed.gguf");
+    // No model, or one nobody has: the endpoint's group, else the default (first) group.
+    // (The fake serves no embeddings; /v1/completions stands in for an embeddings path.)
+    CHECK(served_by(pool, "/v1/completions", {{"prompt", "hello"}}) == "embed.gguf");
+    CHECK(served_by(pool, "/completion", {{"model", "gpt-4o"}, {"prompt", "x"}}) == "chat.gguf");
+
+    auto c = pool.client();
+    const auto models = c.Get("/v1/models");
+    REQUIRE(models);
+    REQUIRE(models->status == 200);
+    const auto list = json::parse(models->body);
+    REQUIRE(list["data"].size() == 2);
+    CHECK(list["data"][0]["id"] == "chat");
+    CHECK(list["data"][0]["aliases"] == json::array({"bitnet"}));
+    CHECK(list["data"][1]["id"] == "embed");
+    CHECK(list["data"][1]["running"] == true);
+
+    // /props for one group, and the sum over both.
+    const auto props_one = c.Get("/props?model=embed");
+    REQUIRE(props_one);
+    CHECK(json::parse(props_one->body)["workers"].size() == 1);
+    CHECK(json::parse(props_one->body)["workers"][0]["group"] == "embed");
+    const auto props_all = c.Get("/props");
+    REQUIRE(props_all);
+    CHECK(json::parse(props_all->body)["workers"].size() == 2);
+
+    // Worker ids carry the group; every per-worker series carries a group label.
+    const auto status = pool.status();
+    CHECK(status["workers"][0]["id"] == "chat.0");
+    CHECK(status["workers"][1]["group"] == "embed");
+    const auto metrics = c.Get("/metrics");
+    REQUIRE(metrics);
+    CHECK(metrics->body.find(R"(llama_pool_inflight_requests{group="embed",worker="embed.0"})") !=
+          std::string::npos);
+    CHECK(metrics->body.find(R"(llama_pool_requests_total{group="chat",route="/completion")") !=
+          std::string::npos);
+    const auto embed_only = c.Get("/metrics?model=embed");
+    REQUIRE(embed_only);
+    CHECK(embed_only->body.find(R"(group="chat")") == std::string::npos);
+    CHECK(embed_only->body.find(R"(group="embed")") != std::string::npos);
+}
+
+TEST_CASE(
+    "groups: a request for a stopped group waits while a worker starts, then the group "
+    "stops when idle",
+    "[integration][groups]") {
+    GroupsConfig config(json::array({{{"name", "chat"}, {"model", "chat.gguf"}, {"workers", 1}},
+                                     {{"name", "cold"},
+                                      {"model", "cold.gguf"},
+                                      {"workers", 2},
+                                      {"min_workers", 0},
+                                      {"idle_stop", 1},
+                                      {"args", {"--load-delay-ms", "300"}}}}));
+    PoolProcess pool(group_pool_args(config));
+    REQUIRE(pool.wait_ready(1, 20s));
+    CHECK(group_status(pool, "cold")["workers"] == 0);
+    // Held in the group's queue while its worker loads and warms; then served.
+    CHECK(served_by(pool, "/completion", {{"model", "cold"}, {"prompt", "x"}}) == "cold.gguf");
+    CHECK(group_status(pool, "cold")["workers"] == 1);
+    CHECK(pool.log_lines_with("event=group_scaled_up").find("reason=demand") != std::string::npos);
+    // Idle for idle_stop: back to zero workers; the always-on group is untouched.
+    CHECK(wait_until([&] { return group_status(pool, "cold")["workers"] == 0; }, 15s, 50ms));
+    CHECK(pool.log_lines_with("event=group_scaled_down").find("reason=idle") != std::string::npos);
+    CHECK(group_status(pool, "chat")["workers"] == 1);
+    // And it comes back on the next request.
+    CHECK(served_by(pool, "/completion", {{"model", "cold"}, {"prompt", "x"}}) == "cold.gguf");
+}
+
+TEST_CASE("groups: under the worker budget the least recently used idle group gives way",
+          "[integration][groups]") {
+    GroupsConfig config(
+        json::array(
+            {{{"name", "chat"}, {"model", "chat.gguf"}, {"workers", 1}, {"min_workers", 0}},
+             {{"name", "embed"}, {"model", "embed.gguf"}, {"workers", 1}, {"min_workers", 0}}}),
+        {{"max_total", 1}});
+    PoolProcess pool(group_pool_args(config));
+    REQUIRE(pool.wait_listening(20s));
+    std::atomic<bool> done{false};
+    std::atomic<int> most{0};
+    // Watches the number of worker processes the whole time.
+    auto watcher = std::async(std::launch::async, [&] {
+        while (!done) {
+            const auto s = pool.status();
+            int n = 0;
+            for (const auto& w : s["workers"]) {
+                n += w["pid"].get<int>() > 0 ? 1 : 0;
+            }
+            most = std::max(most.load(), std::max(n, s["worker_budget"]["in_use"].get<int>()));
+            std::this_thread::sleep_for(5ms);  // a sampler's pace, not a wait for an event
+        }
+    });
+    for (int round = 0; round < 3; ++round) {
+        CHECK(served_by(pool, "/completion", {{"model", "chat"}, {"prompt", "x"}}) == "chat.gguf");
+        CHECK(served_by(pool, "/completion", {{"model", "embed"}, {"prompt", "x"}}) ==
+              "embed.gguf");
+    }
+    done = true;
+    watcher.get();
+    CHECK(most <= 1);
+    CHECK(pool.log_lines_with("reason=evicted").find("group=chat") != std::string::npos);
+}
+
+TEST_CASE("groups: each group's capacity bounds its own requests", "[integration][groups]") {
+    GroupsConfig config(json::array(
+        {{{"name", "chat"},
+          {"model", "chat.gguf"},
+          {"workers", 1},
+          {"parallel", 1},
+          {"args", {"--latency-ms", "150"}}},
+         {{"name", "embed"}, {"model", "embed.gguf"}, {"workers", 1}, {"parallel", 1}}}));
+    PoolProcess pool(group_pool_args(config));
+    REQUIRE(pool.wait_ready(2, 20s));
+    std::atomic<bool> done{false};
+    std::atomic<int> most_chat{0};
+    auto watcher = std::async(std::launch::async, [&] {
+        while (!done) {
+            const auto chat = group_status(pool, "chat");
+            most_chat = std::max(most_chat.load(), chat["inflight"].get<int>());
+            std::this_thread::sleep_for(5ms);  // a sampler's pace, not a wait for an event
+        }
+    });
+    std::vector<std::future<std::string>> calls;
+    for (int i = 0; i < 4; ++i) {
+        calls.push_back(std::async(std::launch::async, [&] {
+            return served_by(pool, "/completion", {{"model", "chat"}, {"prompt", "x"}});
+        }));
+    }
+    // The other group is not held up by chat's queue.
+    CHECK(served_by(pool, "/completion", {{"model", "embed"}, {"prompt", "x"}}) == "embed.gguf");
+    for (auto& c : calls) {
+        CHECK(c.get() == "chat.gguf");
+    }
+    done = true;
+    watcher.get();
+    CHECK(most_chat <= 1);
+}
+
+TEST_CASE("groups: admin routes stop and start a group", "[integration][groups]") {
+    GroupsConfig config(
+        json::array({{{"name", "chat"}, {"model", "chat.gguf"}, {"workers", 1}},
+                     {{"name", "other"}, {"model", "other.gguf"}, {"workers", 1}}}));
+    PoolProcess pool(group_pool_args(config));
+    REQUIRE(pool.wait_ready(2, 20s));
+    auto c = pool.client();
+    auto r = c.Post("/pool/groups/other/stop", "", "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 202);
+    CHECK(wait_until([&] { return group_status(pool, "other")["workers"] == 0; }, 15s, 50ms));
+    CHECK(group_status(pool, "other")["admin_hold"] == "stopped");
+    CHECK(group_status(pool, "chat")["workers"] == 1);
+    r = c.Post("/pool/groups/other/start", "", "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 202);
+    CHECK(wait_until([&] { return group_status(pool, "other")["ready"] == 1; }, 15s, 50ms));
+    r = c.Post("/pool/groups/nope/start", "", "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 404);
+}
