@@ -172,8 +172,13 @@ std::vector<GroupLoad> GroupSet::collect_loads() {
         const auto& rt = *runtime_[i];
         GroupLoad load;
         load.workers = g.supervisor().worker_count();
-        load.min_workers = rt.min_override >= 0 ? rt.min_override.load() : g.spec().min_workers;
-        load.max_workers = g.spec().workers;
+        // Bounds from the settings the group runs now: a reload may have changed workers.
+        const int workers = g.supervisor().config().workers;
+        const bool always_on = g.spec().min_workers >= g.spec().workers;
+        load.min_workers = rt.min_override >= 0 ? rt.min_override.load()
+                           : always_on          ? workers
+                                                : std::min(g.spec().min_workers, workers);
+        load.max_workers = workers;
         load.slots_per_worker = g.config().parallel;
         load.inflight = g.registry().inflight_total();
         load.waiting = static_cast<int>(g.registry().waiting());
@@ -261,9 +266,12 @@ std::vector<std::string> GroupSet::reload(const PoolConfig& target,
     for (std::size_t i = 0; same_groups && i < resolved.size(); ++i) {
         const auto& now = groups_[i]->spec();
         const auto& next = resolved[i].spec;
+        // An always-on group's min_workers is its workers, which a rollout does change.
+        const bool always_on = now.min_workers >= now.workers && next.min_workers >= next.workers;
         same_groups = now.name == next.name && now.aliases == next.aliases &&
                       now.endpoints == next.endpoints && now.is_default == next.is_default &&
-                      now.min_workers == next.min_workers && now.idle_stop == next.idle_stop;
+                      (always_on || now.min_workers == next.min_workers) &&
+                      now.idle_stop == next.idle_stop;
     }
     if (!same_groups) {
         not_applied.emplace_back(

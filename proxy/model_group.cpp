@@ -22,7 +22,8 @@ SupervisorOptions supervisor_options(const ResolvedGroup& g, WorkerBudget* budge
     // The one group of a config without `groups` keeps the ids it always had ("0", "1").
     options.id_prefix = g.implicit ? "" : g.spec.name + ".";
     options.initial_workers = g.spec.min_workers;
-    options.min_workers = g.spec.min_workers;
+    // An always-on group (min_workers = workers) follows its workers setting through reloads.
+    options.min_workers = g.spec.min_workers >= g.spec.workers ? -1 : g.spec.min_workers;
     options.budget = budget;
     return options;
 }

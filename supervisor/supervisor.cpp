@@ -338,11 +338,18 @@ void Supervisor::run_rollout(PoolConfig target) {
         std::chrono::duration<double>(target.startup_timeout + target.warmup_timeout + 10));
     const auto drain_grace =
         std::chrono::duration_cast<Duration>(std::chrono::duration<double>(target.shutdown_grace));
-    // An on-demand group is rolled over at the size it has now (within its bounds); an
-    // always-on one at its configured size.
-    const int min_workers =
-        options_.min_workers < 0 ? target.workers : std::min(options_.min_workers, target.workers);
-    const int new_count = std::clamp(static_cast<int>(old_ids.size()), min_workers, target.workers);
+    // An always-on group (min_workers = workers) is rolled over at its new configured size;
+    // an on-demand one at the size it has now, within its new bounds.
+    int min_workers = 0;
+    bool always_on = true;
+    {
+        std::lock_guard lock(mutex_);
+        always_on = options_.min_workers < 0 || options_.min_workers >= config_.workers;
+        min_workers = std::min(std::max(options_.min_workers, 0), target.workers);
+    }
+    const int new_count =
+        always_on ? target.workers
+                  : std::clamp(static_cast<int>(old_ids.size()), min_workers, target.workers);
     const auto total = std::max<std::size_t>(old_ids.size(), static_cast<std::size_t>(new_count));
     log_.info("supervisor", "rollout_started",
               {{"old_workers", old_ids.size()}, {"new_workers", new_count}});

@@ -178,9 +178,10 @@ FAULTS="$WORK/faults"
 POOL="http://127.0.0.1:$POOL_PORT"
 PROM="http://127.0.0.1:$PROM_PORT"
 
-# Two model groups of one worker each, so that every dashboard query's group label is
-# checked against real series (requests name no model: they go to the default group, chat).
-"$POOL_BIN" --port "$POOL_PORT" --workers 1 --llama-server "$FAKE_BIN" \
+# Two model groups of two workers each, so that every dashboard query's group label is
+# checked against real series (requests name no model: they go to the default group, chat,
+# whose second worker takes the retries).
+"$POOL_BIN" --port "$POOL_PORT" --workers 2 --llama-server "$FAKE_BIN" \
     --group "chat=$POOL_BIN" --group "other=$FAKE_BIN" \
     --health-interval 0.2 --api-key "$KEY" --breaker-ejection 2 --stop-grace 3 \
     --shutdown-grace 5 --restart-backoff-base 0.2 \
@@ -236,14 +237,14 @@ workers_ready() {
     curl -s -m 2 "$POOL/pool/status" | python3 -c '
 import json, sys
 w = json.load(sys.stdin)["workers"]
-sys.exit(0 if len(w) == 2 and all(x["state"] == "ready" for x in w) else 1)' 2>/dev/null
+sys.exit(0 if len(w) == 4 and all(x["state"] == "ready" for x in w) else 1)' 2>/dev/null
 }
 prom_ready() { curl -s -m 2 -o /dev/null -w '%{http_code}' "$PROM/-/ready" | grep -q 200; }
 
 if wait_for 30 pool_healthy && wait_for 15 workers_ready; then
-    pass "pool on 127.0.0.1:$POOL_PORT is healthy with 2 ready fake workers"
+    pass "pool on 127.0.0.1:$POOL_PORT is healthy with 4 ready fake workers in 2 groups"
 else
-    fail "pool did not become healthy with 2 ready workers"
+    fail "pool did not become healthy with 4 ready workers"
     tail -n 30 "$WORK/pool.log"
     echo "$PASSED passed, $FAILED failed"
     exit 1
@@ -284,15 +285,15 @@ done
 load_loop 200 "${AUTH[@]}" "$POOL/no/such/path" &
 LOAD_PIDS+=($!)
 
-# Faults during the load: worker 0 answers 503 for a while (retries, breaker), a few
-# requests without a key (rejections), an admin restart of worker 1 (restarts).
+# Faults during the load: worker chat.0 answers 503 for a while (retries, breaker), a few
+# requests without a key (rejections), an admin restart of worker other.0 (restarts).
 worker_port() {
     curl -s -m 2 "$POOL/pool/status" | python3 -c '
 import json, sys
 print([w["port"] for w in json.load(sys.stdin)["workers"] if w["id"] == sys.argv[1]][0])' "$1"
 }
 sleep 3
-W0_PORT=$(worker_port 0)
+W0_PORT=$(worker_port chat.0)
 echo "$W0_PORT fail 503" >"$FAULTS"
 for _ in 1 2 3; do
     curl -s -o /dev/null -m 5 "${JSON[@]}" -d '{"prompt":"no key","n_predict":4}' "$POOL/completion"
