@@ -26,7 +26,10 @@ else
   cpu_key=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-8)
   native=ON
 fi
-readonly cache_dir="$cache_root/node-llama-cpp-$NODE_LLAMA_CPP_VERSION-$cpu_key"
+# The recipe number goes up whenever the build flags below change, so that a cache built the
+# old way is not handed out.
+readonly build_recipe=2
+readonly cache_dir="$cache_root/node-llama-cpp-$NODE_LLAMA_CPP_VERSION-$cpu_key-r$build_recipe"
 readonly bin_dir="$cache_dir/bin"
 readonly lock_file="$cache_root/.lock"
 
@@ -57,10 +60,20 @@ build_tools() {
   local build="$cache_dir/build" jobs
   jobs=$(nproc 2>/dev/null || echo 2)
   log "building llama-server (CPU, -j$jobs; about 5 minutes on 2 cores, once per machine); log: $cache_dir/build.log"
+  # No Intel AMX kernels: on CPUs that have AMX (seen on a Sapphire Rapids-class machine),
+  # -march=native turns them on, and this llama.cpp version then dies with SIGSEGV in
+  # ggml_backend_amx_mul_mat while loading the demo model (the warm-up decode), for chat and
+  # embeddings alike. The AVX-512/AVX2 kernels serve the same models.
+  local no_amx=""
+  if [ "$(uname -m)" = "x86_64" ]; then
+    no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  fi
   {
     cmake -S "$cache_dir/src" -B "$build" -DCMAKE_BUILD_TYPE=Release \
       -DBUILD_SHARED_LIBS=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
-      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE="$native" &&
+      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE="$native" \
+      -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+      -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" &&
       cmake --build "$build" -j"$jobs" --target llama-server llama-convert-llama2c-to-ggml llama-quantize
   } >"$cache_dir/build.log" 2>&1 || die "llama.cpp build failed; see $cache_dir/build.log"
   mkdir -p "$bin_dir"
