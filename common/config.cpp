@@ -373,6 +373,15 @@ std::vector<ResolvedGroup> resolve_groups(const PoolConfig& config, unsigned cor
     if (std::none_of(out.begin(), out.end(), [](const auto& g) { return g.spec.is_default; })) {
         out.front().spec.is_default = true;
     }
+    // Unmanaged upstreams serve the default group only: an upstream's model is not known.
+    bool default_seen = false;
+    for (auto& g : out) {
+        if (g.spec.is_default && !default_seen) {
+            default_seen = true;
+        } else {
+            g.config.upstreams.clear();
+        }
+    }
     // Automatic threads divide the cores among the workers that can run at once: every
     // group's, or the budget's worth when that is smaller.
     int concurrent = 0;

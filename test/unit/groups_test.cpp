@@ -75,6 +75,16 @@ TEST_CASE("groups: a config with groups resolves each one's settings", "[groups]
     CHECK(groups[1].config.threads == 2);
 }
 
+TEST_CASE("groups: unmanaged upstreams belong to the default group", "[groups][config]") {
+    PoolConfig c;
+    c.upstreams = {"http://10.0.0.1:8080"};
+    c.groups = {GroupConfig{"a"}, GroupConfig{"b"}};
+    c.groups[1].is_default = true;
+    const auto groups = resolve_groups(c, 2);
+    CHECK(groups[0].config.upstreams.empty());
+    CHECK(groups[1].config.upstreams == c.upstreams);
+}
+
 TEST_CASE("groups: without groups, workers.* form one implicit group", "[groups][config]") {
     PoolConfig c;
     c.workers = 3;
