@@ -416,9 +416,7 @@ ChunkedDecoder::Status ChunkedDecoder::feed(std::string_view in, std::size_t& co
     }
 }
 
-namespace {
-
-int hex_value(char c) {
+int hex_digit_value(char c) {
     if (c >= '0' && c <= '9') {
         return c - '0';
     }
@@ -431,6 +429,8 @@ int hex_value(char c) {
     return -1;
 }
 
+namespace {
+
 bool is_unreserved(unsigned char c) {
     return std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~';
 }
@@ -442,23 +442,23 @@ bool is_unreserved(unsigned char c) {
 bool decode_unreserved(std::string_view path, std::string& out) {
     out.clear();
     for (std::size_t i = 0; i < path.size(); ++i) {
-        const bool escape = path[i] == '%' && i + 2 < path.size() && hex_value(path[i + 1]) >= 0 &&
-                            hex_value(path[i + 2]) >= 0;
+        const bool escape = path[i] == '%' && i + 2 < path.size() &&
+                            hex_digit_value(path[i + 1]) >= 0 && hex_digit_value(path[i + 2]) >= 0;
         if (!escape) {
             out += path[i];
             continue;
         }
-        const auto c =
-            static_cast<unsigned char>(hex_value(path[i + 1]) * 16 + hex_value(path[i + 2]));
+        const auto c = static_cast<unsigned char>(hex_digit_value(path[i + 1]) * 16 +
+                                                  hex_digit_value(path[i + 2]));
         if (c < 0x20 || c == 0x7f) {
             return false;
         }
         // A decoded hex digit must not complete an escape with what precedes it ("%%32e"
         // would become "%2e"): decoding again would then give a different path.
         const bool would_form_escape =
-            hex_value(static_cast<char>(c)) >= 0 &&
+            hex_digit_value(static_cast<char>(c)) >= 0 &&
             ((!out.empty() && out.back() == '%') ||
-             (out.size() >= 2 && out[out.size() - 2] == '%' && hex_value(out.back()) >= 0));
+             (out.size() >= 2 && out[out.size() - 2] == '%' && hex_digit_value(out.back()) >= 0));
         if (is_unreserved(c) && !would_form_escape) {
             out += static_cast<char>(c);
         } else {

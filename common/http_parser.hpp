@@ -69,6 +69,9 @@ class ChunkedDecoder {
     std::string error_;
 };
 
+// 0..15 for a hexadecimal digit, -1 for anything else.
+int hex_digit_value(char c);
+
 // Normalizes the path part of a target (the query is kept verbatim): decodes percent-encoded
 // unreserved characters ("%2e" is "."), collapses repeated slashes and resolves "." and ".."
 // segments, so that routing sees the same path a worker will. Returns false for targets that

@@ -120,24 +120,14 @@ void GroupSet::poke() {
 }
 
 GroupSet::AdminResult GroupSet::start_group(std::string_view name) {
-    const auto i = router_->find(name);
-    if (!i) {
-        return AdminResult::not_found;
-    }
-    {
-        std::lock_guard lock(mutex_);
-        if (stopping_) {
-            return AdminResult::stopping;
-        }
-        runtime_[*i]->stop_requested = false;
-        runtime_[*i]->min_override = groups_[*i]->spec().workers;
-    }
-    log_.info("pool", "group_start_requested", {{"group", groups_[*i]->name()}});
-    poke();
-    return AdminResult::accepted;
+    return hold(name, true);
 }
 
 GroupSet::AdminResult GroupSet::stop_group(std::string_view name) {
+    return hold(name, false);
+}
+
+GroupSet::AdminResult GroupSet::hold(std::string_view name, bool up) {
     const auto i = router_->find(name);
     if (!i) {
         return AdminResult::not_found;
@@ -147,10 +137,12 @@ GroupSet::AdminResult GroupSet::stop_group(std::string_view name) {
         if (stopping_) {
             return AdminResult::stopping;
         }
-        runtime_[*i]->min_override = 0;
-        runtime_[*i]->stop_requested = true;
+        // Up: kept at its workers. Down: its workers stop now, and it starts on demand.
+        runtime_[*i]->min_override = up ? groups_[*i]->spec().workers : 0;
+        runtime_[*i]->stop_requested = !up;
     }
-    log_.info("pool", "group_stop_requested", {{"group", groups_[*i]->name()}});
+    log_.info("pool", up ? "group_start_requested" : "group_stop_requested",
+              {{"group", groups_[*i]->name()}});
     poke();
     return AdminResult::accepted;
 }

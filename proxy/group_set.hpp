@@ -79,6 +79,7 @@ class GroupSet {
         std::atomic<bool> stop_requested{false};
         TimePoint last_scaled{};  // scaler thread only
     };
+    AdminResult hold(std::string_view name, bool up);
     void poke();
     void run_scaler();
     std::vector<GroupLoad> collect_loads();
