@@ -158,12 +158,12 @@ void Supervisor::sync_discovered_locked(DiscoveredName& target,
 }
 
 void Supervisor::stop(Duration drain_grace) {
-    std::vector<Worker*> workers;
+    std::lock_guard stop_lock(stop_mutex_);
     {
         std::lock_guard lock(mutex_);
         stopping_ = true;
         for (auto& w : workers_) {
-            workers.push_back(w.get());
+            w->request_stop(drain_grace);
         }
     }
     cv_.notify_all();
@@ -171,25 +171,31 @@ void Supervisor::stop(Duration drain_grace) {
     if (discovery_thread_.joinable()) {
         discovery_thread_.join();
     }
-    for (auto* w : workers) {
-        w->request_stop(drain_grace);
-    }
-    {
-        std::lock_guard lock(mutex_);
-        for (auto& u : upstreams_) {
-            u->request_stop();
-        }
-    }
-    // The rollout thread may be joining a worker; it must finish before we join the rest.
+    // The rollout thread may be adding or joining a worker; it must finish before we join
+    // the rest. It sees stopping_ and ends after at most the drain of one worker.
     if (rollout_thread_.joinable()) {
         rollout_thread_.join();
     }
-    std::lock_guard lock(mutex_);
-    for (auto& w : workers_) {
-        w->request_stop(drain_grace);
+    // From here on nothing adds or removes workers or monitors (rolling_restart refuses
+    // while stopping_), so the pointers stay valid outside the lock. The joins run without
+    // mutex_: a worker that is respawning takes a port and hurry() must get through.
+    std::vector<Worker*> workers;
+    std::vector<UpstreamMonitor*> upstreams;
+    {
+        std::lock_guard lock(mutex_);
+        for (auto& w : workers_) {
+            w->request_stop(drain_grace);  // the ones a rollout added while we waited
+            workers.push_back(w.get());
+        }
+        for (auto& u : upstreams_) {
+            u->request_stop();
+            upstreams.push_back(u.get());
+        }
+    }
+    for (auto* w : workers) {
         w->join();
     }
-    for (auto& u : upstreams_) {
+    for (auto* u : upstreams) {
         u->join();
     }
 }
@@ -367,7 +373,8 @@ bool Supervisor::restart_worker(const std::string& id) {
 }
 
 std::uint16_t Supervisor::pick_port() {
-    std::lock_guard lock(mutex_);
+    // Called from worker owner threads: only the leaf lock, never mutex_ (see the lock order).
+    std::lock_guard lock(ports_mutex_);
     // Avoid handing two workers the same port while one of them has not bound it yet.
     for (int attempt = 0; attempt < 64; ++attempt) {
         const auto port = pick_free_port("127.0.0.1");
