@@ -239,7 +239,7 @@ void PoolMetrics::render_pool_state(std::string& out) {
     for (const auto& w : workers) {
         for (const auto& [reason, n] : w.failures_by_reason) {
             sample(out, "llama_pool_worker_restarts_total",
-                   label("worker", w.id) + "," + label("reason", reason), n);
+                   label("worker", w.id) + "," + label("reason", to_string(reason)), n);
         }
     }
 }

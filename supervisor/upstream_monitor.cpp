@@ -81,7 +81,7 @@ void UpstreamMonitor::set_state(WorkerState next, std::string detail) {
                {"detail", detail}});
 }
 
-void UpstreamMonitor::fail(const std::string& reason) {
+void UpstreamMonitor::fail(FailureKind kind, const std::string& reason) {
     if (published_) {
         listener_.worker_unavailable(id_);
         published_ = false;
@@ -90,10 +90,11 @@ void UpstreamMonitor::fail(const std::string& reason) {
         std::lock_guard lock(mutex_);
         status_.last_exit_reason = reason;
         status_.capacity = 0;
-        ++status_.failures_by_reason[failure_kind(reason)];
+        ++status_.failures_by_reason[kind];
         ++status_.restarts;
     }
-    log_.warn(kComponent, "upstream_failed", {{"worker", id_}, {"reason", reason}});
+    log_.warn(kComponent, "upstream_failed",
+              {{"worker", id_}, {"kind", to_string(kind)}, {"reason", reason}});
     set_state(WorkerState::backoff, reason);
 }
 
@@ -149,7 +150,7 @@ void UpstreamMonitor::step() {
             std::chrono::duration_cast<milliseconds>(from_seconds(config_.warmup_timeout));
         if (!probe_completion(target(), warm_timeout, error)) {
             if (!wake_.notified()) {
-                fail("warm-up failed: " + error);
+                fail(FailureKind::warmup_failed, "warm-up failed: " + error);
             }
             return;
         }
@@ -199,7 +200,8 @@ void UpstreamMonitor::step() {
     }
     if (failures_ >= config_.health_failures) {
         failures_ = 0;
-        fail(fmt::format("unresponsive: {} failed probes in a row (last: {})",
+        fail(FailureKind::unresponsive,
+             fmt::format("unresponsive: {} failed probes in a row (last: {})",
                          config_.health_failures, error));
     }
 }

@@ -42,7 +42,7 @@ class UpstreamMonitor {
     void run();
     void step();
     void set_state(WorkerState next, std::string detail = {});
-    void fail(const std::string& reason);
+    void fail(FailureKind kind, const std::string& reason);
     ProbeTarget target() const;
 
     const std::string id_;

@@ -20,29 +20,6 @@ constexpr auto kProgressLogEvery = seconds(5);
 
 }  // namespace
 
-std::string failure_kind(std::string_view reason) {
-    const auto starts = [&](std::string_view p) { return reason.rfind(p, 0) == 0; };
-    if (starts("exited during start-up") || starts("cannot start")) {
-        return "startup_exit";
-    }
-    if (starts("start-up timeout")) {
-        return "startup_timeout";
-    }
-    if (starts("warm-up failed") || starts("exited during warm-up")) {
-        return "warmup_failed";
-    }
-    if (starts("unresponsive")) {
-        return "unresponsive";
-    }
-    if (starts("port ")) {
-        return "port_conflict";
-    }
-    if (starts("admin restart")) {
-        return "admin";
-    }
-    return "crashed";
-}
-
 Worker::Worker(WorkerSettings settings, Logger& log, WorkerListener& listener, RandomSource& random)
     : settings_(std::move(settings)),
       log_(log),
@@ -175,7 +152,7 @@ void Worker::run() {
                 set_state(WorkerState::starting, "admin restart");
                 spawn();
             } else {
-                fail("admin restart");
+                fail(FailureKind::admin, "admin restart");
                 backoff_until_ = Clock::now();
             }
             continue;
@@ -242,7 +219,7 @@ void Worker::spawn() {
             status_.port = port;
             status_.pid = 0;
         }
-        fail(e.what());
+        fail(FailureKind::startup_exit, e.what());
         return;
     }
     spawned_at_ = Clock::now();
@@ -268,13 +245,14 @@ void Worker::step_starting() {
         return;
     }
     if (const auto exit = child_->poll_exit()) {
-        fail(fmt::format("exited during start-up: {}", exit->describe()));
+        fail(FailureKind::startup_exit,
+             fmt::format("exited during start-up: {}", exit->describe()));
         return;
     }
     const auto now = Clock::now();
     if (now - spawned_at_ > from_seconds(settings_.config.startup_timeout)) {
-        fail(fmt::format("start-up timeout: not ready after {} s",
-                         settings_.config.startup_timeout));
+        fail(FailureKind::startup_timeout, fmt::format("start-up timeout: not ready after {} s",
+                                                       settings_.config.startup_timeout));
         return;
     }
     const auto port = status().port;
@@ -293,7 +271,8 @@ void Worker::step_starting() {
             if (child_->poll_exit()) {
                 return;  // the exit is reported on the next step, with its output
             }
-            fail(fmt::format("port {} is served by another process", port));
+            fail(FailureKind::port_conflict,
+                 fmt::format("port {} is served by another process", port));
             return;
         }
         port_verified_ = true;
@@ -339,11 +318,12 @@ void Worker::step_warming() {
         if (wake_.notified()) {
             return;
         }
-        fail(error);
+        fail(FailureKind::warmup_failed, error);
         return;
     }
     if (const auto exit = child_->poll_exit()) {
-        fail(fmt::format("exited during warm-up: {}", exit->describe()));
+        fail(FailureKind::warmup_failed,
+             fmt::format("exited during warm-up: {}", exit->describe()));
         return;
     }
     const auto now = Clock::now();
@@ -362,7 +342,7 @@ void Worker::step_warming() {
 
 void Worker::step_ready() {
     if (const auto exit = child_->poll_exit()) {
-        fail(exit->describe());
+        fail(FailureKind::crashed, exit->describe());
         return;
     }
     const auto now = Clock::now();
@@ -421,7 +401,8 @@ void Worker::step_ready() {
         published_ = false;
     }
     if (probe_failures_ >= settings_.config.health_failures) {
-        fail(fmt::format("unresponsive: {} failed probes in a row (last: {})", probe_failures_,
+        fail(FailureKind::unresponsive,
+             fmt::format("unresponsive: {} failed probes in a row (last: {})", probe_failures_,
                          error));
     }
 }
@@ -437,7 +418,7 @@ void Worker::step_backoff() {
     }
 }
 
-void Worker::fail(const std::string& reason) {
+void Worker::fail(FailureKind kind, const std::string& reason) {
     if (published_) {
         listener_.worker_unavailable(settings_.id);
         published_ = false;
@@ -455,12 +436,13 @@ void Worker::fail(const std::string& reason) {
         std::lock_guard lock(mutex_);
         status_.last_exit_reason = reason;
         status_.last_output = last_lines;
-        ++status_.failures_by_reason[failure_kind(reason)];
+        ++status_.failures_by_reason[kind];
         status_.pid = 0;
         status_.capacity = 0;
     }
     log_.warn(kComponent, "worker_failed",
               {{"worker", settings_.id},
+               {"kind", to_string(kind)},
                {"reason", reason},
                {"exit", exit ? exit->describe() : "not started"},
                {"last_output", last_lines}});

@@ -36,18 +36,14 @@ struct WorkerStatus {
     WorkerState state = WorkerState::starting;
     std::chrono::system_clock::time_point since;
     int restarts = 0;
-    std::string last_exit_reason;
+    std::string last_exit_reason;          // the last failure's message, for people
     std::vector<std::string> last_output;  // the lines that explain the last failure
     int capacity = 0;
     std::string detail;  // e.g. loading progress, backoff delay
-    // Failures by kind (crashed, startup_exit, startup_timeout, warmup_failed, unresponsive,
-    // port_conflict, admin), for the restarts metric.
-    std::map<std::string, int> failures_by_reason;
+    // Failures by kind, for the restarts metric.
+    std::map<FailureKind, int> failures_by_reason;
     bool managed = true;  // false for an upstream the pool fronts but does not run
 };
-
-// The kind of a failure reason, a bounded label for metrics.
-std::string failure_kind(std::string_view reason);
 
 struct WorkerSettings {
     std::string id;
@@ -88,7 +84,7 @@ class Worker {
     void step_warming();
     void step_ready();
     void step_backoff();
-    void fail(const std::string& reason);
+    void fail(FailureKind kind, const std::string& reason);
     void drain_and_stop();
     bool set_state(WorkerState next, std::string detail = {});
     bool warm_up(std::string& error, int& capacity);
