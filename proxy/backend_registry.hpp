@@ -78,6 +78,9 @@ struct BackendSnapshot {
     std::string api_key;  // for the pool's own calls to the worker; never shown or logged
     BreakerState breaker = BreakerState::closed;
     int ejections = 0;
+    // The slots it serves now: its capacity while it takes traffic, none otherwise. The one
+    // figure /pool/status and /metrics both show.
+    int serving_slots() const { return available ? capacity : 0; }
 };
 
 // Which backends can take traffic now and how much. Admission is FIFO: a request waits in

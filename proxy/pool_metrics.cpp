@@ -203,8 +203,7 @@ void PoolMetrics::render_pool_state(std::string& out) {
     append_family_header(out, "llama_pool_worker_capacity",
                          "Concurrent requests each worker can serve (its slots).", "gauge");
     for (const auto& b : backends) {
-        sample(out, "llama_pool_worker_capacity", label("worker", b.id),
-               b.available ? b.capacity : 0);
+        sample(out, "llama_pool_worker_capacity", label("worker", b.id), b.serving_slots());
     }
     append_family_header(out, "llama_pool_breaker_state",
                          "Circuit breaker per worker: 0 closed, 1 half-open, 2 open.", "gauge");

@@ -75,7 +75,7 @@ nlohmann::json PoolRoutes::status_json() {
             j["restarts"] = w.restarts;
             j["last_exit_reason"] = w.last_exit_reason;
             j["inflight"] = in;
-            j["slots"] = w.capacity;
+            j["slots"] = b ? b->serving_slots() : 0;
             j["available"] = b && b->available;
             j["upstream_connections_opened"] = b ? b->connections_opened : 0;
             j["breaker"] = b ? std::string(to_string(b->breaker)) : "closed";
@@ -87,7 +87,7 @@ nlohmann::json PoolRoutes::status_json() {
             workers.push_back(std::move(j));
             ready += w.state == WorkerState::ready ? 1 : 0;
             inflight += in;
-            slots += w.state == WorkerState::ready ? w.capacity : 0;
+            slots += b ? b->serving_slots() : 0;
         }
     }
     nlohmann::ordered_json out;

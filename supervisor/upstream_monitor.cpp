@@ -89,7 +89,6 @@ void UpstreamMonitor::fail(FailureKind kind, const std::string& reason) {
     {
         std::lock_guard lock(mutex_);
         status_.last_exit_reason = reason;
-        status_.capacity = 0;
         ++status_.failures_by_reason[kind];
         ++status_.restarts;
     }
@@ -155,10 +154,7 @@ void UpstreamMonitor::step() {
             return;
         }
         const int capacity = read_capacity(target(), warm_timeout, config_.parallel);
-        {
-            std::lock_guard lock(mutex_);
-            status_.capacity = capacity;
-        }
+        capacity_ = capacity;
         failures_ = 0;
         completion_suspect_ = false;
         last_completion_probe_ = now;
@@ -186,7 +182,7 @@ void UpstreamMonitor::step() {
     }
     if (healthy) {
         if (failures_ > 0 && !published_) {
-            listener_.worker_ready({id_, address_.host, address_.port, status().capacity,
+            listener_.worker_ready({id_, address_.host, address_.port, capacity_,
                                     config_.upstream_api_key, address_.weight});
             published_ = true;
         }

@@ -54,6 +54,7 @@ class UpstreamMonitor {
 
     // Owner thread only.
     int failures_ = 0;
+    int capacity_ = 0;  // slots read at warm-up, what worker_ready() publishes
     bool published_ = false;
     bool completion_suspect_ = false;
     TimePoint next_probe_{};

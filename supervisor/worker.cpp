@@ -228,8 +228,8 @@ void Worker::spawn() {
         std::lock_guard lock(mutex_);
         status_.pid = child_->pid();
         status_.port = port;
-        status_.capacity = 0;
     }
+    capacity_ = 0;
     // The key is a secret: log that one is used, never its value.
     log_.info(kComponent, "worker_spawned",
               {{"worker", settings_.id},
@@ -327,10 +327,7 @@ void Worker::step_warming() {
         return;
     }
     const auto now = Clock::now();
-    {
-        std::lock_guard lock(mutex_);
-        status_.capacity = capacity;
-    }
+    capacity_ = capacity;
     set_state(WorkerState::ready,
               fmt::format("ready {:.2f} s after spawn", to_seconds(now - spawned_at_)));
     restart_policy_.on_ready();
@@ -381,8 +378,8 @@ void Worker::step_ready() {
                       {{"worker", settings_.id}, {"after_failures", probe_failures_}});
             probe_failures_ = 0;
             if (!published_) {
-                listener_.worker_ready({settings_.id, "127.0.0.1", status().port, status().capacity,
-                                        settings_.api_key});
+                listener_.worker_ready(
+                    {settings_.id, "127.0.0.1", status().port, capacity_, settings_.api_key});
                 published_ = true;
             }
         }
@@ -438,8 +435,8 @@ void Worker::fail(FailureKind kind, const std::string& reason) {
         status_.last_output = last_lines;
         ++status_.failures_by_reason[kind];
         status_.pid = 0;
-        status_.capacity = 0;
     }
+    capacity_ = 0;
     log_.warn(kComponent, "worker_failed",
               {{"worker", settings_.id},
                {"kind", to_string(kind)},

@@ -38,7 +38,8 @@ struct WorkerStatus {
     int restarts = 0;
     std::string last_exit_reason;          // the last failure's message, for people
     std::vector<std::string> last_output;  // the lines that explain the last failure
-    int capacity = 0;
+    // No slot count here: the backend registry's, which admission enforces, is the one that
+    // /pool/status and /metrics show.
     std::string detail;  // e.g. loading progress, backoff delay
     // Failures by kind, for the restarts metric.
     std::map<FailureKind, int> failures_by_reason;
@@ -112,6 +113,7 @@ class Worker {
     TimePoint last_inference_probe_{};
     TimePoint last_progress_log_{};
     int probe_failures_ = 0;
+    int capacity_ = 0;  // slots read at warm-up, what worker_ready() publishes
     bool published_ = false;
     bool port_verified_ = false;
     bool completion_suspect_ = false;  // the last completion probe failed
