@@ -48,14 +48,14 @@ TEST_CASE("a live pool's /metrics passes promtool and has every documented metri
     CHECK(r->status == 200);
     CHECK(r->get_header_value("Content-Type").rfind("text/plain; version=0.0.4", 0) == 0);
     const auto& text = r->body;
-    const std::string path = "/tmp/llama-pool-metrics-" + std::to_string(pool.port()) + ".txt";
+    TempDir dir;
+    const auto path = dir.file("metrics.txt");
     std::ofstream(path) << text;
     TestProcess promtool("/bin/sh", {"-c", "promtool check metrics < " + path});
     const auto rc = promtool.wait_exit(30s);
     INFO(promtool.output());
     CHECK(rc == 0);
     CHECK(promtool.output().empty());
-    std::remove(path.c_str());
 
     for (const auto* name : {
              "llama_pool_requests_total{route=\"/completion\",code=\"200\"} 5",

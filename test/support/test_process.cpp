@@ -69,7 +69,9 @@ void TestProcess::signal(int sig) {
 }
 
 std::optional<int> TestProcess::wait_exit(std::chrono::milliseconds timeout) {
-    wait_until([&] { return !running(); }, timeout, 10ms);
+    if (!wait_until([&] { return !running(); }, timeout, 10ms)) {
+        return std::nullopt;  // still running
+    }
     return exit_code_;
 }
 

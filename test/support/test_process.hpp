@@ -54,8 +54,10 @@ class TempDir {
 };
 
 // Polls `condition` until it holds or `timeout` passes; never sleeps longer than `poll`.
-bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds timeout,
-                std::chrono::milliseconds poll = 20ms);
+// [[nodiscard]]: a test that waits must say what happens when the wait runs out.
+[[nodiscard]] bool wait_until(const std::function<bool()>& condition,
+                              std::chrono::milliseconds timeout,
+                              std::chrono::milliseconds poll = 20ms);
 
 std::uint16_t free_port();
 // Whether a process with this pid exists and is not a zombie.
