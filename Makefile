@@ -1,5 +1,7 @@
-# llama-pool: every target installs what it needs first (make deps), so a fresh machine
-# needs no manual step. `make run` and `make test` are the two commands a newcomer needs.
+# llama-pool: every target installs what it needs first, so a fresh machine needs no manual
+# step. `make run` and `make test` are the two commands a newcomer needs. `make deps` is what
+# building and running need; `make deps-test` adds what the tests, benchmarks and the format
+# check run beside the pool (promtool, nginx, HAProxy, wrk, yamllint, clang-format...).
 
 BUILD_DIR  ?= build
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
@@ -7,13 +9,16 @@ PORT       ?= 8081
 WORKERS    ?= 2
 TOOLCHAIN  := bash scripts/llama-toolchain.sh
 
-.PHONY: all deps deps-extra build test test-unit test-integration test-e2e run format \
+.PHONY: all deps deps-test deps-extra build test test-unit test-integration test-e2e run format \
         check-format llama-server-path demo-model-path bench test-asan test-tsan fuzz clean
 
 all: build
 
 deps:
 	@bash scripts/install-deps.sh
+
+deps-test:
+	@bash scripts/install-deps.sh --test
 
 deps-extra:
 	@bash scripts/install-deps.sh --extra
@@ -30,18 +35,18 @@ demo-model-path: deps
 
 # Unit and integration tests need only the build; end-to-end tests also need a real
 # llama-server and the demo model, which the toolchain script builds once per machine.
-test: build
+test: build deps-test
 	@LLAMA_POOL_TEST_SERVER="$$($(TOOLCHAIN) server-path)" \
 	 LLAMA_POOL_TEST_MODEL="$$($(TOOLCHAIN) model-path)" \
 	 ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(JOBS) --timeout 600
 
-test-unit: build
+test-unit: build deps-test
 	@ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(JOBS) -L unit
 
-test-integration: build
+test-integration: build deps-test
 	@ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(JOBS) -L integration
 
-test-e2e: build
+test-e2e: build deps-test
 	@LLAMA_POOL_TEST_SERVER="$$($(TOOLCHAIN) server-path)" \
 	 LLAMA_POOL_TEST_MODEL="$$($(TOOLCHAIN) model-path)" \
 	 ctest --test-dir $(BUILD_DIR) --output-on-failure -L e2e
@@ -52,13 +57,13 @@ test-e2e: build
 SANITIZER_SKIP := observability|memory stays bounded
 # Only what those tests run: the end-to-end tests are not built there.
 SANITIZER_TARGETS := unit-tests integration-tests llama-pool fake-llama-server
-test-asan: deps
+test-asan: deps-test
 	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLLAMA_POOL_SANITIZE=address >/dev/null
 	@cmake --build build-asan -j$(JOBS) --target $(SANITIZER_TARGETS)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	 ctest --test-dir build-asan --output-on-failure -j$(JOBS) -L "unit|integration" -E "$(SANITIZER_SKIP)"
 
-test-tsan: deps
+test-tsan: deps-test
 	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DLLAMA_POOL_SANITIZE=thread >/dev/null
 	@cmake --build build-tsan -j$(JOBS) --target $(SANITIZER_TARGETS)
 	@TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
@@ -75,14 +80,14 @@ run: build
 	   --workers $(WORKERS) --llama-server "$$server" --model "$$model"
 
 # Side-by-side benchmarks (wrk, nginx, HAProxy from Debian); rewrites docs/BENCHMARKS.md.
-bench: build
+bench: build deps-test
 	@python3 scripts/bench/bench.py --write
 
 # Chaos: faults injected in turn under a steady mixed load on real workers; fails on any lost
 # request, orphan process or resource growth (scripts/chaos/chaos.py; CHAOS_SCALE stretches
 # every phase). A short version runs in `make test`.
 .PHONY: chaos
-chaos: build
+chaos: build deps-test
 	@LLAMA_POOL_TEST_SERVER="$$($(TOOLCHAIN) server-path)" \
 	 LLAMA_POOL_TEST_MODEL="$$($(TOOLCHAIN) model-path)" \
 	 python3 scripts/chaos/chaos.py --build $(BUILD_DIR)
@@ -92,15 +97,15 @@ chaos: build
 # (scripts/chaos/soak.py). SOAK_SECONDS, 600 by default.
 SOAK_SECONDS ?= 600
 .PHONY: soak
-soak: build
+soak: build deps-test
 	@LLAMA_POOL_TEST_SERVER="$$($(TOOLCHAIN) server-path)" \
 	 LLAMA_POOL_TEST_MODEL="$$($(TOOLCHAIN) model-path)" \
 	 python3 scripts/chaos/soak.py --build $(BUILD_DIR) --seconds $(SOAK_SECONDS)
 
-format:
+format: deps-test
 	@git ls-files '*.cpp' '*.hpp' | xargs clang-format -i
 
-check-format: deps
+check-format: deps-test
 	@git ls-files '*.cpp' '*.hpp' | xargs clang-format --dry-run --Werror
 
 clean:

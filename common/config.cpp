@@ -446,6 +446,13 @@ void validate_config(const PoolConfig& c, std::vector<std::string>& errors) {
             "must be at least the base)",
             c.restart_backoff_cap, c.restart_backoff_base));
     }
+    // The breaker would silently use the max for every ejection; say so instead.
+    if (c.breaker_max_ejection < c.breaker_ejection) {
+        errors.push_back(fmt::format(
+            "key \"proxy.breaker_max_ejection\": {} is below breaker_ejection {} (the longest "
+            "ejection must be at least the first)",
+            c.breaker_max_ejection, c.breaker_ejection));
+    }
 }
 
 nlohmann::ordered_json config_to_json(const PoolConfig& config, bool show_secrets) {

@@ -24,7 +24,7 @@ BalancerPolicy parse_balancer_policy(std::string_view name) {
 
 Lease::~Lease() {
     if (registry_ != nullptr && backend_) {
-        registry_->release(backend_->id);
+        registry_->release(backend_->id, entry_serial_);
     }
 }
 
@@ -41,9 +41,9 @@ BackendRegistry::AcquireResult BackendRegistry::acquire(TimePoint deadline,
     last_active_ = time_.now();
     // Only jump the queue when nobody is waiting: FIFO fairness for the waiters.
     if (waiters_.empty()) {
-        if (auto backend = pick_locked(avoid, affinity_key)) {
+        if (auto picked = pick_locked(avoid, affinity_key); picked.backend) {
             result.status = AcquireStatus::ok;
-            result.lease.emplace(this, std::move(backend));
+            result.lease.emplace(this, std::move(picked.backend), picked.serial);
             return result;
         }
     }
@@ -74,7 +74,7 @@ BackendRegistry::AcquireResult BackendRegistry::acquire(TimePoint deadline,
     if (waiter.assigned) {
         // Assigned at the last moment: the slot is ours even if time just ran out.
         result.status = AcquireStatus::ok;
-        result.lease.emplace(this, std::move(waiter.assigned));
+        result.lease.emplace(this, std::move(waiter.assigned), waiter.assigned_serial);
         return result;
     }
     if (shutdown_) {
@@ -127,8 +127,8 @@ std::optional<std::size_t> BackendRegistry::choose_locked(const std::vector<Entr
     return choose_least_loaded(loads, random_);
 }
 
-std::shared_ptr<Backend> BackendRegistry::pick_locked(const std::set<std::string>& avoid,
-                                                      std::uint64_t affinity_key) {
+BackendRegistry::Picked BackendRegistry::pick_locked(const std::set<std::string>& avoid,
+                                                     std::uint64_t affinity_key) {
     const auto now = time_.now();
     std::vector<Entry*> admitted;
     std::vector<Entry*> ejected;
@@ -148,18 +148,18 @@ std::shared_ptr<Backend> BackendRegistry::pick_locked(const std::set<std::string
     while (!admitted.empty()) {
         const auto choice = choose_locked(admitted, avoid, affinity_key);
         if (!choice) {
-            return nullptr;  // the admitted ones are full: wait for a slot
+            return {};  // the admitted ones are full: wait for a slot
         }
         auto* e = admitted[*choice];
         if (e->breaker.try_acquire(now)) {
             ++e->inflight;
-            return e->backend;
+            return {e->backend, e->serial};
         }
         // Half-open with its trial slots taken: not a candidate for now.
         admitted.erase(admitted.begin() + static_cast<std::ptrdiff_t>(*choice));
     }
     if (ejected.empty()) {
-        return nullptr;
+        return {};
     }
     // Every available worker is ejected: try the least bad (the one due back first) rather
     // than refusing everyone.
@@ -171,10 +171,10 @@ std::shared_ptr<Backend> BackendRegistry::pick_locked(const std::set<std::string
         }
     }
     if (best == nullptr) {
-        return nullptr;
+        return {};
     }
     ++best->inflight;
-    return best->backend;
+    return {best->backend, best->serial};
 }
 
 void BackendRegistry::report_refused(const std::string& id) {
@@ -239,18 +239,22 @@ void BackendRegistry::dispatch_locked() {
         if (waiter->assigned) {
             continue;
         }
-        auto backend = pick_locked(waiter->avoid, waiter->affinity_key);
-        if (!backend) {
+        auto picked = pick_locked(waiter->avoid, waiter->affinity_key);
+        if (!picked.backend) {
             break;  // no free slot anywhere: later waiters cannot be served either
         }
-        waiter->assigned = std::move(backend);
+        waiter->assigned = std::move(picked.backend);
+        waiter->assigned_serial = picked.serial;
         waiter->cv.notify_one();
     }
 }
 
-void BackendRegistry::release(const std::string& id) {
+void BackendRegistry::release(const std::string& id, std::uint64_t serial) {
     std::lock_guard lock(mutex_);
-    if (auto it = entries_.find(id); it != entries_.end() && it->second.inflight > 0) {
+    // A lease taken on an entry that has since been removed (and maybe added again under the
+    // same id) counts on nothing any more.
+    if (auto it = entries_.find(id);
+        it != entries_.end() && it->second.serial == serial && it->second.inflight > 0) {
         --it->second.inflight;
     }
     last_active_ = time_.now();
@@ -281,6 +285,9 @@ TimePoint BackendRegistry::last_active() const {
 void BackendRegistry::worker_ready(const WorkerEndpoint& endpoint) {
     std::lock_guard lock(mutex_);
     auto& e = entries_[endpoint.id];
+    if (e.serial == 0) {
+        e.serial = next_serial_++;  // a new entry, maybe under the id of a removed one
+    }
     const bool same = e.backend && e.host == endpoint.host && e.port == endpoint.port &&
                       e.backend->api_key == endpoint.api_key;
     if (!same) {

@@ -35,13 +35,17 @@ struct Backend {
 class BackendRegistry;
 
 // The right to send one request to one backend. Releases its slot when destroyed, which
-// hands the slot to the oldest waiting request.
+// hands the slot to the oldest waiting request. Tied to the registry entry it was taken on
+// (by its serial), not to the id: an entry removed and added again under the same id is a
+// new entry, whose count the old leases must not touch.
 class Lease {
   public:
-    Lease(BackendRegistry* registry, std::shared_ptr<Backend> backend)
-        : registry_(registry), backend_(std::move(backend)) {}
+    Lease(BackendRegistry* registry, std::shared_ptr<Backend> backend, std::uint64_t entry_serial)
+        : registry_(registry), backend_(std::move(backend)), entry_serial_(entry_serial) {}
     Lease(Lease&& other) noexcept
-        : registry_(std::exchange(other.registry_, nullptr)), backend_(std::move(other.backend_)) {}
+        : registry_(std::exchange(other.registry_, nullptr)),
+          backend_(std::move(other.backend_)),
+          entry_serial_(other.entry_serial_) {}
     Lease& operator=(Lease&&) = delete;
     Lease(const Lease&) = delete;
     ~Lease();
@@ -51,6 +55,7 @@ class Lease {
   private:
     BackendRegistry* registry_;
     std::shared_ptr<Backend> backend_;
+    std::uint64_t entry_serial_;
 };
 
 enum class BalancerPolicy { least_loaded, round_robin, prefix_affinity };
@@ -73,6 +78,9 @@ struct BackendSnapshot {
     std::string api_key;  // for the pool's own calls to the worker; never shown or logged
     BreakerState breaker = BreakerState::closed;
     int ejections = 0;
+    // The slots it serves now: its capacity while it takes traffic, none otherwise. The one
+    // figure /pool/status and /metrics both show.
+    int serving_slots() const { return available ? capacity : 0; }
 };
 
 // Which backends can take traffic now and how much. Admission is FIFO: a request waits in
@@ -140,6 +148,7 @@ class BackendRegistry final : public WorkerListener {
   private:
     friend class Lease;
     struct Entry {
+        std::uint64_t serial = 0;  // unique per entry, never reused: what a Lease is tied to
         std::shared_ptr<Backend> backend;
         std::string host;
         std::uint16_t port = 0;
@@ -156,10 +165,14 @@ class BackendRegistry final : public WorkerListener {
         std::set<std::string> avoid;
         std::uint64_t affinity_key = 0;
         std::shared_ptr<Backend> assigned;
+        std::uint64_t assigned_serial = 0;
     };
-    void release(const std::string& id);
-    std::shared_ptr<Backend> pick_locked(const std::set<std::string>& avoid,
-                                         std::uint64_t affinity_key);
+    struct Picked {
+        std::shared_ptr<Backend> backend;
+        std::uint64_t serial = 0;
+    };
+    void release(const std::string& id, std::uint64_t serial);
+    Picked pick_locked(const std::set<std::string>& avoid, std::uint64_t affinity_key);
     std::optional<std::size_t> choose_locked(const std::vector<Entry*>& candidates,
                                              const std::set<std::string>& avoid,
                                              std::uint64_t affinity_key);
@@ -170,6 +183,7 @@ class BackendRegistry final : public WorkerListener {
     const TimeSource& time_;
     RegistryOptions options_;
     std::size_t round_robin_next_ = 0;
+    std::uint64_t next_serial_ = 1;
     mutable std::mutex mutex_;
     std::map<std::string, Entry> entries_;
     std::deque<Waiter*> waiters_;

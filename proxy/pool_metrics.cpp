@@ -267,10 +267,9 @@ void PoolMetrics::render_pool_state(std::string& out) {
     }
     per_backend("llama_pool_inflight_requests", "Requests in flight on each worker.", "gauge",
                 [](const BackendSnapshot& b) { return static_cast<double>(b.inflight); });
-    per_backend(
-        "llama_pool_worker_capacity", "Concurrent requests each worker can serve (its slots).",
-        "gauge",
-        [](const BackendSnapshot& b) { return static_cast<double>(b.available ? b.capacity : 0); });
+    per_backend("llama_pool_worker_capacity",
+                "Concurrent requests each worker can serve (its slots).", "gauge",
+                [](const BackendSnapshot& b) { return static_cast<double>(b.serving_slots()); });
     per_backend("llama_pool_breaker_state",
                 "Circuit breaker per worker: 0 closed, 1 half-open, 2 open.", "gauge",
                 [](const BackendSnapshot& b) {
@@ -300,7 +299,9 @@ void PoolMetrics::render_pool_state(std::string& out) {
         for (const auto& w : s.workers) {
             for (const auto& [reason, n] : w.failures_by_reason) {
                 sample(out, "llama_pool_worker_restarts_total",
-                       s.group_label + label("worker", w.id) + "," + label("reason", reason), n);
+                       s.group_label + label("worker", w.id) + "," +
+                           label("reason", to_string(reason)),
+                       n);
             }
         }
     }

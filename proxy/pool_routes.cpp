@@ -79,7 +79,7 @@ nlohmann::json PoolRoutes::status_json() {
             j["restarts"] = w.restarts;
             j["last_exit_reason"] = w.last_exit_reason;
             j["inflight"] = in;
-            j["slots"] = w.capacity;
+            j["slots"] = b ? b->serving_slots() : 0;
             j["available"] = b && b->available;
             j["upstream_connections_opened"] = b ? b->connections_opened : 0;
             j["breaker"] = b ? std::string(to_string(b->breaker)) : "closed";
@@ -92,7 +92,7 @@ nlohmann::json PoolRoutes::status_json() {
             g_workers += w.managed ? 1 : 0;
             g_ready += w.state == WorkerState::ready ? 1 : 0;
             g_inflight += in;
-            g_slots += w.state == WorkerState::ready ? w.capacity : 0;
+            g_slots += b ? b->serving_slots() : 0;
         }
         const auto g_queued = group->registry().waiting();
         const auto& spec = group->spec();

@@ -96,6 +96,10 @@ void ProxyServer::handle(Exchange& exchange) {
     if (!log_.enabled(level)) {
         return;  // the fields cost thousands of instructions per request to build (callgrind)
     }
+    std::vector<std::string> retries;
+    for (const auto reason : outcome.retry_reasons) {
+        retries.emplace_back(to_string(reason));
+    }
     log_.log(level, "proxy", "request",
              {{"request_id", request_id},
               {"method", request.method},
@@ -111,7 +115,7 @@ void ProxyServer::handle(Exchange& exchange) {
               {"rejected", outcome.rejected},
               {"cache", outcome.cache},
               {"idempotency", outcome.idempotency},
-              {"retries", outcome.retry_reasons}});
+              {"retries", retries}});
 }
 
 void ProxyServer::serve(Exchange& exchange, const std::string& path, const std::string& target,

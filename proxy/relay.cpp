@@ -32,20 +32,6 @@ void respond_error(Exchange& exchange, int status, std::string_view message,
     exchange.respond(status, std::move(headers), make_error_body(status, message));
 }
 
-const char* retry_reason(IoStatus io, int status) {
-    if (status != 0) {
-        return status == 502 ? "status_502" : status == 503 ? "status_503" : "status_504";
-    }
-    switch (io) {
-        case IoStatus::timeout:
-            return "timeout";
-        case IoStatus::eof:
-            return "reset";
-        default:
-            return "connect_or_io";
-    }
-}
-
 // Brackets a request for the retry budget.
 struct BudgetScope {
     RetryBudget& budget;
@@ -294,6 +280,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
         HttpResponseHead head;
         IoStatus io = IoStatus::ok;
         std::string error;
+        bool connected = true;
         // A pooled connection may have been closed by the worker's keep-alive timer just as
         // we sent on it; that costs nothing to retry on a fresh connection, once.
         for (int fresh_try = 0; fresh_try < 2; ++fresh_try) {
@@ -301,6 +288,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
             conn = backend.pool.take(Clock::now() + from_seconds(config_.connect_timeout), reused,
                                      error, fresh_try == 0);
             if (!conn.connected()) {
+                connected = false;
                 io = IoStatus::error;
                 error = "connect: " + error;
                 break;
@@ -361,10 +349,9 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                 registry_.report_refused(backend.id);
             }
             verdict.report(false);
-            metrics_.upstream(group_, backend.id,
-                              failed_io == IoStatus::timeout ? "timeout"
-                              : why.rfind("connect", 0) == 0 ? "connect_error"
-                                                             : "reset");
+            metrics_.upstream(
+                group_, backend.id,
+                to_string(to_outcome(classify_attempt_failure(failed_io, connected))));
             log_.warn(kComponent, "upstream_failed",
                       {{"request_id", request_id},
                        {"worker", backend.id},
@@ -378,7 +365,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
             retry_status = head.status;
             last_error = fmt::format("worker {} answered {}", backend.id, head.status);
             last_status = client_status;
-            metrics_.upstream(group_, backend.id, "status_5xx_retried");
+            metrics_.upstream(group_, backend.id, to_string(AttemptOutcome::status_5xx_retried));
             log_.warn(kComponent, "upstream_retryable_status",
                       {{"request_id", request_id},
                        {"worker", backend.id},
@@ -451,8 +438,8 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                 length = pre.bytes.size();  // a stream stays chunked, as the worker sent it
             }
             UsageScanner usage;
-            const auto upstream_outcome = [&](std::string_view what) {
-                metrics_.upstream(group_, outcome.worker, what);
+            const auto upstream_outcome = [&](AttemptOutcome what) {
+                metrics_.upstream(group_, outcome.worker, to_string(what));
             };
             // Once the worker has sent all of its reply its slot is free: hand the slot on
             // before the client sees the end. Otherwise a client that sends its next request
@@ -461,7 +448,8 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
             // below uses it once this has run.
             const auto release_worker = [&] {
                 verdict.report(!worker_fault);
-                upstream_outcome(head.status >= 500 ? "status_5xx" : "ok");
+                upstream_outcome(head.status >= 500 ? AttemptOutcome::status_5xx
+                                                    : AttemptOutcome::ok);
                 backend.pool.give_back(std::move(conn));
                 acquired.lease.reset();
             };
@@ -523,7 +511,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                 // error event that says so; any other body can only be cut.
                 outcome.upstream_broke = true;
                 verdict.report(false);
-                upstream_outcome("broke_mid_response");
+                upstream_outcome(AttemptOutcome::broke_mid_response);
                 const auto why = error.empty() ? std::string(to_string(io)) : error;
                 log_.warn(kComponent, "upstream_broke_mid_response",
                           {{"request_id", request_id}, {"worker", backend.id}, {"error", why}});
@@ -545,9 +533,10 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
         if (retry_status != 500 && !may_retry()) {
             break;
         }
-        outcome.retry_reasons.emplace_back(retry_status == 500 ? "status_500"
-                                                               : retry_reason(io, retry_status));
-        metrics_.retry(outcome.retry_reasons.back());
+        outcome.retry_reasons.push_back(
+            retry_status != 0 ? retry_reason_for_status(retry_status)
+                              : to_retry_reason(classify_attempt_failure(io, connected)));
+        metrics_.retry(to_string(outcome.retry_reasons.back()));
         acquired.lease.reset();  // free the slot while we back off
         const auto wait = backoff.delay(outcome.attempts - 1, random_);
         const auto until = std::min(total_deadline, Clock::now() + wait);

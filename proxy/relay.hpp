@@ -9,6 +9,7 @@
 #include "common/random.hpp"
 #include "proxy/backend_registry.hpp"
 #include "proxy/pool_metrics.hpp"
+#include "proxy/relay_reasons.hpp"
 #include "proxy/retry_budget.hpp"
 #include "proxy/service_rate.hpp"
 
@@ -24,12 +25,11 @@ struct RelayOutcome {
     bool client_gone = false;
     bool upstream_broke = false;  // the worker failed after the response had started
     std::string rejected;         // why the pool refused it: queue_full, queue_timeout, deadline
-    std::vector<std::string>
-        retry_reasons;               // one per retry: connect, timeout, reset, status_503...
-    std::string retry_refused;       // why no further retry: budget, attempts, deadline
-    double first_byte_seconds = -1;  // when the response head went out; -1 when it did not
-    std::string cache;               // hit, miss, bypass; empty when the response cache had no say
-    std::string idempotency;         // executed, attached, replayed, conflict; empty without a key
+    std::vector<RetryReason> retry_reasons;  // one per retry
+    std::string retry_refused;               // why no further retry: budget, attempts, deadline
+    double first_byte_seconds = -1;          // when the response head went out; -1 when it did not
+    std::string cache;        // hit, miss, bypass; empty when the response cache had no say
+    std::string idempotency;  // executed, attached, replayed, conflict; empty without a key
 };
 
 // Forwards one client request to a worker and the worker's response back, faithfully:

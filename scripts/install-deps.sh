@@ -1,23 +1,41 @@
 #!/usr/bin/env bash
 # Installs the Debian packages llama-pool needs, and nothing when all are present (so it
 # is silent on a ready machine and `make -s llama-server-path` prints only a path).
+#
+#   install-deps.sh          what building and running need (make build, make run)
+#   install-deps.sh --test   plus what the tests, benchmarks and format check use
+#   install-deps.sh --extra  plus the optional tools (fuzzers, profilers)
+#   --list after the level prints the packages of that level and installs nothing.
 set -euo pipefail
 
 # Commands count as present when they are on PATH, whoever installed them (a nodesource
 # npm or a pyenv python3 is as good as Debian's); libraries are asked of dpkg.
 commands=(g++:g++ make:make cmake:cmake pkg-config:pkg-config git:git curl:curl python3:python3 npm:npm)
+# Building: compiler and libraries (catch2 too: the default build compiles the tests).
+# Running: git, curl, npm and python3 fetch and build llama-server and the demo model.
 packages=(
   libcpp-httplib-dev nlohmann-json3-dev libboost-dev libboost-filesystem-dev libfmt-dev catch2
   libssl-dev zlib1g-dev libbrotli-dev
-  prometheus  # promtool checks /metrics and the alert rules in the tests
-  wrk nginx haproxy  # the benchmark harness, smoke-run by the tests
-  docker-compose systemd yamllint  # deployment checks (compose, systemd-analyze, manifests)
-  clang-format  # make check-format, the first step of CI
 )
+level="${1:-}"
+# What the tests run beside the pool: `make test`, `make bench` and `make check-format`.
+if [ "$level" = "--test" ] || [ "$level" = "--extra" ]; then
+  packages+=(
+    prometheus  # promtool checks /metrics and the alert rules in the tests
+    wrk nginx haproxy  # the benchmark harness, smoke-run by the tests
+    docker-compose systemd yamllint  # deployment checks (compose, systemd-analyze, manifests)
+    clang-format  # make check-format, the first step of CI
+  )
+fi
 # Tools the optional targets use; installed by `make deps-extra`: clang for the fuzzers,
 # valgrind and perf for scripts/bench/profile.py.
-if [ "${1:-}" = "--extra" ]; then
+if [ "$level" = "--extra" ]; then
   packages+=(clang libclang-rt-14-dev valgrind linux-perf)
+fi
+
+if [ "${2:-${1:-}}" = "--list" ]; then
+  printf '%s\n' "${packages[@]}" "${commands[@]##*:}"
+  exit 0
 fi
 
 missing=()

@@ -172,12 +172,12 @@ void Supervisor::sync_discovered_locked(DiscoveredName& target,
 }
 
 void Supervisor::stop(Duration drain_grace) {
-    std::vector<Worker*> workers;
+    std::lock_guard stop_lock(stop_mutex_);
     {
         std::lock_guard lock(mutex_);
         stopping_ = true;
         for (auto& w : workers_) {
-            workers.push_back(w.get());
+            w->request_stop(drain_grace);
         }
     }
     cv_.notify_all();
@@ -185,25 +185,31 @@ void Supervisor::stop(Duration drain_grace) {
     if (discovery_thread_.joinable()) {
         discovery_thread_.join();
     }
-    for (auto* w : workers) {
-        w->request_stop(drain_grace);
-    }
-    {
-        std::lock_guard lock(mutex_);
-        for (auto& u : upstreams_) {
-            u->request_stop();
-        }
-    }
-    // The rollout thread may be joining a worker; it must finish before we join the rest.
+    // The rollout thread may be adding or joining a worker; it must finish before we join
+    // the rest. It sees stopping_ and ends after at most the drain of one worker.
     if (rollout_thread_.joinable()) {
         rollout_thread_.join();
     }
-    std::lock_guard lock(mutex_);
-    for (auto& w : workers_) {
-        w->request_stop(drain_grace);
+    // From here on nothing adds or removes workers or monitors (rolling_restart refuses
+    // while stopping_), so the pointers stay valid outside the lock. The joins run without
+    // mutex_: a worker that is respawning takes a port and hurry() must get through.
+    std::vector<Worker*> workers;
+    std::vector<UpstreamMonitor*> upstreams;
+    {
+        std::lock_guard lock(mutex_);
+        for (auto& w : workers_) {
+            w->request_stop(drain_grace);  // the ones a rollout added while we waited
+            workers.push_back(w.get());
+        }
+        for (auto& u : upstreams_) {
+            u->request_stop();
+            upstreams.push_back(u.get());
+        }
+    }
+    for (auto* w : workers) {
         w->join();
     }
-    for (auto& u : upstreams_) {
+    for (auto* u : upstreams) {
         u->join();
     }
 }
@@ -298,23 +304,26 @@ bool Supervisor::add_worker() {
 }
 
 bool Supervisor::retire_one(Duration drain_grace) {
-    std::string chosen;
+    std::vector<std::pair<std::string, bool>> candidates;  // id, ready; newest first
     {
         std::lock_guard lock(mutex_);
         if (stopping_ || rollout_running_ || workers_.empty()) {
             return false;
         }
-        // A worker that cannot serve goes first; among ready ones, the least busy, newest
-        // first on a tie (the older ones have the warmer caches).
-        int best = 0;
         for (auto it = workers_.rbegin(); it != workers_.rend(); ++it) {
-            const auto& w = *it;
-            const int score =
-                w->status().state != WorkerState::ready ? -1 : listener_.worker_inflight(w->id());
-            if (chosen.empty() || score < best) {
-                chosen = w->id();
-                best = score;
-            }
+            candidates.emplace_back((*it)->id(), (*it)->status().state == WorkerState::ready);
+        }
+    }
+    // A worker that cannot serve goes first; among ready ones, the least busy, newest first on
+    // a tie (the older ones have the warmer caches). In-flight counts are read without mutex_:
+    // the registry's lock is not one to take under ours.
+    std::string chosen;
+    int best = 0;
+    for (const auto& [id, ready] : candidates) {
+        const int score = ready ? listener_.worker_inflight(id) : -1;
+        if (chosen.empty() || score < best) {
+            chosen = id;
+            best = score;
         }
     }
     retire(chosen, drain_grace);
@@ -455,7 +464,8 @@ bool Supervisor::restart_worker(const std::string& id) {
 }
 
 std::uint16_t Supervisor::pick_port() {
-    std::lock_guard lock(mutex_);
+    // Called from worker owner threads: only the leaf lock, never mutex_ (see the lock order).
+    std::lock_guard lock(ports_mutex_);
     // Avoid handing two workers the same port while one of them has not bound it yet.
     for (int attempt = 0; attempt < 64; ++attempt) {
         const auto port = pick_free_port("127.0.0.1");

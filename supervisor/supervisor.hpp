@@ -30,6 +30,11 @@ struct SupervisorOptions {
 
 // Owns one group's workers: creates them from the config, hands out their ports, answers
 // status questions, grows and shrinks the group, and stops them all. Thread-safe.
+//
+// Lock order: stop_mutex_ -> mutex_ -> a worker's or monitor's own mutex (status()).
+// ports_mutex_ is a leaf: worker owner threads take it (pick_port) and no other lock of
+// ours, so they never wait for mutex_. No thread is joined while mutex_ is held, except a
+// finished rollout thread that takes mutex_ no more.
 class Supervisor {
   public:
     Supervisor(PoolConfig config, Logger& log, WorkerListener& listener, RandomSource& random,
@@ -40,9 +45,10 @@ class Supervisor {
 
     void start();
     // Drains every worker (in parallel, up to `drain_grace`), stops them, joins their threads.
+    // Calls from several threads run one after the other.
     void stop(Duration drain_grace);
     // Asks every worker to stop now, without waiting; a stop() running elsewhere then ends
-    // quickly.
+    // quickly. Never waits for stop().
     void hurry();
 
     enum class RolloutStart { started, already_running, stopping };
@@ -93,17 +99,21 @@ class Supervisor {
     int threads_ = 1;
     std::string api_key_;
 
+    std::mutex stop_mutex_;  // one stop() at a time: they join the same threads
+
     mutable std::mutex mutex_;
     std::condition_variable cv_;
     std::vector<std::unique_ptr<Worker>> workers_;
     std::vector<std::unique_ptr<UpstreamMonitor>> upstreams_;  // static ones and discovered
     std::vector<DiscoveredName> discovered_;                   // dns:// names, fixed at start
     std::thread discovery_thread_;
-    std::set<std::uint16_t> recent_ports_;
     int next_id_ = 0;  // ids are never reused, so a replacement is told apart from the old one
     bool stopping_ = false;
     bool rollout_running_ = false;
     std::thread rollout_thread_;
+
+    std::mutex ports_mutex_;  // a leaf: see the lock order above
+    std::set<std::uint16_t> recent_ports_;
 };
 
 // 128 random bits as hex, from the kernel's CSPRNG.

@@ -6,19 +6,29 @@ namespace llama_pool {
 
 namespace {
 constexpr const char* kComponent = "supervisor";
+
+const TimeSource& steady_time() {
+    static const SteadyTimeSource time;
+    return time;
+}
+
+std::string address_of(const UpstreamAddress& a) {
+    return fmt::format("{}:{}", a.host, a.port);
+}
 }  // namespace
 
 UpstreamMonitor::UpstreamMonitor(std::string id, UpstreamAddress address, PoolConfig config,
-                                 Logger& log, WorkerListener& listener)
+                                 Logger& log, WorkerListener& listener, const TimeSource* time)
     : id_(std::move(id)),
       address_(std::move(address)),
       config_(std::move(config)),
       log_(log),
-      listener_(listener) {
+      listener_(listener),
+      time_(time != nullptr ? *time : steady_time()),
+      lifecycle_(log, kComponent, "upstream_state", "upstream_failed",
+                 {{"worker", id_}, {"address", address_of(address_)}}) {
     status_.id = id_;
     status_.port = address_.port;
-    status_.since = std::chrono::system_clock::now();
-    status_.detail = fmt::format("upstream {}:{}", address_.host, address_.port);
     status_.managed = false;
 }
 
@@ -47,54 +57,33 @@ void UpstreamMonitor::join() {
 }
 
 WorkerStatus UpstreamMonitor::status() const {
-    std::lock_guard lock(mutex_);
-    return status_;
+    WorkerStatus base;
+    {
+        std::lock_guard lock(mutex_);
+        base = status_;
+    }
+    auto out = with_lifecycle(std::move(base), lifecycle_.snapshot());
+    if (out.detail.empty()) {
+        out.detail = "upstream " + address_of(address_);  // where it is, when nothing else
+    }
+    return out;
 }
 
 ProbeTarget UpstreamMonitor::target() const {
     return {address_.host, address_.port, config_.upstream_api_key, {wake_.fd(), -1}};
 }
 
-void UpstreamMonitor::set_state(WorkerState next, std::string detail) {
-    WorkerState previous;
-    {
-        std::lock_guard lock(mutex_);
-        previous = status_.state;
-        status_.detail =
-            detail.empty() ? fmt::format("upstream {}:{}", address_.host, address_.port) : detail;
-        if (previous == next) {
-            return;
-        }
-        if (!transition_allowed(previous, next)) {
-            log_.error(kComponent, "illegal_transition",
-                       {{"upstream", id_}, {"from", to_string(previous)}, {"to", to_string(next)}});
-            return;
-        }
-        status_.state = next;
-        status_.since = std::chrono::system_clock::now();
-    }
-    log_.info(kComponent, "upstream_state",
-              {{"worker", id_},
-               {"address", fmt::format("{}:{}", address_.host, address_.port)},
-               {"from", to_string(previous)},
-               {"to", to_string(next)},
-               {"detail", detail}});
-}
-
-void UpstreamMonitor::fail(const std::string& reason) {
+void UpstreamMonitor::fail(FailureKind kind, const std::string& reason) {
     if (published_) {
         listener_.worker_unavailable(id_);
         published_ = false;
     }
+    capacity_ = 0;
     {
         std::lock_guard lock(mutex_);
-        status_.last_exit_reason = reason;
-        status_.capacity = 0;
-        ++status_.failures_by_reason[failure_kind(reason)];
         ++status_.restarts;
     }
-    log_.warn(kComponent, "upstream_failed", {{"worker", id_}, {"reason", reason}});
-    set_state(WorkerState::backoff, reason);
+    lifecycle_.fail(kind, reason, {}, WorkerState::backoff, reason);
 }
 
 void UpstreamMonitor::run() {
@@ -107,17 +96,19 @@ void UpstreamMonitor::run() {
         }
         step();
         std::unique_lock lock(mutex_);
-        cv_.wait_for(lock, milliseconds(100), [this] { return stop_requested_; });
+        if (const auto left = next_probe_ - time_.now(); left > Duration::zero()) {
+            cv_.wait_for(lock, left, [this] { return stop_requested_; });
+        }
     }
     if (published_) {
         listener_.worker_unavailable(id_);
     }
-    set_state(WorkerState::draining);
-    set_state(WorkerState::stopped);
+    lifecycle_.transition(WorkerState::draining);
+    lifecycle_.transition(WorkerState::stopped);
 }
 
 void UpstreamMonitor::step() {
-    const auto now = Clock::now();
+    const auto now = time_.now();
     if (now < next_probe_) {
         return;
     }
@@ -128,41 +119,38 @@ void UpstreamMonitor::step() {
     if (wake_.notified()) {
         return;
     }
-    const auto state = status().state;
+    const auto state = lifecycle_.state();
     if (state != WorkerState::ready) {
         if (state == WorkerState::backoff) {
-            set_state(WorkerState::starting, "probing again");
+            lifecycle_.transition(WorkerState::starting, "probing again");
         }
         if (!health.answered) {
             return;
         }
         if (health.verdict == HealthVerdict::loading) {
-            set_state(WorkerState::loading);
+            lifecycle_.transition(WorkerState::loading);
             return;
         }
         if (!health.healthy()) {
             return;
         }
-        set_state(WorkerState::warming);
+        lifecycle_.transition(WorkerState::warming);
         std::string error;
         const auto warm_timeout =
             std::chrono::duration_cast<milliseconds>(from_seconds(config_.warmup_timeout));
         if (!probe_completion(target(), warm_timeout, error)) {
             if (!wake_.notified()) {
-                fail("warm-up failed: " + error);
+                fail(FailureKind::warmup_failed, "warm-up failed: " + error);
             }
             return;
         }
         const int capacity = read_capacity(target(), warm_timeout, config_.parallel);
-        {
-            std::lock_guard lock(mutex_);
-            status_.capacity = capacity;
-        }
+        capacity_ = capacity;
         failures_ = 0;
         completion_suspect_ = false;
         last_completion_probe_ = now;
-        set_state(WorkerState::ready,
-                  fmt::format("upstream {}:{}, {} slots", address_.host, address_.port, capacity));
+        lifecycle_.transition(WorkerState::ready,
+                              fmt::format("upstream {}, {} slots", address_of(address_), capacity));
         listener_.worker_ready({id_, address_.host, address_.port, capacity,
                                 config_.upstream_api_key, address_.weight});
         published_ = true;
@@ -185,7 +173,7 @@ void UpstreamMonitor::step() {
     }
     if (healthy) {
         if (failures_ > 0 && !published_) {
-            listener_.worker_ready({id_, address_.host, address_.port, status().capacity,
+            listener_.worker_ready({id_, address_.host, address_.port, capacity_,
                                     config_.upstream_api_key, address_.weight});
             published_ = true;
         }
@@ -199,7 +187,8 @@ void UpstreamMonitor::step() {
     }
     if (failures_ >= config_.health_failures) {
         failures_ = 0;
-        fail(fmt::format("unresponsive: {} failed probes in a row (last: {})",
+        fail(FailureKind::unresponsive,
+             fmt::format("unresponsive: {} failed probes in a row (last: {})",
                          config_.health_failures, error));
     }
 }

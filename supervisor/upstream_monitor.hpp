@@ -23,11 +23,13 @@ namespace llama_pool {
 //   starting (no answer) -> loading (503) -> warming -> ready
 //   ready -> backoff after health_failures failed probes -> starting (probing again)
 //
-// One owner thread runs it and is the only writer of its state. Thread-safe otherwise.
+// One owner thread runs it and is the only writer of its state; it sleeps until the next
+// probe is due or a stop is requested. Thread-safe otherwise.
 class UpstreamMonitor {
   public:
+    // `time`: what every probe deadline reads; null for the steady clock.
     UpstreamMonitor(std::string id, UpstreamAddress address, PoolConfig config, Logger& log,
-                    WorkerListener& listener);
+                    WorkerListener& listener, const TimeSource* time = nullptr);
     ~UpstreamMonitor();
     UpstreamMonitor(const UpstreamMonitor&) = delete;
     UpstreamMonitor& operator=(const UpstreamMonitor&) = delete;
@@ -41,8 +43,7 @@ class UpstreamMonitor {
   private:
     void run();
     void step();
-    void set_state(WorkerState next, std::string detail = {});
-    void fail(const std::string& reason);
+    void fail(FailureKind kind, const std::string& reason);
     ProbeTarget target() const;
 
     const std::string id_;
@@ -50,15 +51,20 @@ class UpstreamMonitor {
     const PoolConfig config_;
     Logger& log_;
     WorkerListener& listener_;
+    const TimeSource& time_;
     WakeSignal wake_;
+    Lifecycle lifecycle_;  // the state: written by the owner thread only
 
     // Owner thread only.
     int failures_ = 0;
+    int capacity_ = 0;  // slots read at warm-up, what worker_ready() publishes
     bool published_ = false;
     bool completion_suspect_ = false;
     TimePoint next_probe_{};
     TimePoint last_completion_probe_{};
 
+    // Guarded by mutex_: the rest of the snapshot (restarts) and the stop request. Never
+    // held while lifecycle_'s lock is taken.
     mutable std::mutex mutex_;
     std::condition_variable cv_;
     WorkerStatus status_;

@@ -14,33 +14,25 @@ namespace llama_pool {
 namespace {
 
 constexpr const char* kComponent = "supervisor";
-constexpr auto kStartingTick = milliseconds(50);
-constexpr auto kReadyTick = milliseconds(100);
+// A starting worker's port gives no event when it opens: it is probed this often.
+constexpr auto kStartingProbeEvery = milliseconds(50);
 constexpr auto kProgressLogEvery = seconds(5);
+
+const TimeSource& steady_time() {
+    static const SteadyTimeSource time;
+    return time;
+}
 
 }  // namespace
 
-std::string failure_kind(std::string_view reason) {
-    const auto starts = [&](std::string_view p) { return reason.rfind(p, 0) == 0; };
-    if (starts("exited during start-up") || starts("cannot start")) {
-        return "startup_exit";
-    }
-    if (starts("start-up timeout")) {
-        return "startup_timeout";
-    }
-    if (starts("warm-up failed") || starts("exited during warm-up")) {
-        return "warmup_failed";
-    }
-    if (starts("unresponsive")) {
-        return "unresponsive";
-    }
-    if (starts("port ")) {
-        return "port_conflict";
-    }
-    if (starts("admin restart")) {
-        return "admin";
-    }
-    return "crashed";
+WorkerStatus with_lifecycle(WorkerStatus base, const Lifecycle::Snapshot& life) {
+    base.state = life.state;
+    base.since = life.since;
+    base.detail = life.detail;
+    base.last_exit_reason = life.last_failure;
+    base.last_output = life.last_output;
+    base.failures_by_reason = life.failures;
+    return base;
 }
 
 Worker::Worker(WorkerSettings settings, Logger& log, WorkerListener& listener, RandomSource& random)
@@ -48,12 +40,13 @@ Worker::Worker(WorkerSettings settings, Logger& log, WorkerListener& listener, R
       log_(log),
       listener_(listener),
       random_(random),
+      time_(settings_.time != nullptr ? *settings_.time : steady_time()),
       restart_policy_(from_seconds(settings_.config.restart_backoff_base),
                       from_seconds(settings_.config.restart_backoff_cap),
                       settings_.config.crash_loop_restarts,
-                      from_seconds(settings_.config.crash_loop_window)) {
+                      from_seconds(settings_.config.crash_loop_window)),
+      lifecycle_(log, kComponent, "worker_state", "worker_failed", {{"worker", settings_.id}}) {
     status_.id = settings_.id;
-    status_.since = std::chrono::system_clock::now();
 }
 
 Worker::~Worker() {
@@ -96,8 +89,12 @@ void Worker::join() {
 }
 
 WorkerStatus Worker::status() const {
-    std::lock_guard lock(mutex_);
-    return status_;
+    WorkerStatus base;
+    {
+        std::lock_guard lock(mutex_);
+        base = status_;
+    }
+    return with_lifecycle(std::move(base), lifecycle_.snapshot());
 }
 
 std::vector<std::string> Worker::recent_output() const {
@@ -121,39 +118,38 @@ void Worker::on_output(std::string_view line) {
     log_.info("worker", "output", {{"worker", settings_.id}, {"line", line}});
 }
 
-bool Worker::set_state(WorkerState next, std::string detail) {
-    WorkerState previous;
-    {
-        std::lock_guard lock(mutex_);
-        previous = status_.state;
-        if (previous == next) {
-            status_.detail = std::move(detail);
-            return true;
-        }
-        if (!transition_allowed(previous, next)) {
-            log_.error(
-                kComponent, "illegal_transition",
-                {{"worker", settings_.id}, {"from", to_string(previous)}, {"to", to_string(next)}});
-            return false;
-        }
-        status_.state = next;
-        status_.since = std::chrono::system_clock::now();
-        status_.detail = detail;
+std::optional<TimePoint> Worker::next_wake() const {
+    if (child_closing_ && child_) {
+        return time_.now() + kStartingProbeEvery;
     }
-    state_entered_ = Clock::now();
-    nlohmann::json fields = {
-        {"worker", settings_.id}, {"from", to_string(previous)}, {"to", to_string(next)}};
-    if (!detail.empty()) {
-        fields["detail"] = detail;
+    switch (lifecycle_.state()) {
+        case WorkerState::starting:
+        case WorkerState::loading:
+            return time_.now() + kStartingProbeEvery;
+        case WorkerState::warming:
+            return time_.now();  // the warm-up runs at once
+        case WorkerState::ready:
+            return next_health_;
+        case WorkerState::backoff:
+            return backoff_until_;
+        case WorkerState::failed:
+        case WorkerState::draining:
+        case WorkerState::stopped:
+            break;
     }
-    log_.info(kComponent, "worker_state", fields);
-    cv_.notify_all();
-    return true;
+    return std::nullopt;  // only a request moves it on
 }
 
-void Worker::wait_tick(Duration tick) {
+void Worker::wait_for_event(std::optional<TimePoint> until) {
     std::unique_lock lock(mutex_);
-    cv_.wait_for(lock, tick, [this] { return stop_requested_ || restart_requested_; });
+    const auto woken = [this] { return stop_requested_ || restart_requested_ || child_event_; };
+    if (!until) {
+        cv_.wait(lock, woken);
+    } else if (const auto left = *until - time_.now(); left > Duration::zero()) {
+        cv_.wait_for(lock, left, woken);
+    }
+    // Consumed: the steps that follow look at the child until it is reaped.
+    child_closing_ = std::exchange(child_event_, false) || child_closing_;
 }
 
 void Worker::run() {
@@ -167,16 +163,16 @@ void Worker::run() {
             }
             restart = std::exchange(restart_requested_, false);
         }
-        const auto state = status().state;
+        const auto state = lifecycle_.state();
         if (restart) {
             restart_policy_.reset();
             if (state == WorkerState::failed || state == WorkerState::backoff) {
-                backoff_until_ = Clock::now();
-                set_state(WorkerState::starting, "admin restart");
+                backoff_until_ = time_.now();
+                lifecycle_.transition(WorkerState::starting, "admin restart");
                 spawn();
             } else {
-                fail("admin restart");
-                backoff_until_ = Clock::now();
+                fail(FailureKind::admin, "admin restart");
+                backoff_until_ = time_.now();
             }
             continue;
         }
@@ -184,25 +180,22 @@ void Worker::run() {
             case WorkerState::starting:
             case WorkerState::loading:
                 step_starting();
-                wait_tick(kStartingTick);
                 break;
             case WorkerState::warming:
                 step_warming();
                 break;
             case WorkerState::ready:
                 step_ready();
-                wait_tick(kReadyTick);
                 break;
             case WorkerState::backoff:
                 step_backoff();
-                wait_tick(std::min<Duration>(kReadyTick, backoff_until_ - Clock::now()));
                 break;
             case WorkerState::failed:
             case WorkerState::draining:
             case WorkerState::stopped:
-                wait_tick(seconds(1));
                 break;
         }
+        wait_for_event(next_wake());
     }
     drain_and_stop();
 }
@@ -232,27 +225,38 @@ void Worker::spawn() {
     probe_failures_ = 0;
     completion_suspect_ = false;
     port_verified_ = false;
+    {
+        std::lock_guard lock(mutex_);
+        child_event_ = false;  // an event of the last child is no news about this one
+    }
+    child_closing_ = false;
     try {
         child_ = std::make_unique<ChildProcess>(
             program, args, [this](std::string_view line) { on_output(line); },
-            [this] { cv_.notify_all(); });
+            [this] {
+                {
+                    std::lock_guard lock(mutex_);
+                    child_event_ = true;
+                }
+                cv_.notify_all();
+            });
     } catch (const std::exception& e) {
         {
             std::lock_guard lock(mutex_);
             status_.port = port;
             status_.pid = 0;
         }
-        fail(e.what());
+        fail(FailureKind::startup_exit, e.what());
         return;
     }
-    spawned_at_ = Clock::now();
+    spawned_at_ = time_.now();
     last_progress_log_ = spawned_at_;
     {
         std::lock_guard lock(mutex_);
         status_.pid = child_->pid();
         status_.port = port;
-        status_.capacity = 0;
     }
+    capacity_ = 0;
     // The key is a secret: log that one is used, never its value.
     log_.info(kComponent, "worker_spawned",
               {{"worker", settings_.id},
@@ -268,13 +272,14 @@ void Worker::step_starting() {
         return;
     }
     if (const auto exit = child_->poll_exit()) {
-        fail(fmt::format("exited during start-up: {}", exit->describe()));
+        fail(FailureKind::startup_exit,
+             fmt::format("exited during start-up: {}", exit->describe()));
         return;
     }
-    const auto now = Clock::now();
+    const auto now = time_.now();
     if (now - spawned_at_ > from_seconds(settings_.config.startup_timeout)) {
-        fail(fmt::format("start-up timeout: not ready after {} s",
-                         settings_.config.startup_timeout));
+        fail(FailureKind::startup_timeout, fmt::format("start-up timeout: not ready after {} s",
+                                                       settings_.config.startup_timeout));
         return;
     }
     const auto port = status().port;
@@ -293,23 +298,19 @@ void Worker::step_starting() {
             if (child_->poll_exit()) {
                 return;  // the exit is reported on the next step, with its output
             }
-            fail(fmt::format("port {} is served by another process", port));
+            fail(FailureKind::port_conflict,
+                 fmt::format("port {} is served by another process", port));
             return;
         }
         port_verified_ = true;
     }
     const auto elapsed = to_seconds(now - spawned_at_);
     if (health.verdict == HealthVerdict::ok) {
-        set_state(WorkerState::warming, fmt::format("model loaded in {:.1f} s", elapsed));
+        lifecycle_.transition(WorkerState::warming,
+                              fmt::format("model loaded in {:.1f} s", elapsed));
         return;
     }
-    if (status().state == WorkerState::starting) {
-        set_state(WorkerState::loading);
-    }
-    {
-        std::lock_guard lock(mutex_);
-        status_.detail = fmt::format("loading for {:.0f} s", elapsed);
-    }
+    lifecycle_.transition(WorkerState::loading, fmt::format("loading for {:.0f} s", elapsed));
     if (now - last_progress_log_ >= kProgressLogEvery) {
         last_progress_log_ = now;
         log_.info(kComponent, "worker_loading",
@@ -343,20 +344,18 @@ void Worker::step_warming() {
         if (wake_.notified()) {
             return;
         }
-        fail(error);
+        fail(FailureKind::warmup_failed, error);
         return;
     }
     if (const auto exit = child_->poll_exit()) {
-        fail(fmt::format("exited during warm-up: {}", exit->describe()));
+        fail(FailureKind::warmup_failed,
+             fmt::format("exited during warm-up: {}", exit->describe()));
         return;
     }
-    const auto now = Clock::now();
-    {
-        std::lock_guard lock(mutex_);
-        status_.capacity = capacity;
-    }
-    set_state(WorkerState::ready,
-              fmt::format("ready {:.2f} s after spawn", to_seconds(now - spawned_at_)));
+    const auto now = time_.now();
+    capacity_ = capacity;
+    lifecycle_.transition(WorkerState::ready,
+                          fmt::format("ready {:.2f} s after spawn", to_seconds(now - spawned_at_)));
     restart_policy_.on_ready();
     next_health_ = now + from_seconds(settings_.config.health_interval);
     last_inference_probe_ = now;
@@ -366,10 +365,10 @@ void Worker::step_warming() {
 
 void Worker::step_ready() {
     if (const auto exit = child_->poll_exit()) {
-        fail(exit->describe());
+        fail(FailureKind::crashed, exit->describe());
         return;
     }
-    const auto now = Clock::now();
+    const auto now = time_.now();
     if (now < next_health_) {
         return;
     }
@@ -405,8 +404,8 @@ void Worker::step_ready() {
                       {{"worker", settings_.id}, {"after_failures", probe_failures_}});
             probe_failures_ = 0;
             if (!published_) {
-                listener_.worker_ready({settings_.id, "127.0.0.1", status().port, status().capacity,
-                                        settings_.api_key});
+                listener_.worker_ready(
+                    {settings_.id, "127.0.0.1", status().port, capacity_, settings_.api_key});
                 published_ = true;
             }
         }
@@ -425,23 +424,24 @@ void Worker::step_ready() {
         published_ = false;
     }
     if (probe_failures_ >= settings_.config.health_failures) {
-        fail(fmt::format("unresponsive: {} failed probes in a row (last: {})", probe_failures_,
+        fail(FailureKind::unresponsive,
+             fmt::format("unresponsive: {} failed probes in a row (last: {})", probe_failures_,
                          error));
     }
 }
 
 void Worker::step_backoff() {
-    if (Clock::now() >= backoff_until_) {
+    if (time_.now() >= backoff_until_) {
         {
             std::lock_guard lock(mutex_);
             ++status_.restarts;
         }
-        set_state(WorkerState::starting, "restart");
+        lifecycle_.transition(WorkerState::starting, "restart");
         spawn();
     }
 }
 
-void Worker::fail(const std::string& reason) {
+void Worker::fail(FailureKind kind, const std::string& reason) {
     if (published_) {
         listener_.worker_unavailable(settings_.id);
         published_ = false;
@@ -454,30 +454,27 @@ void Worker::fail(const std::string& reason) {
     child_.reset();
     key_file_.reset();
     const auto last_lines = tail_output(8);
-    const auto decision = restart_policy_.on_failure(Clock::now(), random_);
+    const auto decision = restart_policy_.on_failure(time_.now(), random_);
     {
         std::lock_guard lock(mutex_);
-        status_.last_exit_reason = reason;
-        status_.last_output = last_lines;
-        ++status_.failures_by_reason[failure_kind(reason)];
         status_.pid = 0;
-        status_.capacity = 0;
+        child_event_ = false;  // that child is gone; its exit is handled here
     }
-    log_.warn(kComponent, "worker_failed",
-              {{"worker", settings_.id},
-               {"reason", reason},
-               {"exit", exit ? exit->describe() : "not started"},
-               {"last_output", last_lines}});
+    child_closing_ = false;
+    capacity_ = 0;
+    const nlohmann::json exit_field = {{"exit", exit ? exit->describe() : "not started"}};
     if (decision.give_up) {
+        lifecycle_.fail(kind, reason, last_lines, WorkerState::backoff, reason, exit_field);
         log_.error(kComponent, "worker_gave_up",
                    {{"worker", settings_.id}, {"reason", decision.reason}, {"last", reason}});
-        set_state(WorkerState::backoff);
-        set_state(WorkerState::failed, decision.reason);
+        lifecycle_.transition(WorkerState::failed, decision.reason);
         return;
     }
-    backoff_until_ = Clock::now() + decision.delay;
-    set_state(WorkerState::backoff,
-              fmt::format("restart in {:.2f} s after: {}", to_seconds(decision.delay), reason));
+    backoff_until_ = time_.now() + decision.delay;
+    lifecycle_.fail(
+        kind, reason, last_lines, WorkerState::backoff,
+        fmt::format("restart in {:.2f} s after: {}", to_seconds(decision.delay), reason),
+        exit_field);
 }
 
 void Worker::drain_and_stop() {
@@ -485,14 +482,16 @@ void Worker::drain_and_stop() {
         listener_.worker_unavailable(settings_.id);
         published_ = false;
     }
-    set_state(WorkerState::draining);
+    lifecycle_.transition(WorkerState::draining);
     Duration grace;
     {
         std::lock_guard lock(mutex_);
         grace = drain_grace_;
     }
-    const auto deadline = Clock::now() + grace;
-    while (child_ && listener_.worker_inflight(settings_.id) > 0 && Clock::now() < deadline) {
+    const auto deadline = time_.now() + grace;
+    // The registry gives no event when a request ends, so the count is read again every
+    // few milliseconds; hurry() (drain_grace_ becoming zero) wakes the wait at once.
+    while (child_ && listener_.worker_inflight(settings_.id) > 0 && time_.now() < deadline) {
         std::unique_lock lock(mutex_);
         cv_.wait_for(lock, milliseconds(20), [&] { return drain_grace_ == Duration::zero(); });
         if (drain_grace_ == Duration::zero()) {
@@ -510,7 +509,7 @@ void Worker::drain_and_stop() {
         std::lock_guard lock(mutex_);
         status_.pid = 0;
     }
-    set_state(WorkerState::stopped);
+    lifecycle_.transition(WorkerState::stopped);
 }
 
 }  // namespace llama_pool

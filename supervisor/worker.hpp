@@ -21,6 +21,7 @@
 #include "common/random.hpp"
 #include "common/socket.hpp"
 #include "supervisor/child_process.hpp"
+#include "supervisor/lifecycle.hpp"
 #include "supervisor/probes.hpp"
 #include "supervisor/restart_policy.hpp"
 #include "supervisor/secret_file.hpp"
@@ -36,18 +37,18 @@ struct WorkerStatus {
     WorkerState state = WorkerState::starting;
     std::chrono::system_clock::time_point since;
     int restarts = 0;
-    std::string last_exit_reason;
+    std::string last_exit_reason;          // the last failure's message, for people
     std::vector<std::string> last_output;  // the lines that explain the last failure
-    int capacity = 0;
+    // No slot count here: the backend registry's, which admission enforces, is the one that
+    // /pool/status and /metrics show.
     std::string detail;  // e.g. loading progress, backoff delay
-    // Failures by kind (crashed, startup_exit, startup_timeout, warmup_failed, unresponsive,
-    // port_conflict, admin), for the restarts metric.
-    std::map<std::string, int> failures_by_reason;
+    // Failures by kind, for the restarts metric.
+    std::map<FailureKind, int> failures_by_reason;
     bool managed = true;  // false for an upstream the pool fronts but does not run
 };
 
-// The kind of a failure reason, a bounded label for metrics.
-std::string failure_kind(std::string_view reason);
+// `base` (the fields its owner keeps) completed with what its lifecycle core holds.
+WorkerStatus with_lifecycle(WorkerStatus base, const Lifecycle::Snapshot& life);
 
 struct WorkerSettings {
     std::string id;
@@ -55,11 +56,14 @@ struct WorkerSettings {
     int threads = 1;
     std::string api_key;
     std::function<std::uint16_t()> pick_port;  // returns a free loopback port
+    const TimeSource* time = nullptr;          // every deadline reads it; null: steady
 };
 
 // One supervised llama-server. A single owner thread runs the whole lifecycle and is the
 // only writer of the state; other threads read snapshots (status()) and send requests
-// (request_restart(), request_stop()) that the owner acts on at its next step.
+// (request_restart(), request_stop()) that wake the owner at once. Between steps the owner
+// sleeps until its next deadline (a probe, the end of a backoff) or an event: a request, or
+// the child's output closing (it exited).
 class Worker {
   public:
     static constexpr std::size_t kOutputLines = 200;
@@ -88,21 +92,25 @@ class Worker {
     void step_warming();
     void step_ready();
     void step_backoff();
-    void fail(const std::string& reason);
+    void fail(FailureKind kind, const std::string& reason);
     void drain_and_stop();
-    bool set_state(WorkerState next, std::string detail = {});
     bool warm_up(std::string& error, int& capacity);
     ProbeTarget probe_target() const;
     void on_output(std::string_view line);
     std::vector<std::string> tail_output(std::size_t n) const;
-    void wait_tick(Duration tick);
+    // When the owner must look again without an event: by state, after the step.
+    std::optional<TimePoint> next_wake() const;
+    // Sleeps until `until` (forever when empty) or an event.
+    void wait_for_event(std::optional<TimePoint> until);
 
     WorkerSettings settings_;
     Logger& log_;
     WorkerListener& listener_;
     RandomSource& random_;
+    const TimeSource& time_;
     RestartPolicy restart_policy_;
-    WakeSignal wake_;  // interrupts blocking probes at stop
+    Lifecycle lifecycle_;  // the state: written by the owner thread only
+    WakeSignal wake_;      // interrupts blocking probes at stop
 
     // Owned by the owner thread only.
     std::unique_ptr<ChildProcess> child_;
@@ -110,22 +118,28 @@ class Worker {
     // (it has read the file by then): on disk for seconds, not for the pool's lifetime.
     std::unique_ptr<SecretFile> key_file_;
     TimePoint spawned_at_{};
-    TimePoint state_entered_{};
     TimePoint backoff_until_{};
     TimePoint next_health_{};
     TimePoint last_inference_probe_{};
     TimePoint last_progress_log_{};
     int probe_failures_ = 0;
+    int capacity_ = 0;  // slots read at warm-up, what worker_ready() publishes
     bool published_ = false;
     bool port_verified_ = false;
     bool completion_suspect_ = false;  // the last completion probe failed
+    // The child closed its output: it is exiting. Its exit is polled for at a short interval
+    // until reaped (the pipe closes a moment before the process is gone).
+    bool child_closing_ = false;
 
-    // Guarded by mutex_: the snapshot others read, and requests for the owner.
+    // Guarded by mutex_: the rest of the snapshot others read (pid, port, restarts), and
+    // the events that wake the owner. Lock order: mutex_ is never held while lifecycle_'s
+    // lock is taken, nor the other way round.
     mutable std::mutex mutex_;
     std::condition_variable cv_;
     WorkerStatus status_;
     bool stop_requested_ = false;
     bool restart_requested_ = false;
+    bool child_event_ = false;  // the child's output closed: it has exited or is about to
     Duration drain_grace_{};
 
     mutable std::mutex output_mutex_;

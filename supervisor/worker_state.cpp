@@ -24,6 +24,26 @@ std::string_view to_string(WorkerState state) {
     return "unknown";
 }
 
+std::string_view to_string(FailureKind kind) {
+    switch (kind) {
+        case FailureKind::crashed:
+            return "crashed";
+        case FailureKind::startup_exit:
+            return "startup_exit";
+        case FailureKind::startup_timeout:
+            return "startup_timeout";
+        case FailureKind::warmup_failed:
+            return "warmup_failed";
+        case FailureKind::unresponsive:
+            return "unresponsive";
+        case FailureKind::port_conflict:
+            return "port_conflict";
+        case FailureKind::admin:
+            return "admin";
+    }
+    return "unknown";
+}
+
 bool transition_allowed(WorkerState from, WorkerState to) {
     using S = WorkerState;
     switch (from) {

@@ -31,9 +31,7 @@ struct ModelLinks {
               {"workers", 1},
               {"parallel", 1},
               {"endpoints", {"/v1/embeddings", "/embeddings", "/embedding"}},
-              // --no-repack: this llama.cpp build crashes (SIGSEGV in its AMX matmul) while
-              // loading an embeddings server on CPUs with AMX; without repacking it runs.
-              {"args", {"--embeddings", "--pooling", "mean", "--no-repack"}}}});
+              {"args", {"--embeddings", "--pooling", "mean"}}}});
         std::ofstream(dir / "pool.json") << doc.dump(2);
     }
     ~ModelLinks() { std::filesystem::remove_all(dir); }

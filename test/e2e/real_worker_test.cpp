@@ -59,11 +59,11 @@ TEST_CASE("real workers' llama.cpp metrics are re-exported per worker and pass p
         CHECK(text.find(name) != std::string::npos);
     }
     CHECK(text.find("llama_pool_tokens_predicted_total{worker=") != std::string::npos);
-    const std::string path = "/tmp/llama-pool-e2e-metrics.txt";
+    TempDir dir;
+    const auto path = dir.file("metrics.txt");
     std::ofstream(path) << text;
     TestProcess promtool("/bin/sh", {"-c", "promtool check metrics < " + path});
     const auto rc = promtool.wait_exit(30s);
     INFO(promtool.output());
     CHECK(rc == 0);
-    std::remove(path.c_str());
 }

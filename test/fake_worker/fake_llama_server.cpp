@@ -47,8 +47,10 @@ struct Options {
     // Re-read before every completion, one line per port: "PORT fail STATUS", "PORT garbage"
     // (an invalid status line), "PORT truncate [N]" (a reply cut off inside its JSON; a
     // stream after N whole events), "PORT stall N" (streams stop after N events until the
-    // client leaves) or "PORT ok". Lets a test break one worker of a pool whose workers all
-    // get the same arguments, or toggle faults on a running upstream.
+    // client leaves), "PORT hold" (completions keep their slot and wait, until the line
+    // changes: a gate that orders events in tests without sleeps) or "PORT ok". Lets a test break
+    // one worker of a pool whose workers all get the same arguments, or toggle faults on a running
+    // upstream.
     std::string fault_file;
     // Non-stream replies carry the bracketed tags of the prompt ("[s12]") instead of tokens,
     // so a test can see which parts of a document reached a summary, and in what order.
@@ -60,7 +62,7 @@ struct Options {
 
 // A fault to act out on the next completion.
 struct Fault {
-    enum class Kind { none, fail, garbage, truncate, stall };
+    enum class Kind { none, fail, garbage, truncate, stall, hold };
     Kind kind = Kind::none;
     int value = 0;  // the status for fail, the events before stalling for stall
 };
@@ -252,6 +254,8 @@ class FakeServer {
                 fields >> fault.value;  // whole events a stream gets before the cut (0)
             } else if (what == "stall" && fields >> fault.value) {
                 fault.kind = Fault::Kind::stall;
+            } else if (what == "hold") {
+                fault.kind = Fault::Kind::hold;
             }
             return fault;
         }
@@ -383,6 +387,7 @@ class FakeServer {
             case Fault::Kind::truncate:
                 return truncated(ex, stream, fault.value);
             case Fault::Kind::stall:
+            case Fault::Kind::hold:
             case Fault::Kind::none:
                 break;
         }
@@ -397,6 +402,15 @@ class FakeServer {
         } release{slots_};
         if (opt_.hang) {
             return wait_for_client_to_leave(ex);
+        }
+        // A gate for tests: the completion keeps its slot, answering nothing, for as long as
+        // the fault file says "hold" for this port; then it goes on as usual.
+        while (fault.kind == Fault::Kind::hold && fault_from_file().kind == Fault::Kind::hold) {
+            if (ex.client_gone()) {
+                ex.abort();
+                return;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
         }
         sleep_watching(ex, std::chrono::milliseconds(opt_.latency_ms));
         const auto per_token =

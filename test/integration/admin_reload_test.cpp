@@ -35,7 +35,8 @@ std::set<std::string> worker_ids(const json& status) {
 }  // namespace
 
 TEST_CASE("the admin key guards /pool/* and nothing else", "[integration]") {
-    const auto config = write_config("/tmp/llama-pool-admin-test.json", 1);
+    TempDir dir;
+    const auto config = write_config(dir.file("pool.json"), 1);
     PoolProcess pool({"--config", config, "--admin-key", "s3cret"});
     REQUIRE(pool.wait_listening(10s));
     auto c = pool.client();
@@ -57,7 +58,8 @@ TEST_CASE("the admin key guards /pool/* and nothing else", "[integration]") {
 }
 
 TEST_CASE("SIGHUP applies a new worker count by rolling replacement", "[integration]") {
-    const auto path = write_config("/tmp/llama-pool-reload-test.json", 1);
+    TempDir dir;
+    const auto path = write_config(dir.file("pool.json"), 1);
     PoolProcess pool({"--config", path});
     REQUIRE(pool.wait_ready(1, 20s));
     const auto before = worker_ids(pool.status());
@@ -74,7 +76,8 @@ TEST_CASE("SIGHUP applies a new worker count by rolling replacement", "[integrat
 }
 
 TEST_CASE("SIGHUP with an invalid config leaves the running pool untouched", "[integration]") {
-    const auto path = write_config("/tmp/llama-pool-reload-bad-test.json", 1);
+    TempDir dir;
+    const auto path = write_config(dir.file("pool.json"), 1);
     PoolProcess pool({"--config", path});
     REQUIRE(pool.wait_ready(1, 20s));
     const auto before = pool.status();
@@ -95,7 +98,8 @@ TEST_CASE("SIGHUP with an invalid config leaves the running pool untouched", "[i
 }
 
 TEST_CASE("a second rolling restart while one runs is refused with 409", "[integration]") {
-    const std::string path = "/tmp/llama-pool-restart-test.json";
+    TempDir dir;
+    const auto path = dir.file("pool.json");
     // A slow-loading replacement keeps the first rollout busy long enough to collide with.
     std::ofstream(path) << R"({"workers": {"count": 2, "health_interval": 0.2, "llama_server": ")"
                         << FAKE_WORKER_BINARY << R"(", "model": ")" << dummy_model_path()

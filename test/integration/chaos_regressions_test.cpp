@@ -16,16 +16,16 @@ namespace {
 // A fault file shared by a pool's fake workers; removed at the end.
 class FaultFile {
   public:
-    explicit FaultFile(const std::string& name) : path_("/tmp/llama-pool-" + name + ".faults") {
+    explicit FaultFile(const std::string& name) : path_(dir_.file(name + ".faults")) {
         std::ofstream(path_) << "";
     }
-    ~FaultFile() { std::remove(path_.c_str()); }
     const std::string& path() const { return path_; }
     void set(int port, const std::string& fault) {
         std::ofstream(path_) << port << " " << fault << "\n";
     }
 
   private:
+    TempDir dir_;  // declared first: path_ is inside it
     std::string path_;
 };
 

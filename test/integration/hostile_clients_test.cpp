@@ -42,10 +42,7 @@ std::string get(const std::string& target, const std::string& extra_headers = ""
 // What the fake worker received, one JSON object per request.
 class RequestLog {
   public:
-    explicit RequestLog(const std::string& name) : path_("/tmp/llama-pool-" + name + ".requests") {
-        std::remove(path_.c_str());
-    }
-    ~RequestLog() { std::remove(path_.c_str()); }
+    explicit RequestLog(const std::string& name) : path_(dir_.file(name + ".requests")) {}
     const std::string& path() const { return path_; }
     std::vector<json> entries() const {
         std::vector<json> out;
@@ -72,6 +69,7 @@ class RequestLog {
     }
 
   private:
+    TempDir dir_;  // declared first: path_ is inside it
     std::string path_;
 };
 

@@ -1,5 +1,7 @@
 // /metrics of a live pool, after traffic, checked by promtool and for the metrics operators
 // and dashboards rely on.
+#include <signal.h>
+
 #include <catch2/catch.hpp>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -46,14 +48,14 @@ TEST_CASE("a live pool's /metrics passes promtool and has every documented metri
     CHECK(r->status == 200);
     CHECK(r->get_header_value("Content-Type").rfind("text/plain; version=0.0.4", 0) == 0);
     const auto& text = r->body;
-    const std::string path = "/tmp/llama-pool-metrics-" + std::to_string(pool.port()) + ".txt";
+    TempDir dir;
+    const auto path = dir.file("metrics.txt");
     std::ofstream(path) << text;
     TestProcess promtool("/bin/sh", {"-c", "promtool check metrics < " + path});
     const auto rc = promtool.wait_exit(30s);
     INFO(promtool.output());
     CHECK(rc == 0);
     CHECK(promtool.output().empty());
-    std::remove(path.c_str());
 
     for (const auto* name : {
              "llama_pool_requests_total{route=\"/completion\",code=\"200\"} 5",
@@ -106,4 +108,45 @@ TEST_CASE("a live pool's /metrics passes promtool and has every documented metri
         }
     }
     CHECK(predicted == 19);
+}
+
+TEST_CASE("/pool/status and /metrics show the same slot count for a worker out of rotation",
+          "[integration]") {
+    // Issue 17, item 5: both read the backend registry. /pool/status used to show the
+    // supervisor's copy, so a ready worker taken out of rotation by a failed probe kept its
+    // slots there while /metrics showed none.
+    PoolProcess pool(fake_pool_args(1, {"--health-timeout", "0.3", "--health-failures", "100"},
+                                    {"--parallel", "3"}));
+    REQUIRE(pool.wait_ready(1, 20s));
+    auto c = pool.client(5s);
+    const auto metric_slots = [&]() -> std::string {
+        const auto m = c.Get("/metrics");
+        if (!m) {
+            return "";
+        }
+        const std::string key = "llama_pool_worker_capacity{worker=\"0\"} ";
+        const auto at = m->body.find(key);
+        return at == std::string::npos ? "" : m->body.substr(at + key.size(), 1);
+    };
+    auto s = pool.status();
+    CHECK(s["workers"][0]["slots"] == 3);
+    CHECK(s["totals"]["slots"] == 3);
+    CHECK(metric_slots() == "3");
+    // Frozen, the worker misses probes: out of rotation, still in state ready (100 misses
+    // are allowed before a restart).
+    const int pid = pool.worker_pids().at(0);
+    ::kill(pid, SIGSTOP);
+    const bool out = wait_until(
+        [&] {
+            s = pool.status();
+            return s.contains("workers") && !s["workers"][0]["available"].get<bool>();
+        },
+        20s);
+    const auto slots_while_out = metric_slots();
+    ::kill(pid, SIGCONT);
+    REQUIRE(out);
+    CHECK(s["workers"][0]["state"] == "ready");
+    CHECK(s["workers"][0]["slots"] == 0);
+    CHECK(s["totals"]["slots"] == 0);
+    CHECK(slots_while_out == "0");
 }

@@ -156,8 +156,10 @@ TEST_CASE("a worker killed mid-stream ends the client's stream cleanly", "[integ
         std::lock_guard lock(m);
         return received;
     };
+    bool saw_tokens = false;  // Catch assertions stay on the test's thread
     std::thread killer([&] {
-        wait_until([&] { return received_so_far().find("tok3") != std::string::npos; }, 10s, 5ms);
+        saw_tokens = wait_until([&] { return received_so_far().find("tok3") != std::string::npos; },
+                                10s, 5ms);
         ::kill(pid, SIGKILL);
     });
     auto c = pool.client(std::chrono::seconds(20));
@@ -170,6 +172,7 @@ TEST_CASE("a worker killed mid-stream ends the client's stream cleanly", "[integ
                     });
     const bool ok = res.status != 0;
     killer.join();
+    CHECK(saw_tokens);
     // A complete (chunked-terminated) response with what was produced, not an error or a hang.
     CHECK(ok);
     CHECK(res.status == 200);

@@ -32,7 +32,8 @@ int post_status(PoolProcess& pool, const std::string& body = R"({"prompt":"x","m
 
 TEST_CASE("a worker answering 500 is ejected and traffic moves to the healthy one",
           "[integration]") {
-    const std::string faults = "/tmp/llama-pool-faults-eject.txt";
+    TempDir dir;
+    const auto faults = dir.file("faults");
     std::ofstream(faults) << "";
     PoolProcess pool(pool_args(2, {"--breaker-failures", "3", "--breaker-ejection", "60"},
                                {"--fault-file", faults}));
@@ -55,7 +56,8 @@ TEST_CASE("a worker answering 500 is ejected and traffic moves to the healthy on
 }
 
 TEST_CASE("a worker returning 503 is retried on another worker, invisibly", "[integration]") {
-    const std::string faults = "/tmp/llama-pool-faults-503.txt";
+    TempDir dir;
+    const auto faults = dir.file("faults");
     std::ofstream(faults) << "";
     PoolProcess pool(pool_args(2, {}, {"--fault-file", faults}));
     REQUIRE(pool.wait_ready(2, 20s));
@@ -80,10 +82,11 @@ TEST_CASE("a worker killed under load costs no non-stream request", "[integratio
             }
         });
     }
-    wait_until([&] { return ok >= 10; }, 20s);
+    // CHECK, not REQUIRE: the client threads must be joined whatever happens.
+    CHECK(wait_until([&] { return ok >= 10; }, 20s));
     ::kill(victim, SIGKILL);
     const int at_kill = ok;
-    wait_until([&] { return ok >= at_kill + 30; }, 30s);
+    CHECK(wait_until([&] { return ok >= at_kill + 30; }, 30s));
     stop = true;
     for (auto& t : clients) {
         t.join();
@@ -94,34 +97,55 @@ TEST_CASE("a worker killed under load costs no non-stream request", "[integratio
 }
 
 TEST_CASE("a full queue answers 503 at once with a Retry-After", "[integration]") {
+    TempDir dir;
+    const auto faults = dir.file("faults");
+    std::ofstream(faults) << "";
     PoolProcess pool(
-        pool_args(1, {"--parallel", "1", "--queue-max", "2"}, {"--tokens-per-second", "20"}));
+        pool_args(1, {"--parallel", "1", "--queue-max", "2"}, {"--fault-file", faults}));
     REQUIRE(pool.wait_ready(1, 20s));
+    // The worker holds every completion until released: the first takes its one slot, the
+    // next two fill the queue, the last three find it full. Each step is awaited, not slept.
+    std::ofstream(faults) << pool.status()["workers"][0]["port"].get<int>() << " hold\n";
     std::vector<std::thread> clients;
-    std::vector<int> statuses(6, 0);
+    std::vector<std::atomic<int>> statuses(6);  // read while the clients run
     std::vector<std::string> retry_after(6), bodies(6);
-    for (int i = 0; i < 6; ++i) {
+    const auto send = [&](int i) {
         clients.emplace_back([&, i] {
             const auto r = pool.client(60s).Post("/completion", R"({"prompt":"x","max_tokens":10})",
                                                  "application/json");
             if (r) {
-                statuses[i] = r->status;
                 retry_after[i] = r->get_header_value("Retry-After");
                 bodies[i] = r->body;
+                statuses[i] = r->status;  // last: the others are complete when it shows
+            } else {
+                statuses[i] = -1;
             }
         });
-        // One at a time, so the first is in flight and the next two wait before the rest come.
-        std::this_thread::sleep_for(50ms);
+    };
+    const auto totals = [&](const char* key) { return pool.status()["totals"][key].get<int>(); };
+    send(0);
+    const bool in_flight = wait_until([&] { return totals("inflight") == 1; }, 20s);
+    send(1);
+    send(2);
+    const bool queued = wait_until([&] { return totals("queued") == 2; }, 20s);
+    for (int i = 3; i < 6; ++i) {
+        send(i);
     }
+    const bool refused_all =
+        wait_until([&] { return statuses[3] != 0 && statuses[4] != 0 && statuses[5] != 0; }, 20s);
+    std::ofstream(faults) << "";  // release the held ones
     for (auto& t : clients) {
         t.join();
     }
+    REQUIRE(in_flight);
+    REQUIRE(queued);
+    REQUIRE(refused_all);
     int ok = 0, refused = 0;
     for (int i = 0; i < 6; ++i) {
-        if (statuses[i] == 200) {
+        if (statuses[i].load() == 200) {
             ++ok;
         } else {
-            REQUIRE(statuses[i] == 503);
+            REQUIRE(statuses[i].load() == 503);
             ++refused;
             const int seconds = std::stoi(retry_after[i]);
             CHECK(seconds >= 1);
@@ -169,7 +193,8 @@ TEST_CASE("X-Request-Timeout bounds the wait for a slot", "[integration]") {
 }
 
 TEST_CASE("client API keys: 401 in llama-server's shape, /health stays public", "[integration]") {
-    const std::string key_file = "/tmp/llama-pool-keys.txt";
+    TempDir dir;
+    const auto key_file = dir.file("keys.txt");
     std::ofstream(key_file) << "# comment\nfile-key\n\n";
     PoolProcess pool(
         pool_args(1, {"--api-key", "k1", "--api-key-file", key_file, "--metrics-key", "m"}));

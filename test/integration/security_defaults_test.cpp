@@ -99,8 +99,8 @@ TEST_CASE("the pool and its workers listen on 127.0.0.1 unless told otherwise",
 
 TEST_CASE("workers read the per-boot key from a private file, never from their command line",
           "[integration][security]") {
-    const std::string log = "/tmp/llama-pool-security-requests.jsonl";
-    std::remove(log.c_str());
+    TempDir dir;
+    const auto log = dir.file("requests.jsonl");
     PoolProcess pool(fake_pool_args(1, {}, {"--log-requests", log}));
     REQUIRE(pool.wait_ready(1, 20s));
     const auto worker = pool.status()["workers"][0];
@@ -143,8 +143,8 @@ TEST_CASE("a worker restarted after a crash gets the key again", "[integration][
 }
 
 TEST_CASE("no key the pool is given or makes shows in its log", "[integration][security]") {
-    const std::string log = "/tmp/llama-pool-security-log-requests.jsonl";
-    std::remove(log.c_str());
+    TempDir dir;
+    const auto log = dir.file("requests.jsonl");
     PoolProcess pool(fake_pool_args(
         1,
         {"--api-key", "client-secret-1", "--admin-key", "admin-secret-2", "--metrics-key",

@@ -108,7 +108,8 @@ TEST_CASE("summarize fans chunks out over the workers and keeps the document's o
 }
 
 TEST_CASE("a chunk that fails on one worker is retried on another", "[integration][summarize]") {
-    const std::string faults = "/tmp/llama-pool-faults-summarize.txt";
+    TempDir dir;
+    const auto faults = dir.file("faults");
     std::ofstream(faults) << "";
     PoolProcess pool(
         fake_pool_args(2, {"--breaker-failures", "100"}, {"--echo-tags", "--fault-file", faults}));
@@ -162,13 +163,19 @@ TEST_CASE("bad summarize and job requests get 400 with the reason", "[integratio
 TEST_CASE("a job reports progress, finishes, and survives a restart of the pool",
           "[integration][jobs]") {
     DataDir data;
+    TempDir dir;
+    const auto faults = dir.file("faults");
+    std::ofstream(faults) << "";
     const auto args = fake_pool_args(2, {"--data-dir", data.path.string()},
-                                     {"--echo-tags", "--latency-ms", "20"});
+                                     {"--echo-tags", "--latency-ms", "20", "--fault-file", faults});
     std::string done_id;
     std::string running_id;
     {
         PoolProcess pool(args);
         REQUIRE(pool.wait_ready(2, 20s));
+        const auto port_of = [&](int i) { return pool.status()["workers"][i]["port"].get<int>(); };
+        // Worker 1 holds its chunks until released, so the job is surely seen half done.
+        std::ofstream(faults) << port_of(1) << " hold\n";
         const json body = {{"type", "summarize"},
                            {"text", tagged_text(150)},
                            {"max_chunk_chars", 800},
@@ -181,20 +188,16 @@ TEST_CASE("a job reports progress, finishes, and survives a restart of the pool"
         CHECK(r->get_header_value("Location") == "/v1/jobs/" + done_id);
         CHECK(accepted["status_url"] == "/v1/jobs/" + done_id);
         // Progress is visible while it runs.
-        bool saw_partial = false;
-        for (int i = 0; i < 200; ++i) {
-            const auto job = get_json(pool, "/v1/jobs/" + done_id);
-            const auto& levels = job["progress"]["levels"];
-            if (job["state"] == "running" && !levels.empty() &&
-                levels[0]["done"].get<int>() < levels[0]["total"].get<int>() &&
-                levels[0]["total"].get<int>() > 1) {
-                saw_partial = true;
-            }
-            if (job["state"] != "queued" && job["state"] != "running") {
-                break;
-            }
-            std::this_thread::sleep_for(10ms);
-        }
+        const bool saw_partial = wait_until(
+            [&] {
+                const auto job = get_json(pool, "/v1/jobs/" + done_id);
+                const auto& levels = job["progress"]["levels"];
+                return job["state"] == "running" && !levels.empty() &&
+                       levels[0]["done"].get<int>() > 0 &&
+                       levels[0]["done"].get<int>() < levels[0]["total"].get<int>();
+            },
+            30s);
+        std::ofstream(faults) << "";
         CHECK(saw_partial);
         const auto done = wait_for_job(pool, done_id, 60s);
         INFO(done.dump());
@@ -206,7 +209,8 @@ TEST_CASE("a job reports progress, finishes, and survives a restart of the pool"
         CHECK(metrics->body.find("llama_pool_jobs{state=\"succeeded\"} 1\n") != std::string::npos);
         CHECK(metrics->body.find("llama_pool_jobs{state=\"running\"} 0\n") != std::string::npos);
 
-        // A slow job is still running when the pool stops.
+        // A held job is still running when the pool stops.
+        std::ofstream(faults) << port_of(0) << " hold\n" << port_of(1) << " hold\n";
         const json slow = {{"type", "summarize"},
                            {"text", tagged_text(400)},
                            {"max_chunk_chars", 400},
@@ -215,8 +219,8 @@ TEST_CASE("a job reports progress, finishes, and survives a restart of the pool"
         REQUIRE(r2);
         REQUIRE(r2->status == 202);
         running_id = json::parse(r2->body)["id"].get<std::string>();
-        std::this_thread::sleep_for(200ms);
-        CHECK(get_json(pool, "/v1/jobs/" + running_id)["state"] == "running");
+        CHECK(wait_until(
+            [&] { return get_json(pool, "/v1/jobs/" + running_id)["state"] == "running"; }, 30s));
         pool.process().signal(SIGTERM);
         REQUIRE(pool.process().wait_exit(20s));
     }
@@ -247,23 +251,14 @@ TEST_CASE("DELETE cancels a running job and its calls on the workers", "[integra
     REQUIRE(r->status == 202);
     const auto id = json::parse(r->body)["id"].get<std::string>();
     // Wait until chunks occupy the workers' slots.
-    int inflight = 0;
-    for (int i = 0; i < 100 && inflight < 2; ++i) {
-        inflight = pool.status()["totals"]["inflight"].get<int>();
-        std::this_thread::sleep_for(20ms);
-    }
-    REQUIRE(inflight >= 2);
+    REQUIRE(wait_until([&] { return pool.status()["totals"]["inflight"].get<int>() >= 2; }, 30s));
     const auto del = pool.client(20s).Delete("/v1/jobs/" + id);
     REQUIRE(del);
     INFO(del->body);
     CHECK(del->status == 200);
     CHECK(json::parse(del->body)["state"] == "cancelled");
     // The chunk requests were cancelled on the workers, not left to run out.
-    for (int i = 0; i < 100 && inflight > 0; ++i) {
-        inflight = pool.status()["totals"]["inflight"].get<int>();
-        std::this_thread::sleep_for(20ms);
-    }
-    CHECK(inflight == 0);
+    CHECK(wait_until([&] { return pool.status()["totals"]["inflight"].get<int>() == 0; }, 30s));
     // A second DELETE forgets the finished job.
     const auto again = pool.client(10s).Delete("/v1/jobs/" + id);
     REQUIRE(again);

@@ -104,7 +104,8 @@ TEST_CASE("dns:// upstreams follow the name: new addresses join, vanished ones a
           "[integration]") {
     // The pool resolves through the system resolver as in production; it runs in its own
     // mount namespace with an /etc/hosts this test rewrites, so no real DNS is involved.
-    const std::string hosts = "/tmp/llama-pool-dns-test-hosts";
+    TempDir dir;
+    const auto hosts = dir.file("hosts");
     const auto write_hosts = [&](const std::string& text) {
         std::ofstream out(hosts, std::ios::trunc);  // in place: the bind mount sees the inode
         out << text;

@@ -1,15 +1,16 @@
 #include "test/support/pool_fixture.hpp"
 
 #include <catch2/catch.hpp>
+#include <regex>
 #include <sstream>
 
 namespace llama_pool::test {
 
 PoolProcess::PoolProcess(std::vector<std::string> args) : PoolProcess(std::move(args), {}) {}
 
-PoolProcess::PoolProcess(std::vector<std::string> args, std::vector<std::string> launcher)
-    : port_(free_port()) {
-    args.insert(args.begin(), {"--port", std::to_string(port_)});
+PoolProcess::PoolProcess(std::vector<std::string> args, std::vector<std::string> launcher) {
+    // First, so that a test's own --port (later on the line) wins.
+    args.insert(args.begin(), {"--port", "0"});
     if (launcher.empty()) {
         process_ = std::make_unique<TestProcess>(LLAMA_POOL_BINARY, args);
         return;
@@ -30,8 +31,32 @@ PoolProcess::~PoolProcess() {
     }
 }
 
+std::uint16_t PoolProcess::port() const {
+    if (port_ != 0) {
+        return port_;
+    }
+    // The text and the JSON log formats: `event=listening ... port=N` or `"port":N`.
+    static const std::regex listening(
+        R"((event=listening|"event":"listening").*?\bport"?[=:](\d+))");
+    const auto found = [&] {
+        std::istringstream in(process_->output());
+        std::smatch m;
+        for (std::string line; std::getline(in, line);) {
+            if (std::regex_search(line, m, listening)) {
+                port_ = static_cast<std::uint16_t>(std::stoi(m[2].str()));
+                return true;
+            }
+        }
+        return false;
+    };
+    if (!wait_until(found, std::chrono::seconds(30), std::chrono::milliseconds(10))) {
+        UNSCOPED_INFO("the pool never said where it listens; its output:\n" << process_->output());
+    }
+    return port_;
+}
+
 httplib::Client PoolProcess::client(std::chrono::seconds read_timeout) const {
-    httplib::Client c("127.0.0.1", port_);
+    httplib::Client c("127.0.0.1", port());
     c.set_read_timeout(read_timeout);
     c.set_connection_timeout(std::chrono::seconds(5));
     return c;

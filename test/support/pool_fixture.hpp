@@ -12,7 +12,9 @@
 
 namespace llama_pool::test {
 
-// A llama-pool process on a free port, with helpers to talk to it.
+// A llama-pool process on a port of its own, with helpers to talk to it. The pool binds
+// port 0 and the kernel picks the port; port() reads it from the pool's "listening" line, so
+// no other process can take it between a pick and the bind.
 class PoolProcess {
   public:
     explicit PoolProcess(std::vector<std::string> args);
@@ -21,7 +23,8 @@ class PoolProcess {
     PoolProcess(std::vector<std::string> args, std::vector<std::string> launcher);
     ~PoolProcess();
 
-    std::uint16_t port() const { return port_; }
+    // Waits (bounded) for the pool to say where it listens; 0 when it never did.
+    std::uint16_t port() const;
     TestProcess& process() { return *process_; }
     httplib::Client client(std::chrono::seconds read_timeout = std::chrono::seconds(60)) const;
     nlohmann::json status() const;
@@ -34,7 +37,7 @@ class PoolProcess {
     std::string log_lines_with(const std::string& needle) const;
 
   private:
-    std::uint16_t port_;
+    mutable std::uint16_t port_ = 0;
     std::unique_ptr<TestProcess> process_;
 };
 

@@ -6,8 +6,10 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 #include <thread>
 
 #include "common/socket.hpp"
@@ -67,7 +69,9 @@ void TestProcess::signal(int sig) {
 }
 
 std::optional<int> TestProcess::wait_exit(std::chrono::milliseconds timeout) {
-    wait_until([&] { return !running(); }, timeout, 10ms);
+    if (!wait_until([&] { return !running(); }, timeout, 10ms)) {
+        return std::nullopt;  // still running
+    }
     return exit_code_;
 }
 
@@ -76,6 +80,21 @@ std::string TestProcess::output() const {
     std::stringstream s;
     s << in.rdbuf();
     return s.str();
+}
+
+TempDir::TempDir() {
+    const char* base = std::getenv("TMPDIR");
+    std::string pattern =
+        std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/llama-pool-test-XXXXXX";
+    if (::mkdtemp(pattern.data()) == nullptr) {
+        throw std::runtime_error("mkdtemp failed for " + pattern);
+    }
+    path_ = pattern;
+}
+
+TempDir::~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
 }
 
 bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds timeout,

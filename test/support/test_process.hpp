@@ -36,9 +36,28 @@ class TestProcess {
     std::optional<int> exit_code_;
 };
 
+// A directory of its own under $TMPDIR (or /tmp), removed with its contents at the end, so
+// two test runs on one machine never share a file.
+class TempDir {
+  public:
+    TempDir();
+    ~TempDir();
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+
+    const std::string& path() const { return path_; }
+    // `name` inside the directory (not created).
+    std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+  private:
+    std::string path_;
+};
+
 // Polls `condition` until it holds or `timeout` passes; never sleeps longer than `poll`.
-bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds timeout,
-                std::chrono::milliseconds poll = 20ms);
+// [[nodiscard]]: a test that waits must say what happens when the wait runs out.
+[[nodiscard]] bool wait_until(const std::function<bool()>& condition,
+                              std::chrono::milliseconds timeout,
+                              std::chrono::milliseconds poll = 20ms);
 
 std::uint16_t free_port();
 // Whether a process with this pid exists and is not a zombie.

@@ -295,3 +295,29 @@ TEST_CASE("the retry budget's floor counts the slots of workers that just went a
     registry.worker_removed("b");
     CHECK(registry.configured_capacity() == 2);
 }
+
+TEST_CASE("a lease on a removed upstream does not release a slot of its successor", "[registry]") {
+    // Issue 17, item 2: a discovered address removed and found again gets a new entry under
+    // the same id; the requests still running on the old one must not lower its count.
+    test::ScriptedRandom random({0.5});
+    test::FakeTime time;
+    BackendRegistry registry(random, time);
+    const std::string id = "u0/10.0.0.1";
+    registry.worker_ready({id, "10.0.0.1", 8080, 2, ""});
+    auto old = registry.acquire(Clock::now() + 1s, {}, {});
+    REQUIRE(old.lease);
+    registry.worker_removed(id);
+    registry.worker_ready({id, "10.0.0.1", 8080, 2, ""});
+    auto fresh = registry.acquire(Clock::now() + 1s, {}, {});
+    REQUIRE(fresh.lease);
+    CHECK(registry.worker_inflight(id) == 1);
+    old.lease.reset();
+    CHECK(registry.worker_inflight(id) == 1);
+    // Its capacity is still what it says: one more request fits, not two.
+    auto second = registry.acquire(Clock::now() + 1s, {}, {});
+    REQUIRE(second.lease);
+    CHECK(registry.worker_inflight(id) == 2);
+    fresh.lease.reset();
+    second.lease.reset();
+    CHECK(registry.worker_inflight(id) == 0);
+}

@@ -176,3 +176,24 @@ TEST_CASE("upstream URLs: schemes, weights and their errors", "[config]") {
     CHECK_FALSE(parse_upstream_url("http://x:80?color=red", a, error));
     CHECK(error.find("weight=N") != std::string::npos);
 }
+
+TEST_CASE("a breaker max ejection below the first ejection is refused, not capped", "[config]") {
+    const auto bad =
+        load_config({"--workers", "0", "--breaker-ejection", "30", "--breaker-max-ejection", "10"},
+                    Env{}.lookup());
+    CHECK_FALSE(bad.errors.empty());
+    CHECK(any_error_contains(bad,
+                             "key \"proxy.breaker_max_ejection\": 10 is below "
+                             "breaker_ejection 30"));
+    // Every error at once: another bad key in the same call is reported too.
+    const auto two =
+        load_config({"--workers", "0", "--breaker-ejection", "30", "--breaker-max-ejection", "10",
+                     "--retry-backoff-base", "2", "--retry-backoff-cap", "1"},
+                    Env{}.lookup());
+    CHECK(any_error_contains(two, "proxy.breaker_max_ejection"));
+    CHECK(any_error_contains(two, "proxy.retry_backoff_cap"));
+    const auto equal =
+        load_config({"--workers", "0", "--breaker-ejection", "30", "--breaker-max-ejection", "30"},
+                    Env{}.lookup());
+    CHECK(equal.errors.empty());
+}

@@ -4,7 +4,10 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cmath>
+#include <future>
 #include <map>
+#include <set>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -532,7 +535,19 @@ TEST_CASE("the reader survives every prefix and every byte flip of an exposition
         for (const char c : {'\0', '"', '\\', '{', '}', '\n', ' ', '#', '\xff'}) {
             std::string mutated = base;
             mutated[i] = c;
-            (void)merge_expositions("worker", {{"0", mutated}, {"1", base}});
+            const auto merged = merge_expositions("worker", {{"0", mutated}, {"1", base}});
+            // Whatever the damage, the merge is valid exposition: it reads back to itself and
+            // names each family's type once (Prometheus refuses a repeated header).
+            std::string again;
+            append_exposition(again, parse_exposition(merged));
+            CHECK(again == merged);
+            std::set<std::string> typed;
+            std::istringstream lines(merged);
+            for (std::string line; std::getline(lines, line);) {
+                if (line.rfind("# TYPE ", 0) == 0) {
+                    CHECK(typed.insert(line.substr(7, line.find(' ', 7) - 7)).second);
+                }
+            }
         }
     }
 }
@@ -563,9 +578,11 @@ TEST_CASE("process metrics are present with sane values", "[metrics]") {
     CHECK(value("process_start_time_seconds") > now - 7 * 24 * 3600);
 
     // Read live: a second thread shows while it runs.
-    std::thread idle([] { std::this_thread::sleep_for(std::chrono::milliseconds(200)); });
+    std::promise<void> release;
+    std::thread idle([done = release.get_future()] { done.wait(); });
     std::string again;
     render_process_metrics(again);
+    release.set_value();
     idle.join();
     CHECK(view_of(again).values.at("process_threads{}") >= 2);
 }

@@ -1,11 +1,13 @@
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <thread>
 
 #include "test/support/fakes.hpp"
+#include "test/support/test_process.hpp"
 #include "workloads/job_runner.hpp"
 #include "workloads/job_store.hpp"
 #include "workloads/summarize_request.hpp"
@@ -72,6 +74,19 @@ struct Calls {
     std::vector<std::string> bodies;
     std::atomic<int> in_flight{0};
     std::atomic<int> max_in_flight{0};
+    // The first call waits here until a second one runs beside it, so that overlap is
+    // shown by construction, not by a sleep. Bounded: a summarizer that ran calls one at a
+    // time would stop here for a moment and fail the overlap check, not hang.
+    std::condition_variable overlap_cv;
+    bool overlapped = false;
+    void wait_for_overlap() {
+        std::unique_lock lock(mutex);
+        if (in_flight.load() >= 2) {
+            overlapped = true;
+            overlap_cv.notify_all();
+        }
+        overlap_cv.wait_for(lock, std::chrono::seconds(10), [&] { return overlapped; });
+    }
 };
 
 }  // namespace
@@ -147,7 +162,7 @@ TEST_CASE("the summarizer maps in parallel, keeps order and reduces to one chunk
         int seen = calls.max_in_flight.load();
         while (now > seen && !calls.max_in_flight.compare_exchange_weak(seen, now)) {
         }
-        std::this_thread::sleep_for(std::chrono::milliseconds(2));  // lets calls overlap
+        calls.wait_for_overlap();
         {
             std::lock_guard lock(calls.mutex);
             calls.bodies.push_back(body);
@@ -430,9 +445,8 @@ TEST_CASE("the job runner runs, reports progress, cancels and interrupts", "[job
     REQUIRE(first);
     REQUIRE(second);
     // The first runs (concurrency 1), the second waits; progress shows.
-    for (int i = 0; i < 500 && store.get(*first)->progress.empty(); ++i) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    }
+    REQUIRE(test::wait_until([&] { return !store.get(*first)->progress.empty(); },
+                             std::chrono::seconds(10), std::chrono::milliseconds(2)));
     CHECK(store.get(*first)->state == JobState::running);
     CHECK(store.get(*first)->progress.at(0).done == 1);
     CHECK(store.get(*second)->state == JobState::queued);
@@ -450,9 +464,8 @@ TEST_CASE("the job runner runs, reports progress, cancels and interrupts", "[job
         std::lock_guard lock(mutex);
         release = true;
     }
-    for (int i = 0; i < 500 && store.get(*third)->state != JobState::succeeded; ++i) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    }
+    REQUIRE(test::wait_until([&] { return store.get(*third)->state == JobState::succeeded; },
+                             std::chrono::seconds(10), std::chrono::milliseconds(2)));
     CHECK(store.get(*third)->result["summary"] == "summary of third");
 
     // Stopping interrupts what is still queued or running.

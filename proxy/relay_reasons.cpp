@@ -1,0 +1,89 @@
+#include "proxy/relay_reasons.hpp"
+
+namespace llama_pool {
+
+AttemptFailure classify_attempt_failure(IoStatus io, bool connected) {
+    if (!connected) {
+        return AttemptFailure::connect_error;
+    }
+    return io == IoStatus::timeout ? AttemptFailure::timeout : AttemptFailure::reset;
+}
+
+AttemptOutcome to_outcome(AttemptFailure failure) {
+    switch (failure) {
+        case AttemptFailure::connect_error:
+            return AttemptOutcome::connect_error;
+        case AttemptFailure::timeout:
+            return AttemptOutcome::timeout;
+        case AttemptFailure::reset:
+            break;
+    }
+    return AttemptOutcome::reset;
+}
+
+std::string_view to_string(AttemptOutcome outcome) {
+    switch (outcome) {
+        case AttemptOutcome::ok:
+            return "ok";
+        case AttemptOutcome::status_5xx:
+            return "status_5xx";
+        case AttemptOutcome::status_5xx_retried:
+            return "status_5xx_retried";
+        case AttemptOutcome::connect_error:
+            return "connect_error";
+        case AttemptOutcome::timeout:
+            return "timeout";
+        case AttemptOutcome::reset:
+            return "reset";
+        case AttemptOutcome::broke_mid_response:
+            return "broke_mid_response";
+    }
+    return "unknown";
+}
+
+RetryReason to_retry_reason(AttemptFailure failure) {
+    switch (failure) {
+        case AttemptFailure::connect_error:
+            return RetryReason::connect_error;
+        case AttemptFailure::timeout:
+            return RetryReason::timeout;
+        case AttemptFailure::reset:
+            break;
+    }
+    return RetryReason::reset;
+}
+
+RetryReason retry_reason_for_status(int status) {
+    switch (status) {
+        case 500:
+            return RetryReason::status_500;
+        case 502:
+            return RetryReason::status_502;
+        case 504:
+            return RetryReason::status_504;
+        default:
+            return RetryReason::status_503;
+    }
+}
+
+std::string_view to_string(RetryReason reason) {
+    switch (reason) {
+        case RetryReason::connect_error:
+            return "connect_error";
+        case RetryReason::timeout:
+            return "timeout";
+        case RetryReason::reset:
+            return "reset";
+        case RetryReason::status_500:
+            return "status_500";
+        case RetryReason::status_502:
+            return "status_502";
+        case RetryReason::status_503:
+            return "status_503";
+        case RetryReason::status_504:
+            return "status_504";
+    }
+    return "unknown";
+}
+
+}  // namespace llama_pool

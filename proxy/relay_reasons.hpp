@@ -1,0 +1,50 @@
+#pragma once
+
+#include <string_view>
+
+#include "common/socket.hpp"
+
+namespace llama_pool {
+
+// The reasons the relay reports, as enums with one spelling each: metric labels and log
+// fields come from to_string() here and never from message text, so rewording a message
+// cannot change a metric, and one failure has one name in every label.
+
+// How an attempt failed before the client got anything.
+enum class AttemptFailure {
+    connect_error,  // no connection to the worker
+    timeout,        // connected, but no (complete) answer in time
+    reset,          // connected, then closed or reset by the worker
+};
+// `connected`: whether the connection to the worker was made before `io` went wrong.
+AttemptFailure classify_attempt_failure(IoStatus io, bool connected);
+
+// How one attempt on a worker ended: the `outcome` label of the per-worker requests metric.
+enum class AttemptOutcome {
+    ok,
+    status_5xx,          // passed on to the client
+    status_5xx_retried,  // tried again on another worker
+    connect_error,
+    timeout,
+    reset,
+    broke_mid_response,  // failed after the response had started
+};
+AttemptOutcome to_outcome(AttemptFailure failure);
+std::string_view to_string(AttemptOutcome outcome);
+
+// Why a request was tried on another worker: the `reason` label of the retries metric.
+enum class RetryReason {
+    connect_error,
+    timeout,
+    reset,
+    status_500,
+    status_502,
+    status_503,
+    status_504
+};
+RetryReason to_retry_reason(AttemptFailure failure);
+// For a retryable status (500 for a second opinion, 502, 503, 504).
+RetryReason retry_reason_for_status(int status);
+std::string_view to_string(RetryReason reason);
+
+}  // namespace llama_pool
