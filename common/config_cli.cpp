@@ -48,7 +48,7 @@ std::span<const FieldSpec> config_fields() {
         {"workers.args", "--worker-arg", "",
          "extra argument passed to every worker (repeat the flag for several)", &P::worker_args},
         {"workers.legacy_flags", "--legacy-flags", "LLAMA_POOL_LEGACY_FLAGS",
-         "avoid flags older llama.cpp forks (BitNet's) reject", &P::legacy_flags},
+         "no longer needed: every known llama-server (BitNet's too) accepts the pool's flags", &P::legacy_flags},
         {"workers.startup_timeout", "--startup-timeout", "LLAMA_POOL_STARTUP_TIMEOUT",
          "how long a worker may take to load its model", &P::startup_timeout, 1, day, "seconds"},
         {"workers.warmup_timeout", "--warmup-timeout", "",
