@@ -68,6 +68,13 @@ PoolMetrics::PoolMetrics(std::string version)
       upstream_(registry_.counter("llama_pool_upstream_requests_total",
                                   "Attempts sent to workers, by outcome.", {"worker", "outcome"})),
       retries_(registry_.counter("llama_pool_retries_total", "Retries, by reason.", {"reason"})),
+      second_opinions_(registry_.counter(
+          "llama_pool_second_opinions_total",
+          "Worker 500s and what another worker made of the request, by result.", {"result"})),
+      second_opinion_seconds_(
+          registry_.histogram("llama_pool_second_opinion_seconds",
+                              "Time a second opinion on a worker 500 added to the client's wait.",
+                              {}, llm_latency_buckets())),
       rejected_(registry_.counter("llama_pool_rejected_total",
                                   "Requests the pool refused itself, by reason.", {"reason"})),
       disconnects_(registry_.counter("llama_pool_client_disconnects_total",
@@ -140,6 +147,13 @@ void PoolMetrics::upstream(const std::string& worker, std::string_view outcome) 
 
 void PoolMetrics::retry(std::string_view reason) {
     retries_.labels({std::string(reason)}).inc();
+}
+
+void PoolMetrics::second_opinion(std::string_view result, double seconds) {
+    second_opinions_.labels({std::string(result)}).inc();
+    if (result != "skipped") {
+        second_opinion_seconds_.get().observe(seconds);
+    }
 }
 
 void PoolMetrics::rejected(std::string_view reason) {

@@ -1,6 +1,6 @@
-#include <catch2/catch.hpp>
-
 #include "proxy/worker_dialect.hpp"
+
+#include <catch2/catch.hpp>
 
 using namespace llama_pool;
 using nlohmann::json;
