@@ -1,0 +1,131 @@
+// The pool against fake workers speaking BitNet's 2024 llama-server dialect
+// (fake-llama-server --bitnet-dialect): what a real fork cannot be made to show on demand.
+#include <stdlib.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "test/support/pool_fixture.hpp"
+
+using namespace llama_pool::test;
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+double metric_value(const std::string& text, const std::string& prefix) {
+    for (auto at = text.find(prefix); at != std::string::npos; at = text.find(prefix, at + 1)) {
+        if (at != 0 && text[at - 1] != '\n') {
+            continue;
+        }
+        const auto end = text.find('\n', at);
+        const auto line = text.substr(at, end - at);
+        return std::stod(line.substr(line.rfind(' ') + 1));
+    }
+    return 0;
+}
+
+// A directory of its own, removed at the end.
+struct TempDir {
+    std::filesystem::path path;
+    TempDir() {
+        std::string tmpl = (std::filesystem::temp_directory_path() / "llama-pool-bitnet-XXXXXX");
+        path = ::mkdtemp(tmpl.data());
+    }
+    ~TempDir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path, ec);
+    }
+};
+
+int lines_with(const std::string& path, const std::string& needle) {
+    std::ifstream in(path);
+    std::string line;
+    int n = 0;
+    while (std::getline(in, line)) {
+        n += line.find(needle) != std::string::npos ? 1 : 0;
+    }
+    return n;
+}
+
+}  // namespace
+
+TEST_CASE("BitNet dialect: slots are read from \"state\" and --slots is always passed",
+          "[bitnet-dialect]") {
+    PoolProcess pool(fake_pool_args(2, {"--parallel", "2"}, {"--bitnet-dialect"}));
+    REQUIRE(pool.wait_ready(2, 20s));
+    auto c = pool.client();
+    const auto slots = c.Get("/slots");
+    REQUIRE(slots);
+    CHECK(slots->status == 200);  // the fake serves /slots only with --slots, like the fork
+    const auto sj = json::parse(slots->body);
+    CHECK(sj.size() == 4);
+    CHECK(sj[0]["state"] == 0);
+    const auto idle = c.Get("/slots?fail_on_no_slot=1");
+    REQUIRE(idle);
+    CHECK(idle->status == 200);
+}
+
+TEST_CASE("a worker whose /slots is not 200 is named, not dropped", "[bitnet-dialect]") {
+    PoolProcess pool(fake_pool_args(1, {"--parallel", "2"}, {"--refuse-slots"}));
+    REQUIRE(pool.wait_ready(1, 20s));
+    auto c = pool.client();
+    const auto slots = c.Get("/slots");
+    REQUIRE(slots);
+    CHECK(slots->status == 502);
+    const auto id = pool.status()["workers"][0]["id"].get<std::string>();
+    CHECK(slots->get_header_value("X-Llama-Pool-Unreported") == id + " (status 501)");
+    CHECK(slots->body.find(id + " (status 501)") != std::string::npos);
+}
+
+TEST_CASE("BitNet dialect: a client mistake's 500 is passed on once, no second opinion",
+          "[bitnet-dialect]") {
+    const TempDir dir;
+    const auto log = (dir.path / "requests.jsonl").string();
+    PoolProcess pool(
+        fake_pool_args(2, {"--parallel", "2"}, {"--bitnet-dialect", "--log-requests", log}));
+    REQUIRE(pool.wait_ready(2, 20s));
+    auto c = pool.client();
+    const auto r = c.Post("/completion", R"({"n_predict":4})", "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 500);
+    CHECK(r->body.find("must be a string, an array of token ids") != std::string::npos);
+    const auto chat = c.Post("/v1/chat/completions", R"({"max_tokens":4})", "application/json");
+    REQUIRE(chat);
+    CHECK(chat->status == 500);
+    CHECK(chat->body.find("key 'messages' not found") != std::string::npos);
+    CHECK(lines_with(log, "/v1/chat/completions") == 1);  // one worker asked, once
+    const auto metrics = c.Get("/metrics");
+    REQUIRE(metrics);
+    CHECK(metric_value(metrics->body, "llama_pool_second_opinions_total{result=\"skipped\"}") ==
+          2);
+    CHECK(metrics->body.find("outcome=\"status_5xx_retried\"") == std::string::npos);
+    // Not the workers' fault: both stay in rotation.
+    CHECK(pool.status()["totals"]["available"] == 2);
+}
+
+TEST_CASE("a worker 500 with no other worker to ask gets its own 500 back at once",
+          "[bitnet-dialect]") {
+    // One worker: a second opinion can never start. The first 500 goes to the client as it
+    // was, instead of being asked of the same worker again or waiting out the queue timeout.
+    PoolProcess pool(fake_pool_args(1, {"--parallel", "2", "--queue-timeout", "30"},
+                                    {"--fail-status", "500", "--fail-after", "1"}));
+    REQUIRE(pool.wait_ready(1, 20s));
+    auto c = pool.client();
+    const auto started = std::chrono::steady_clock::now();
+    const auto r = c.Post("/completion", R"({"prompt":"x","n_predict":2})", "application/json");
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::steady_clock::now() - started)
+                        .count();
+    REQUIRE(r);
+    CHECK(r->status == 500);
+    CHECK(r->body.find("injected failure") != std::string::npos);
+    std::printf("measured: a worker 500 with no other worker free reached the client in %lld ms\n",
+                static_cast<long long>(ms));
+    const auto metrics = c.Get("/metrics");
+    REQUIRE(metrics);
+    CHECK(metric_value(metrics->body,
+                       "llama_pool_second_opinions_total{result=\"no_worker_free\"}") == 1);
+}
