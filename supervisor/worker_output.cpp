@@ -18,9 +18,8 @@ std::string lowered(std::string_view s) {
 }
 
 bool contains_any(const std::string& haystack, std::initializer_list<std::string_view> needles) {
-    return std::any_of(needles.begin(), needles.end(), [&](std::string_view n) {
-        return haystack.find(n) != std::string::npos;
-    });
+    return std::any_of(needles.begin(), needles.end(),
+                       [&](std::string_view n) { return haystack.find(n) != std::string::npos; });
 }
 
 }  // namespace

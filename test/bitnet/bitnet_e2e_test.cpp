@@ -28,7 +28,7 @@ long long ms_since(SteadyClock::time_point t) {
 }
 
 bool is_file(const std::string& path) {
-    struct stat st{};
+    struct stat st {};
     return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
@@ -42,9 +42,10 @@ std::string bitnet_dir() {
 void require_bitnet_or_skip() {
     const auto dir = bitnet_dir();
     if (!is_file(dir + "/llama-server") || !is_file(dir + "/random-d384-i2_s.gguf")) {
-        std::printf("SKIPPED: BitNet end-to-end suite: no llama-server and I2_S model in %s "
-                    "(set LLAMA_POOL_BITNET_DIR)\n",
-                    dir.c_str());
+        std::printf(
+            "SKIPPED: BitNet end-to-end suite: no llama-server and I2_S model in %s "
+            "(set LLAMA_POOL_BITNET_DIR)\n",
+            dir.c_str());
         std::fflush(stdout);
         std::_Exit(77);
     }
@@ -139,9 +140,8 @@ TEST_CASE("BitNet: every route answers as on llama-server", "[bitnet]") {
     REQUIRE(health);
     CHECK(health->status == 200);
 
-    const auto completion =
-        c.Post("/completion", R"({"prompt":"Hello","n_predict":8,"ignore_eos":true})",
-               "application/json");
+    const auto completion = c.Post(
+        "/completion", R"({"prompt":"Hello","n_predict":8,"ignore_eos":true})", "application/json");
     REQUIRE(completion);
     CHECK(completion->status == 200);
     const auto cj = json::parse(completion->body);
@@ -278,8 +278,7 @@ TEST_CASE("BitNet: a summary chunk over the slot context is split, never cut", "
     CHECK(pool.log_lines_with("input truncated").empty());
 }
 
-TEST_CASE("BitNet: a worker killed (-9) under load is replaced, no request fails",
-          "[bitnet]") {
+TEST_CASE("BitNet: a worker killed (-9) under load is replaced, no request fails", "[bitnet]") {
     const bool legacy = GENERATE(false, true);
     INFO("--legacy-flags: " << legacy);
     PoolProcess pool(bitnet_pool_args(2, legacy, {"--restart-backoff-base", "0.1"}));
@@ -295,16 +294,16 @@ TEST_CASE("BitNet: a worker killed (-9) under load is replaced, no request fails
             while (!stop) {
                 httplib::Client cl("127.0.0.1", pool.port());
                 cl.set_read_timeout(60s);
-                const auto r = cl.Post("/completion",
-                                       R"({"prompt":"Hi","n_predict":16,"ignore_eos":true})",
-                                       "application/json");
+                const auto r =
+                    cl.Post("/completion", R"({"prompt":"Hi","n_predict":16,"ignore_eos":true})",
+                            "application/json");
                 if (r && r->status == 200) {
                     ++ok;
                 } else {
                     ++failed;
                     std::lock_guard lock(m);
-                    failures += (r ? std::to_string(r->status) + " " + r->body : "no response") +
-                                "\n";
+                    failures +=
+                        (r ? std::to_string(r->status) + " " + r->body : "no response") + "\n";
                 }
             }
         });

@@ -99,8 +99,7 @@ TEST_CASE("BitNet dialect: a client mistake's 500 is passed on once, no second o
     CHECK(lines_with(log, "/v1/chat/completions") == 1);  // one worker asked, once
     const auto metrics = c.Get("/metrics");
     REQUIRE(metrics);
-    CHECK(metric_value(metrics->body, "llama_pool_second_opinions_total{result=\"skipped\"}") ==
-          2);
+    CHECK(metric_value(metrics->body, "llama_pool_second_opinions_total{result=\"skipped\"}") == 2);
     CHECK(metrics->body.find("outcome=\"status_5xx_retried\"") == std::string::npos);
     // Not the workers' fault: both stay in rotation.
     CHECK(pool.status()["totals"]["available"] == 2);

@@ -53,14 +53,14 @@ TEST_CASE("a reply cut to the slot context is split and redone, never kept", "[s
         std::lock_guard lock(mutex);
         prompt_sizes.push_back(prompt.size());
         if (prompt.size() > 900) {
-            return CompletionReply{
-                200, json{{"content", "CUT"}, {"truncated", true}}.dump(), "w0"};
+            return CompletionReply{200, json{{"content", "CUT"}, {"truncated", true}}.dump(), "w0"};
         }
         return CompletionReply{200, json{{"content", tags_of(prompt)}, {"truncated", false}}.dump(),
                                "w0"};
     };
     test::FakeTime time;
-    const Summarizer summarizer(call, [] { return 1; }, 3, time);
+    const Summarizer summarizer(
+        call, [] { return 1; }, 3, time);
     CancelToken cancel;
     const auto result = summarizer.run(request_for(numbered_text(40), 2400), "req", cancel);
     REQUIRE(result.ok);
@@ -93,7 +93,8 @@ TEST_CASE("a prompt counted over the slot context is split before it is sent", "
         return static_cast<int>(prompt.size() / 4);
     };
     test::FakeTime time;
-    const Summarizer summarizer(call, [] { return 2; }, 3, time, probe);
+    const Summarizer summarizer(
+        call, [] { return 2; }, 3, time, probe);
     CancelToken cancel;
     const auto result = summarizer.run(request_for(numbered_text(60), 4000), "req", cancel);
     REQUIRE(result.ok);
@@ -109,15 +110,17 @@ TEST_CASE("current llama-server's too-long 400 is split too", "[summarize]") {
                                     const std::set<std::string>&) {
         const auto prompt = json::parse(body)["prompt"].get<std::string>();
         if (prompt.size() > 900) {
-            return CompletionReply{400,
-                                   R"({"error":{"code":400,"message":"the request exceeds the )"
-                                   R"(available context size","type":"exceed_context_size_error"}})",
-                                   "w0"};
+            return CompletionReply{
+                400,
+                R"({"error":{"code":400,"message":"the request exceeds the )"
+                R"(available context size","type":"exceed_context_size_error"}})",
+                "w0"};
         }
         return CompletionReply{200, json{{"content", tags_of(prompt)}}.dump(), "w0"};
     };
     test::FakeTime time;
-    const Summarizer summarizer(call, [] { return 1; }, 3, time);
+    const Summarizer summarizer(
+        call, [] { return 1; }, 3, time);
     CancelToken cancel;
     const auto result = summarizer.run(request_for(numbered_text(30), 2400), "req", cancel);
     REQUIRE(result.ok);
@@ -130,7 +133,8 @@ TEST_CASE("a piece that fits no slot fails the summary and says why", "[summariz
         return CompletionReply{200, json{{"content", "CUT"}, {"truncated", true}}.dump(), "w0"};
     };
     test::FakeTime time;
-    const Summarizer summarizer(call, [] { return 1; }, 3, time);
+    const Summarizer summarizer(
+        call, [] { return 1; }, 3, time);
     CancelToken cancel;
     const auto result = summarizer.run(request_for(numbered_text(30), 2400), "req", cancel);
     CHECK_FALSE(result.ok);
@@ -140,8 +144,7 @@ TEST_CASE("a piece that fits no slot fails the summary and says why", "[summariz
 }
 
 TEST_CASE("replies say whether the prompt fit the slot, in both dialects", "[summarize]") {
-    CHECK(context_verdict(200, R"({"content":"x","truncated":true})") ==
-          ContextVerdict::too_long);
+    CHECK(context_verdict(200, R"({"content":"x","truncated":true})") == ContextVerdict::too_long);
     CHECK(context_verdict(200, R"({"content":"x","truncated":false})") == ContextVerdict::fits);
     CHECK(context_verdict(200, R"({"content":"x"})") == ContextVerdict::fits);
     CHECK(context_verdict(400, R"({"error":{"code":400,"type":"exceed_context_size_error"}})") ==
@@ -153,8 +156,8 @@ TEST_CASE("replies say whether the prompt fit the slot, in both dialects", "[sum
 }
 
 TEST_CASE("the slot context is read from /props in both dialects", "[summarize]") {
-    CHECK(slot_context_from_props(R"({"default_generation_settings":{"n_ctx":256},"total_slots":2})") ==
-          256);
+    CHECK(slot_context_from_props(
+              R"({"default_generation_settings":{"n_ctx":256},"total_slots":2})") == 256);
     CHECK(slot_context_from_props(R"({"n_ctx":1024})") == 1024);
     CHECK(slot_context_from_props(R"({"total_slots":2})") == 0);
     CHECK(slot_context_from_props("oops") == 0);

@@ -1,6 +1,6 @@
-#include <catch2/catch.hpp>
-
 #include "supervisor/worker_output.hpp"
+
+#include <catch2/catch.hpp>
 
 using namespace llama_pool;
 
