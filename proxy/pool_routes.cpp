@@ -238,6 +238,7 @@ void PoolRoutes::props(Exchange& exchange, const std::string& request_id) {
     nlohmann::json props;
     nlohmann::json workers = nlohmann::json::array();
     int total = 0;
+    std::string unreported;  // named in X-Llama-Pool-Unreported, as for /slots
     for (const auto& b : registry_.snapshot()) {
         if (!b.available) {
             continue;
@@ -245,6 +246,8 @@ void PoolRoutes::props(Exchange& exchange, const std::string& request_id) {
         const auto r = worker_get(b, "/props");
         auto doc = nlohmann::json::parse(r.body, nullptr, false);
         if (r.status != 200 || !doc.is_object()) {
+            unreported += fmt::format("{}{} ({})", unreported.empty() ? "" : ", ", b.id,
+                                      r.status == 0 ? r.error : fmt::format("status {}", r.status));
             continue;
         }
         const int slots = doc.value("total_slots", b.capacity);
@@ -254,14 +257,24 @@ void PoolRoutes::props(Exchange& exchange, const std::string& request_id) {
             props = std::move(doc);
         }
     }
+    Headers headers;
+    headers.add("Content-Type", "application/json; charset=utf-8");
+    headers.add("X-Request-Id", request_id);
+    if (!unreported.empty()) {
+        headers.add("X-Llama-Pool-Unreported", unreported);
+    }
     if (props.is_null()) {
-        respond_json(exchange, 503, make_error_body(503, "no worker is ready"), request_id);
+        exchange.respond(
+            503, std::move(headers),
+            make_error_body(503, unreported.empty()
+                                     ? "no worker is ready"
+                                     : "no worker answered GET /props: " + unreported));
         return;
     }
     props["total_slots"] = total;
     props["workers"] = std::move(workers);
-    respond_json(exchange, 200,
-                 props.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), request_id);
+    exchange.respond(200, std::move(headers),
+                     props.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 }
 
 bool PoolRoutes::handle(Exchange& exchange, const std::string& path,
