@@ -9,7 +9,7 @@ PORT       ?= 8081
 WORKERS    ?= 2
 TOOLCHAIN  := bash scripts/llama-toolchain.sh
 
-.PHONY: all deps deps-test deps-extra build test test-unit test-integration test-e2e run format \
+.PHONY: all deps deps-test deps-extra build bitnet-note test-bitnet test test-unit test-integration test-e2e run format \
         check-format llama-server-path demo-model-path bench test-asan test-tsan fuzz clean
 
 all: build
@@ -35,8 +35,15 @@ demo-model-path: deps
 
 # Unit and integration tests need only the build; end-to-end tests also need a real
 # llama-server and the demo model, which the toolchain script builds once per machine.
-test: build deps-test
-	@LLAMA_POOL_TEST_SERVER="$$($(TOOLCHAIN) server-path)" \
+# The BitNet suite (label bitnet) runs against ../shared/bitnet when that folder exists.
+BITNET_DIR ?= $(or $(LLAMA_POOL_BITNET_DIR),$(CURDIR)/../shared/bitnet)
+bitnet-note:
+	@if [ -x "$(BITNET_DIR)/llama-server" ]; then \
+	   echo "BitNet end-to-end suite: against $(BITNET_DIR)"; \
+	 else echo "BitNet end-to-end suite: SKIPPED (no llama-server in $(BITNET_DIR))"; fi
+
+test: build deps-test bitnet-note
+	@LLAMA_POOL_BITNET_DIR="$(BITNET_DIR)" LLAMA_POOL_TEST_SERVER="$$($(TOOLCHAIN) server-path)" \
 	 LLAMA_POOL_TEST_MODEL="$$($(TOOLCHAIN) model-path)" \
 	 ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(JOBS) --timeout 600
 
@@ -46,8 +53,11 @@ test-unit: build deps-test
 test-integration: build deps-test
 	@ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(JOBS) -L integration
 
-test-e2e: build deps-test
-	@LLAMA_POOL_TEST_SERVER="$$($(TOOLCHAIN) server-path)" \
+test-bitnet: build deps-test bitnet-note
+	@LLAMA_POOL_BITNET_DIR="$(BITNET_DIR)" ctest --test-dir $(BUILD_DIR) --output-on-failure -L bitnet
+
+test-e2e: build deps-test bitnet-note
+	@LLAMA_POOL_BITNET_DIR="$(BITNET_DIR)" LLAMA_POOL_TEST_SERVER="$$($(TOOLCHAIN) server-path)" \
 	 LLAMA_POOL_TEST_MODEL="$$($(TOOLCHAIN) model-path)" \
 	 ctest --test-dir $(BUILD_DIR) --output-on-failure -L e2e
 

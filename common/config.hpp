@@ -30,7 +30,7 @@ struct PoolConfig {
     int ctx_size = 4096;
     int parallel = 2;  // slots per worker
     std::vector<std::string> worker_args;
-    bool legacy_flags = false;  // avoid flags that older forks (BitNet's) reject
+    bool legacy_flags = false;  // accepted for old configs; no known worker needs it
     double startup_timeout = 300;
     double warmup_timeout = 120;
     double health_interval = 2;

@@ -69,6 +69,13 @@ PoolMetrics::PoolMetrics(std::string version)
                                   "Attempts sent to workers, by outcome.",
                                   {"group", "worker", "outcome"})),
       retries_(registry_.counter("llama_pool_retries_total", "Retries, by reason.", {"reason"})),
+      second_opinions_(registry_.counter(
+          "llama_pool_second_opinions_total",
+          "Worker 500s and what another worker made of the request, by result.", {"result"})),
+      second_opinion_seconds_(
+          registry_.histogram("llama_pool_second_opinion_seconds",
+                              "Time a second opinion on a worker 500 added to the client's wait.",
+                              {}, llm_latency_buckets())),
       rejected_(registry_.counter("llama_pool_rejected_total",
                                   "Requests the pool refused itself, by reason.", {"reason"})),
       disconnects_(registry_.counter("llama_pool_client_disconnects_total",
@@ -174,6 +181,13 @@ void PoolMetrics::upstream(std::string_view group, const std::string& worker,
 
 void PoolMetrics::retry(std::string_view reason) {
     retries_.labels({std::string(reason)}).inc();
+}
+
+void PoolMetrics::second_opinion(std::string_view result, double seconds) {
+    second_opinions_.labels({std::string(result)}).inc();
+    if (result != "skipped") {
+        second_opinion_seconds_.get().observe(seconds);
+    }
 }
 
 void PoolMetrics::rejected(std::string_view reason) {

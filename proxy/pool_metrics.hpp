@@ -60,6 +60,10 @@ class PoolMetrics {
     void queue_wait(std::string_view group, double seconds);
     void upstream(std::string_view group, const std::string& worker, std::string_view outcome);
     void retry(std::string_view reason);
+    // A worker's 500 and what asking another worker found: served_elsewhere, failed_elsewhere,
+    // no_worker_free, or skipped (the body showed a request mistake); `seconds` is what the
+    // second opinion added to the client's wait.
+    void second_opinion(std::string_view result, double seconds);
     void rejected(std::string_view reason);
     void client_disconnect();
     void tokens(std::string_view group, const std::string& worker, long long predicted,
@@ -81,6 +85,8 @@ class PoolMetrics {
     Family<Histogram>& queue_wait_;
     Family<Counter>& upstream_;
     Family<Counter>& retries_;
+    Family<Counter>& second_opinions_;
+    Family<Histogram>& second_opinion_seconds_;
     Family<Counter>& rejected_;
     Family<Counter>& disconnects_;
     Family<Counter>& tokens_predicted_;

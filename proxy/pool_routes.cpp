@@ -6,6 +6,7 @@
 #include "common/credentials.hpp"
 #include "common/error_body.hpp"
 #include "common/http_client.hpp"
+#include "proxy/worker_dialect.hpp"
 
 namespace llama_pool {
 
@@ -236,22 +237,40 @@ std::vector<ModelGroup*> PoolRoutes::selected_groups(Exchange& exchange,
 
 void PoolRoutes::slots(Exchange& exchange, const std::string& request_id) {
     // Every available worker's slots, renumbered pool-wide, each saying which worker (and,
-    // with groups, which group) and which of its slots it is.
+    // with groups, which group) and which of its slots it is. A worker that does not answer
+    // 200 with a list is named in X-Llama-Pool-Unreported (all of them: a 502 that names
+    // them), never dropped unsaid; for fail_on_no_slot the pool's own count of its requests
+    // stands in for it.
     nlohmann::json all = nlohmann::json::array();
+    std::vector<std::string> unreported;
     bool any_idle = false;
     for (auto* group : selected_groups(exchange, request_id)) {
         for (const auto& b : group->registry().snapshot()) {
             if (!b.available) {
                 continue;
             }
+            const bool idle_by_pool_count = b.inflight < b.capacity;
             const auto r = worker_get(b, "/slots");
             const auto doc = nlohmann::json::parse(r.body, nullptr, false);
             if (r.status != 200 || !doc.is_array()) {
+                unreported.push_back(r.status == 0 ? fmt::format("{} ({})", b.id, r.error)
+                                                   : fmt::format("{} (status {})", b.id, r.status));
+                any_idle = any_idle || idle_by_pool_count;
                 continue;
             }
             for (auto slot : doc) {
                 if (!slot.is_object()) {
                     continue;
+                }
+                switch (slot_activity(slot)) {
+                    case SlotActivity::idle:
+                        any_idle = true;
+                        break;
+                    case SlotActivity::busy:
+                        break;
+                    case SlotActivity::unknown:
+                        any_idle = any_idle || idle_by_pool_count;
+                        break;
                 }
                 slot["worker"] = b.id;
                 if (!groups_.implicit()) {
@@ -259,18 +278,32 @@ void PoolRoutes::slots(Exchange& exchange, const std::string& request_id) {
                 }
                 slot["worker_slot_id"] = slot.value("id", -1);
                 slot["id"] = all.size();
-                any_idle = any_idle || !slot.value("is_processing", false);
                 all.push_back(std::move(slot));
             }
         }
     }
-    const auto query = exchange.request().query();
-    if (query.find("fail_on_no_slot=1") != std::string_view::npos && !any_idle) {
-        respond_json(exchange, 503, make_error_body(503, "no slot available"), request_id);
+    Headers headers;
+    headers.add("Content-Type", "application/json; charset=utf-8");
+    headers.add("X-Request-Id", request_id);
+    std::string missing;
+    for (const auto& u : unreported) {
+        missing += (missing.empty() ? "" : ", ") + u;
+    }
+    if (!missing.empty()) {
+        headers.add("X-Llama-Pool-Unreported", missing);
+    }
+    if (all.empty() && !unreported.empty()) {
+        exchange.respond(502, std::move(headers),
+                         make_error_body(502, "no worker answered GET /slots: " + missing));
         return;
     }
-    respond_json(exchange, 200, all.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
-                 request_id);
+    const auto query = exchange.request().query();
+    if (query.find("fail_on_no_slot=1") != std::string_view::npos && !any_idle) {
+        exchange.respond(503, std::move(headers), make_error_body(503, "no slot available"));
+        return;
+    }
+    exchange.respond(200, std::move(headers),
+                     all.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 }
 
 void PoolRoutes::props(Exchange& exchange, const std::string& request_id) {
@@ -279,6 +312,7 @@ void PoolRoutes::props(Exchange& exchange, const std::string& request_id) {
     nlohmann::json props;
     nlohmann::json workers = nlohmann::json::array();
     int total = 0;
+    std::string unreported;  // named in X-Llama-Pool-Unreported, as for /slots
     for (auto* group : selected_groups(exchange, request_id)) {
         for (const auto& b : group->registry().snapshot()) {
             if (!b.available) {
@@ -287,6 +321,9 @@ void PoolRoutes::props(Exchange& exchange, const std::string& request_id) {
             const auto r = worker_get(b, "/props");
             auto doc = nlohmann::json::parse(r.body, nullptr, false);
             if (r.status != 200 || !doc.is_object()) {
+                unreported +=
+                    fmt::format("{}{} ({})", unreported.empty() ? "" : ", ", b.id,
+                                r.status == 0 ? r.error : fmt::format("status {}", r.status));
                 continue;
             }
             const int slots = doc.value("total_slots", b.capacity);
@@ -301,14 +338,24 @@ void PoolRoutes::props(Exchange& exchange, const std::string& request_id) {
             }
         }
     }
+    Headers headers;
+    headers.add("Content-Type", "application/json; charset=utf-8");
+    headers.add("X-Request-Id", request_id);
+    if (!unreported.empty()) {
+        headers.add("X-Llama-Pool-Unreported", unreported);
+    }
     if (props.is_null()) {
-        respond_json(exchange, 503, make_error_body(503, "no worker is ready"), request_id);
+        exchange.respond(
+            503, std::move(headers),
+            make_error_body(503, unreported.empty()
+                                     ? "no worker is ready"
+                                     : "no worker answered GET /props: " + unreported));
         return;
     }
     props["total_slots"] = total;
     props["workers"] = std::move(workers);
-    respond_json(exchange, 200,
-                 props.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), request_id);
+    exchange.respond(200, std::move(headers),
+                     props.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 }
 
 void PoolRoutes::models(Exchange& exchange, const std::string& request_id) {

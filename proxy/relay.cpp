@@ -10,12 +10,17 @@
 #include "proxy/affinity.hpp"
 #include "proxy/sse_framer.hpp"
 #include "proxy/usage_scanner.hpp"
+#include "proxy/worker_dialect.hpp"
 
 namespace llama_pool {
 
 namespace {
 
 constexpr const char* kComponent = "proxy";
+// How long a second opinion on a worker's 500 may wait for another worker's slot. Past it the
+// client gets the first 500 as it was: on a busy pool the wait would otherwise be a whole
+// generation (22 s measured on BitNet's fork) for an answer that is most often the same.
+constexpr auto kSecondOpinionWait = milliseconds(1000);
 
 bool retryable_status(int status) {
     return status == 502 || status == 503 || status == 504;
@@ -207,9 +212,11 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
         }
     } retry_slot{budget_, holding_retry};
     // llama-server answers 500 both when it fails and when the request is bad (malformed
-    // JSON, a field of the wrong type). A 500 to a body that is not JSON is the client's;
-    // any other 500 gets a second opinion from another worker: served there, the first
-    // worker was at fault; a 500 there too, the request was.
+    // JSON, a field of the wrong type; older forks also a missing field). A 500 to a body
+    // that is not JSON, or whose message comes from reading the request, is the client's;
+    // any other 500 gets a second opinion from another worker, if one has a slot free within
+    // kSecondOpinionWait: served there, the first worker was at fault; a 500 there too, the
+    // request was. Without one the client gets the first 500 unchanged.
     std::optional<bool> body_is_json;
     auto request_is_json = [&] {
         if (!body_is_json) {
@@ -218,6 +225,13 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
         return *body_is_json;
     };
     std::optional<std::string> second_opinion_for;  // the worker whose 500 awaits one
+    TimePoint second_opinion_started{};
+    struct KeptReply {
+        int status = 0;
+        Headers headers;
+        std::string body;
+    };
+    std::optional<KeptReply> first_500;  // answered as is when no second opinion comes
     struct PendingVerdict {
         BackendRegistry& registry;
         std::optional<std::string>& id;
@@ -247,9 +261,13 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
 
     while (true) {
         const auto queued_at = Clock::now();
+        auto acquire_deadline = std::min(queue_deadline, total_deadline);
+        if (second_opinion_for) {
+            acquire_deadline =
+                std::min(acquire_deadline, second_opinion_started + kSecondOpinionWait);
+        }
         auto acquired = registry_.acquire(
-            std::min(queue_deadline, total_deadline), tried, [&] { return exchange.client_gone(); },
-            affinity);
+            acquire_deadline, tried, [&] { return exchange.client_gone(); }, affinity);
         const auto waited = to_seconds(Clock::now() - queued_at);
         outcome.queue_seconds += waited;
         metrics_.queue_wait(group_, waited);
@@ -265,6 +283,10 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
             return outcome;
         }
         if (!acquired.lease) {
+            break;
+        }
+        if (second_opinion_for && acquired.lease->backend().id == *second_opinion_for) {
+            // Only the worker that answered 500 had a slot: asking it again proves nothing.
             break;
         }
         ++outcome.attempts;
@@ -377,10 +399,6 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
         } else if (retryable_status(head.status) && outcome.attempts < config_.retry_attempts) {
             retry_after_status(head.status);
             verdict.report(false);
-        } else if (head.status == 500 && !second_opinion_for && request_is_json() && may_retry()) {
-            retry_after_status(503);
-            second_opinion_for = backend.id;
-            verdict.hand_over();
         } else {
             // Read the start of the body before anything reaches the client: a failure until
             // then is retried like one before the head.
@@ -420,18 +438,45 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                                pre.error.empty() ? std::string("response cut off") : pre.error);
             }
         }
+        bool request_mistake = false;
+        if (io == IoStatus::ok && retry_status == 0 && head.status == 500 && !second_opinion_for &&
+            request_is_json() && pre.done && !events) {
+            if (classify_worker_500(pre.bytes) == Worker500::request_mistake) {
+                request_mistake = true;
+                metrics_.second_opinion("skipped", 0);
+            } else if (may_retry()) {
+                first_500 = KeptReply{head.status, head.headers, pre.bytes};
+                backend.pool.give_back(std::move(conn));
+                retry_status = 500;
+                last_error = fmt::format("worker {} answered 500", backend.id);
+                metrics_.upstream(group_, backend.id,
+                                  to_string(AttemptOutcome::status_5xx_retried));
+                log_.warn(kComponent, "upstream_500_second_opinion",
+                          {{"request_id", request_id},
+                           {"worker", backend.id},
+                           {"attempt", outcome.attempts}});
+                second_opinion_for = backend.id;
+                second_opinion_started = Clock::now();
+                verdict.hand_over();
+            }
+        }
         if (io == IoStatus::ok && retry_status == 0) {
             // Commit: from here on the client sees this worker's response, and no retry.
             // A 5xx counts against the worker even when it is passed through, unless it is
             // the request's own 500.
             bool worker_fault = head.status >= 500;
-            if (head.status == 500 && (second_opinion_for || !request_is_json())) {
+            if (head.status == 500 &&
+                (second_opinion_for || !request_is_json() || request_mistake)) {
                 worker_fault = false;
             }
             if (second_opinion_for) {
                 // Served elsewhere: the earlier 500 was that worker's fault.
                 registry_.report(*second_opinion_for, head.status == 500);
                 second_opinion_for.reset();
+                first_500.reset();
+                metrics_.second_opinion(
+                    head.status == 500 ? "failed_elsewhere" : "served_elsewhere",
+                    to_seconds(Clock::now() - second_opinion_started));
             }
             outcome.status = head.status;
             if (pre.done && !length && !events) {
@@ -538,7 +583,10 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                               : to_retry_reason(classify_attempt_failure(io, connected)));
         metrics_.retry(to_string(outcome.retry_reasons.back()));
         acquired.lease.reset();  // free the slot while we back off
-        const auto wait = backoff.delay(outcome.attempts - 1, random_);
+        // A second opinion goes to another worker at once: backing off helps a worker recover,
+        // and the one that answered 500 is not asked again.
+        const auto wait =
+            retry_status == 500 ? Duration::zero() : backoff.delay(outcome.attempts - 1, random_);
         const auto until = std::min(total_deadline, Clock::now() + wait);
         while (Clock::now() < until) {
             if (exchange.client_gone()) {
@@ -556,6 +604,15 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                fmt::format("no worker slot became free within {:.1f} s",
                            to_seconds(std::min(queue_deadline, total_deadline) - started)),
                request_id);
+        return outcome;
+    }
+    if (first_500) {
+        // No other worker gave a verdict in time: the client gets the worker's own answer.
+        metrics_.second_opinion("no_worker_free",
+                                to_seconds(Clock::now() - second_opinion_started));
+        outcome.status = first_500->status;
+        exchange.respond(first_500->status, client_response_headers(first_500->headers, request_id),
+                         std::move(first_500->body));
         return outcome;
     }
     outcome.status = last_status == 504 ? 504 : 503;

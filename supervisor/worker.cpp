@@ -98,24 +98,24 @@ WorkerStatus Worker::status() const {
 }
 
 std::vector<std::string> Worker::recent_output() const {
-    return tail_output(kOutputLines);
+    std::lock_guard lock(output_mutex_);
+    return output_.lines();
 }
 
 std::vector<std::string> Worker::tail_output(std::size_t n) const {
     std::lock_guard lock(output_mutex_);
-    const auto take = std::min(n, output_.size());
-    return {output_.end() - static_cast<std::ptrdiff_t>(take), output_.end()};
+    return output_.report_tail(n);
 }
 
 void Worker::on_output(std::string_view line) {
     {
         std::lock_guard lock(output_mutex_);
-        output_.emplace_back(line);
-        if (output_.size() > kOutputLines) {
-            output_.pop_front();
-        }
+        output_.add(line);
     }
-    log_.info("worker", "output", {{"worker", settings_.id}, {"line", line}});
+    // Start-up, warnings and errors reach the pool's log; routine lines (a request log per
+    // health probe) only the ring buffer and debug level.
+    const auto kind = classify_worker_line(line, output_starting_.load());
+    log_.log(log_level_for(kind), "worker", "output", {{"worker", settings_.id}, {"line", line}});
 }
 
 std::optional<TimePoint> Worker::next_wake() const {
@@ -222,6 +222,7 @@ void Worker::spawn() {
         std::lock_guard lock(output_mutex_);
         output_.clear();
     }
+    output_starting_ = true;
     probe_failures_ = 0;
     completion_suspect_ = false;
     port_verified_ = false;
@@ -354,6 +355,7 @@ void Worker::step_warming() {
     }
     const auto now = time_.now();
     capacity_ = capacity;
+    output_starting_ = false;
     lifecycle_.transition(WorkerState::ready,
                           fmt::format("ready {:.2f} s after spawn", to_seconds(now - spawned_at_)));
     restart_policy_.on_ready();

@@ -2,6 +2,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -26,6 +27,7 @@
 #include "supervisor/restart_policy.hpp"
 #include "supervisor/secret_file.hpp"
 #include "supervisor/worker_listener.hpp"
+#include "supervisor/worker_output.hpp"
 #include "supervisor/worker_state.hpp"
 
 namespace llama_pool {
@@ -66,6 +68,8 @@ struct WorkerSettings {
 // the child's output closing (it exited).
 class Worker {
   public:
+    // The output kept per worker: the first lines of its current start, then the latest.
+    static constexpr std::size_t kOutputHeadLines = 60;
     static constexpr std::size_t kOutputLines = 200;
 
     Worker(WorkerSettings settings, Logger& log, WorkerListener& listener, RandomSource& random);
@@ -143,7 +147,8 @@ class Worker {
     Duration drain_grace_{};
 
     mutable std::mutex output_mutex_;
-    std::deque<std::string> output_;
+    OutputRing output_{kOutputHeadLines, kOutputLines - kOutputHeadLines};
+    std::atomic<bool> output_starting_{true};  // set at spawn, cleared at ready
 
     std::thread thread_;
 };

@@ -25,11 +25,10 @@ std::vector<std::string> build_worker_args(const PoolConfig& config, std::uint16
     if (config.ctx_size > 0) {
         args.insert(args.end(), {"--ctx-size", std::to_string(config.ctx_size)});
     }
-    // --metrics exists in every fork we know; --slots only in newer ones.
+    // Both flags exist in every server we run: current llama.cpp and BitNet's 2024 fork,
+    // which serves /slots only with --slots. legacy_flags therefore drops nothing.
     args.emplace_back("--metrics");
-    if (!config.legacy_flags) {
-        args.emplace_back("--slots");
-    }
+    args.emplace_back("--slots");
     if (!api_key_file.empty()) {
         args.insert(args.end(), {"--api-key-file", api_key_file});
     } else if (!api_key.empty()) {

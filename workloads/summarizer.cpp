@@ -51,27 +51,112 @@ std::string join_summaries(const std::vector<std::string>& parts) {
 
 }  // namespace
 
+ContextVerdict context_verdict(int status, const std::string& body) {
+    if (status != 200 && status != 400) {
+        return ContextVerdict::fits;
+    }
+    const auto parsed = json::parse(body, nullptr, false);
+    if (!parsed.is_object()) {
+        return ContextVerdict::fits;
+    }
+    if (status == 200) {
+        const auto t = parsed.find("truncated");
+        return t != parsed.end() && t->is_boolean() && t->get<bool>() ? ContextVerdict::too_long
+                                                                      : ContextVerdict::fits;
+    }
+    const auto e = parsed.find("error");
+    if (e != parsed.end() && e->is_object() &&
+        e->value("type", std::string()) == "exceed_context_size_error") {
+        return ContextVerdict::too_long;
+    }
+    return ContextVerdict::fits;
+}
+
 struct Summarizer::ChunkOutcome {
     bool ok = false;
     bool cancelled = false;
+    bool too_long = false;  // the prompt did not fit a slot's context
     int status = 0;
     std::string error;
     std::string text;
     long long tokens = 0;
     std::size_t retries = 0;
+    std::size_t splits = 0;
 };
 
-Summarizer::ChunkOutcome Summarizer::summarize_chunk(const SummarizeRequest& request,
-                                                     const std::string& prompt,
-                                                     const std::string& text,
-                                                     const std::string& request_id,
-                                                     CancelToken& cancel) const {
+namespace {
+
+// A piece below this is not split further: its prompt is mostly the instructions then.
+constexpr std::size_t kMinSplitChars = 200;
+constexpr int kMaxSplitDepth = 8;
+
+}  // namespace
+
+Summarizer::ChunkOutcome Summarizer::summarize_chunk(
+    const SummarizeRequest& request, const std::string& prompt, const std::string& text,
+    const std::string& request_id, CancelToken& cancel, int slot_context, int depth) const {
     json body = request.sampling;
     body["prompt"] = render_prompt(prompt, text, request.topic);
-    body["n_predict"] = request.n_predict.value_or(summary_tokens_for(count_chars(text)));
+    const int n_predict = request.n_predict.value_or(summary_tokens_for(count_chars(text)));
+    body["n_predict"] = n_predict;
     body["stream"] = false;
-    const auto payload = body.dump(-1, ' ', false, json::error_handler_t::replace);
+    // Counted before sending: a prompt over the slot's context would be cut silently by
+    // some forks, or refused by current llama-server after a queue wait.
+    bool fits = true;
+    std::optional<int> prompt_tokens;
+    if (slot_context > 0 && context_.count_tokens) {
+        prompt_tokens = context_.count_tokens(body["prompt"].get<std::string>());
+        fits = !prompt_tokens || *prompt_tokens + n_predict <= slot_context;
+    }
+    ChunkOutcome out;
+    if (fits) {
+        out = summarize_once(body.dump(-1, ' ', false, json::error_handler_t::replace), request_id,
+                             cancel);
+        if (!out.too_long) {
+            return out;
+        }
+    }
+    const auto chars = count_chars(text);
+    ChunkerOptions half = request.chunking;
+    half.max_chars = std::max(kMinSplitChars, chars / 2 + 1);
+    half.overlap = std::min(half.overlap, half.max_chars / 4);
+    const auto pieces = chunk_text(text, half);
+    if (depth >= kMaxSplitDepth || chars < 2 * kMinSplitChars || pieces.size() < 2) {
+        out = {};
+        out.status = 502;
+        out.error = fmt::format(
+            "a piece of {} characters does not fit a worker slot's context ({} tokens{}) with "
+            "n_predict {}; nothing was cut: lower n_predict or start the workers with a larger "
+            "context",
+            chars, slot_context > 0 ? std::to_string(slot_context) : "unknown",
+            prompt_tokens ? fmt::format(", its prompt has {}", *prompt_tokens) : "", n_predict);
+        return out;
+    }
+    ChunkOutcome joined;
+    joined.ok = true;
+    joined.retries = out.retries;
+    joined.splits = 1;
+    for (std::size_t i = 0; i < pieces.size(); ++i) {
+        const auto& p = pieces[i];
+        auto part = summarize_chunk(request, prompt, text.substr(p.begin, p.end - p.begin),
+                                    fmt::format("{}p{}", request_id, i + 1), cancel, slot_context,
+                                    depth + 1);
+        joined.retries += part.retries;
+        joined.splits += part.splits;
+        if (!part.ok) {
+            part.retries = joined.retries;
+            part.splits = joined.splits;
+            return part;
+        }
+        joined.tokens += part.tokens;
+        joined.text += (joined.text.empty() ? "" : "\n\n") + part.text;
+    }
+    return joined;
+}
 
+Summarizer::ChunkOutcome Summarizer::summarize_once(const std::string& payload,
+                                                    const std::string& request_id,
+                                                    CancelToken& cancel) const {
     ChunkOutcome out;
     std::set<std::string> avoid;
     for (int attempt = 1; attempt <= attempts_; ++attempt) {
@@ -82,6 +167,13 @@ Summarizer::ChunkOutcome Summarizer::summarize_chunk(const SummarizeRequest& req
         const auto reply = call_(payload, request_id, avoid);
         if (cancel.cancelled()) {
             out.cancelled = true;
+            return out;
+        }
+        if (context_verdict(reply.status, reply.body) == ContextVerdict::too_long) {
+            out.too_long = true;
+            out.status = 502;
+            out.error =
+                fmt::format("worker {} could not fit the chunk in its context", reply.worker);
             return out;
         }
         if (reply.status == 200) {
@@ -99,8 +191,7 @@ Summarizer::ChunkOutcome Summarizer::summarize_chunk(const SummarizeRequest& req
             out.error =
                 fmt::format("worker {} answered 200 without a \"content\" string", reply.worker);
         } else if (reply.status >= 400 && reply.status < 500) {
-            // The worker refused what we sent (most often a chunk over its context size):
-            // the same request fails the same way everywhere.
+            // The worker refused what we sent: the same request fails the same way everywhere.
             out.status = reply.status == 400 ? 400 : 502;
             out.error = fmt::format("worker {} refused a chunk with {}: {}", reply.worker,
                                     reply.status, error_message(reply.body));
@@ -131,6 +222,7 @@ SummaryResult Summarizer::run(const SummarizeRequest& request, const std::string
     const auto started = time_.now();
     std::vector<LevelProgress> levels_progress;
     std::string input = request.text;
+    const int slot_context = context_.slot_context ? context_.slot_context() : 0;
     for (int level = 1;; ++level) {
         const auto level_started = time_.now();
         const auto chunks = chunk_text(input, request.chunking);
@@ -151,11 +243,12 @@ SummaryResult Summarizer::run(const SummarizeRequest& request, const std::string
                     return;
                 }
                 const auto& c = chunks[i];
-                auto outcome =
-                    summarize_chunk(request, prompt, input.substr(c.begin, c.end - c.begin),
-                                    fmt::format("{}-l{}c{}", request_id, level, i + 1), cancel);
+                auto outcome = summarize_chunk(
+                    request, prompt, input.substr(c.begin, c.end - c.begin),
+                    fmt::format("{}-l{}c{}", request_id, level, i + 1), cancel, slot_context);
                 std::lock_guard lock(mutex);
                 result.retries += outcome.retries;
+                result.splits += outcome.splits;
                 if (!outcome.ok) {
                     if (!failure && !outcome.cancelled) {
                         outcome.error = fmt::format("level {} chunk {} of {}: {}", level, i + 1,

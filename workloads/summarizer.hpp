@@ -2,6 +2,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -23,6 +24,14 @@ struct CompletionReply {
 // this chunk, to be used only when nothing else is free.
 using CompletionCall = std::function<CompletionReply(
     const std::string& body, const std::string& request_id, const std::set<std::string>& avoid)>;
+
+// What fits one worker slot, learnt from the workers themselves. Either may be empty.
+struct ContextProbe {
+    // Tokens per slot (a worker's n_ctx); 0 when unknown. Asked once per summary.
+    std::function<int()> slot_context;
+    // Tokens in a prompt (the worker's /tokenize); nullopt when it could not say.
+    std::function<std::optional<int>(const std::string& prompt)> count_tokens;
+};
 
 struct LevelProgress {
     int level = 0;
@@ -49,6 +58,9 @@ struct SummaryResult {
     std::vector<LevelReport> levels;
     std::size_t completions = 0;  // successful calls
     std::size_t retries = 0;
+    // Chunks split in smaller pieces because they did not fit a slot's context (measured
+    // before sending, or a reply that said it was truncated or refused as too long).
+    std::size_t splits = 0;
     long long tokens_predicted = 0;
     double seconds = 0;
 };
@@ -56,17 +68,21 @@ struct SummaryResult {
 // Recursive summarization: chunk the text, summarize every chunk in parallel, join the
 // summaries in order and repeat on the joined text until it fits one chunk. A chunk that
 // fails with a server error is retried on another worker; a client error (4xx) or the last
-// failed attempt ends the run, and the calls still running are cancelled.
+// failed attempt ends the run, and the calls still running are cancelled. A chunk whose
+// prompt does not fit a slot's context (counted in tokens before sending, or answered
+// "truncated": true by forks that cut prompts silently, or 400 as too long) is split in
+// smaller pieces and those summarized instead: a truncated reply never becomes a summary.
 class Summarizer {
   public:
     // `parallelism()`: how many chunks to have in flight at once (the pool's free capacity);
     // `attempts`: tries per chunk.
     Summarizer(CompletionCall call, std::function<int()> parallelism, int attempts,
-               const TimeSource& time)
+               const TimeSource& time, ContextProbe context = {})
         : call_(std::move(call)),
           parallelism_(std::move(parallelism)),
           attempts_(attempts < 1 ? 1 : attempts),
-          time_(time) {}
+          time_(time),
+          context_(std::move(context)) {}
 
     using ProgressFn = std::function<void(const std::vector<LevelProgress>&)>;
     SummaryResult run(const SummarizeRequest& request, const std::string& request_id,
@@ -76,12 +92,20 @@ class Summarizer {
     struct ChunkOutcome;
     ChunkOutcome summarize_chunk(const SummarizeRequest& request, const std::string& prompt,
                                  const std::string& text, const std::string& request_id,
-                                 CancelToken& cancel) const;
+                                 CancelToken& cancel, int slot_context, int depth = 0) const;
+    ChunkOutcome summarize_once(const std::string& payload, const std::string& request_id,
+                                CancelToken& cancel) const;
 
     CompletionCall call_;
     std::function<int()> parallelism_;
     int attempts_;
     const TimeSource& time_;
+    ContextProbe context_;
 };
+
+// Whether a reply means the prompt did not fit the worker's slot: 200 with "truncated": true
+// (older forks cut the prompt and go on), or 400 exceed_context_size_error (current). Pure.
+enum class ContextVerdict { fits, too_long };
+ContextVerdict context_verdict(int status, const std::string& body);
 
 }  // namespace llama_pool

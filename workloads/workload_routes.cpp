@@ -60,6 +60,23 @@ void method_not_allowed(Exchange& exchange, const char* allow, const std::string
 
 }  // namespace
 
+int slot_context_from_props(const std::string& props_body) {
+    const auto doc = json::parse(props_body, nullptr, false);
+    if (!doc.is_object()) {
+        return 0;
+    }
+    // Both dialects put it in default_generation_settings; some builds also at the top.
+    const auto settings = doc.find("default_generation_settings");
+    if (settings != doc.end() && settings->is_object()) {
+        const auto n = settings->find("n_ctx");
+        if (n != settings->end() && n->is_number_integer()) {
+            return n->get<int>();
+        }
+    }
+    const auto n = doc.find("n_ctx");
+    return n != doc.end() && n->is_number_integer() ? n->get<int>() : 0;
+}
+
 json summary_reply(const SummaryResult& result) {
     json levels = json::array();
     for (const auto& l : result.levels) {
@@ -75,6 +92,7 @@ json summary_reply(const SummaryResult& result) {
             {"levels", levels},
             {"completions", result.completions},
             {"retries", result.retries},
+            {"split_chunks", result.splits},
             {"tokens_predicted", result.tokens_predicted},
             {"timings", {{"total_ms", static_cast<long long>(result.seconds * 1000)}}}};
 }
@@ -107,19 +125,22 @@ SummaryResult WorkloadRoutes::run(const SummarizeRequest& request, const std::st
                                   const Summarizer::ProgressFn& progress) {
     const auto model = request.sampling.value("model", std::string());
     auto& group = groups_.route_model(model, "/completion");
-    const auto call = [&](const std::string& body, const std::string& chunk_id,
-                          const std::set<std::string>& avoid) {
+    const auto worker_call = [&](const char* method, const std::string& target,
+                                 const std::string& body, const std::string& call_id,
+                                 const std::set<std::string>& avoid) {
         HttpRequest http;
-        http.method = "POST";
-        http.target = "/completion";
-        http.headers.add("Content-Type", "application/json");
+        http.method = method;
+        http.target = target;
+        if (!body.empty()) {
+            http.headers.add("Content-Type", "application/json");
+        }
         http.body = body;
         IoWatch watch = parent;
         watch.cancel_fd = cancel.fd();
         BufferedExchange exchange(std::move(http), remote, watch, [&] {
             return cancel.cancelled() || (parent_gone && parent_gone());
         });
-        const auto outcome = group.relay().forward(exchange, "/completion", chunk_id, avoid);
+        const auto outcome = group.relay().forward(exchange, target, call_id, avoid);
         CompletionReply reply;
         reply.worker = outcome.worker;
         if (exchange.complete()) {
@@ -128,9 +149,30 @@ SummaryResult WorkloadRoutes::run(const SummarizeRequest& request, const std::st
         }
         return reply;
     };
+    const auto call = [&](const std::string& body, const std::string& chunk_id,
+                          const std::set<std::string>& avoid) {
+        return worker_call("POST", "/completion", body, chunk_id, avoid);
+    };
+    // What fits a slot, from the workers: their n_ctx (the pool starts every worker alike)
+    // and their own tokenizer.
+    ContextProbe context;
+    context.slot_context = [&] {
+        const auto reply = worker_call("GET", "/props", {}, request_id + "-props", {});
+        return reply.status == 200 ? slot_context_from_props(reply.body) : 0;
+    };
+    context.count_tokens = [&](const std::string& prompt) -> std::optional<int> {
+        const auto reply = worker_call("POST", "/tokenize", json{{"content", prompt}}.dump(),
+                                       request_id + "-tokenize", {});
+        const auto doc = json::parse(reply.body, nullptr, false);
+        if (reply.status != 200 || !doc.is_object() || !doc.contains("tokens") ||
+            !doc["tokens"].is_array()) {
+            return std::nullopt;
+        }
+        return static_cast<int>(doc["tokens"].size());
+    };
     const Summarizer summarizer(
-        call, [&group] { return group.registry().total_capacity(); }, config_.retry_attempts,
-        time_);
+        call, [&group] { return group.registry().total_capacity(); }, config_.retry_attempts, time_,
+        std::move(context));
     log_.info(kComponent, "summarize_started",
               {{"request_id", request_id},
                {"group", group.name()},
@@ -144,6 +186,7 @@ SummaryResult WorkloadRoutes::run(const SummarizeRequest& request, const std::st
               {"levels", result.levels.size()},
               {"completions", result.completions},
               {"retries", result.retries},
+              {"split_chunks", result.splits},
               {"duration_ms", static_cast<long long>(result.seconds * 1000)},
               {"error", result.error}});
     return result;

@@ -55,4 +55,8 @@ class WorkloadRoutes final : public RouteHandler {
 // The reply of /v1/summarize and a finished job's result.
 nlohmann::json summary_reply(const SummaryResult& result);
 
+// Tokens per slot in a worker's GET /props body (current llama-server and BitNet's fork
+// alike), 0 when it does not say. Pure.
+int slot_context_from_props(const std::string& props_body);
+
 }  // namespace llama_pool

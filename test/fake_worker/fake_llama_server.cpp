@@ -58,6 +58,12 @@ struct Options {
     // When set, one JSON line per request received (method, target, headers, body length,
     // body bytes in hex): what actually reached the worker, for tests that check it.
     std::string log_requests;
+    // Act as BitNet's 2024 llama-server fork: /slots only with --slots and with "state" in
+    // place of is_processing; client mistakes answered 500; a prompt over the slot context
+    // cut silently (200, "truncated": true); a log line per request, health probes included.
+    bool bitnet = false;
+    bool slots_endpoint = false;  // --slots was given
+    bool refuse_slots = false;    // /slots answers 501 whatever the flags
 };
 
 // A fault to act out on the next completion.
@@ -88,6 +94,7 @@ void usage() {
         "  [--fail-status CODE [--fail-after N]] [--hang] [--crash-after N] "
         "[--stall-after-events N]\n"
         "  [--garbage] [--echo-tags] [--stamp-events] [--fault-file F] [--log-requests F]\n"
+        "  [--bitnet-dialect] [--refuse-slots]\n"
         "  [--api-key K] [--api-key-file F] [--model PATH] [llama-server flags are "
         "accepted]\n");
 }
@@ -144,6 +151,10 @@ class FakeServer {
         const auto& req = ex.request();
         const std::string path(req.path());
         log_request(req);
+        if (opt_.bitnet) {
+            std::fprintf(stderr, "request: %s %s 127.0.0.1\n", req.method.c_str(), path.c_str());
+            std::fflush(stderr);
+        }
         if (opt_.garbage && path != "/health") {
             return garbage(ex);
         }
@@ -164,11 +175,20 @@ class FakeServer {
                               {"default_generation_settings", {{"n_ctx", opt_.ctx / opt_.slots}}}});
         }
         if (path == "/slots") {
+            if (opt_.refuse_slots || (opt_.bitnet && !opt_.slots_endpoint)) {
+                return error(ex, 501, "This server does not support slots endpoint.",
+                             "not_supported_error");
+            }
             json arr = json::array();
             const int busy = slots_.busy();
             for (int i = 0; i < opt_.slots; ++i) {
-                arr.push_back(
-                    {{"id", i}, {"n_ctx", opt_.ctx / opt_.slots}, {"is_processing", i < busy}});
+                json slot = {{"id", i}, {"n_ctx", opt_.ctx / opt_.slots}};
+                if (opt_.bitnet) {
+                    slot["state"] = i < busy ? 1 : 0;
+                } else {
+                    slot["is_processing"] = i < busy;
+                }
+                arr.push_back(std::move(slot));
             }
             return reply(ex, 200, arr);
         }
@@ -361,9 +381,24 @@ class FakeServer {
             return;
         }
         if (shape != Shape::openai_chat && !body->contains("prompt")) {
+            if (opt_.bitnet) {
+                return error(ex, 500,
+                             "\"prompt\" must be a string, an array of token ids or an array of "
+                             "prompts",
+                             "server_error");
+            }
             return error(ex, 400, "\"prompt\" must be provided", "invalid_request_error");
         }
+        // Tokens are bytes here, as in /tokenize.
+        const bool cut_prompt = opt_.bitnet && shape == Shape::native && body->contains("prompt") &&
+                                (*body)["prompt"].is_string() &&
+                                (*body)["prompt"].get<std::string>().size() >=
+                                    static_cast<std::size_t>(opt_.ctx / opt_.slots);
         if (shape == Shape::openai_chat && !body->contains("messages")) {
+            if (opt_.bitnet) {
+                return error(ex, 500, "[json.exception.out_of_range.403] key 'messages' not found",
+                             "server_error");
+            }
             return error(ex, 400, "'messages' is required", "invalid_request_error");
         }
         const auto served = ++served_;
@@ -429,7 +464,14 @@ class FakeServer {
                 content = bracketed_tags(body->value("prompt", std::string()));
             }
             tokens_total_ += n;
-            return reply(ex, 200, final_object(shape, content, n, slot, id));
+            auto reply_body = final_object(shape, content, n, slot, id);
+            if (opt_.bitnet && shape == Shape::native) {
+                reply_body["truncated"] = cut_prompt;
+                if (cut_prompt) {
+                    std::fprintf(stderr, "slot update_slots: id %d | input truncated\n", slot);
+                }
+            }
+            return reply(ex, 200, reply_body);
         }
         Headers h;
         h.add("Content-Type", "text/event-stream");
@@ -631,7 +673,13 @@ int main(int argc, char** argv) {
             return 1;
         } else if (a == "--threads" || a == "-t")
             next(i);
-        else if (a == "--metrics" || a == "--slots") {
+        else if (a == "--slots")
+            o.slots_endpoint = true;
+        else if (a == "--bitnet-dialect")
+            o.bitnet = true;
+        else if (a == "--refuse-slots")
+            o.refuse_slots = true;
+        else if (a == "--metrics") {
         } else if (a == "--help") {
             usage();
             return 0;

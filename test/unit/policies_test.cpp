@@ -116,9 +116,11 @@ TEST_CASE("worker arguments: what the pool must add, and never -n", "[args]") {
     CHECK_FALSE(has("-n"));
     CHECK_FALSE(has("--n-predict"));
     CHECK(args.back() == "256");
+    // BitNet's fork accepts --slots and serves /slots only with it: the legacy flag (kept for
+    // old configs) must not take it away.
     c.legacy_flags = true;
     const auto legacy = build_worker_args(c, 4321, 2, "");
-    CHECK(std::find(legacy.begin(), legacy.end(), "--slots") == legacy.end());
+    CHECK(std::find(legacy.begin(), legacy.end(), "--slots") != legacy.end());
     CHECK(std::find(legacy.begin(), legacy.end(), "--api-key") == legacy.end());
 }
 
