@@ -64,8 +64,8 @@ class WorkerLog {
 };
 
 std::string post(const std::string& head_lines, const std::string& body = kBody) {
-    return "POST /completion HTTP/1.1\r\n" + head_lines + "Content-Length: " +
-           std::to_string(body.size()) + "\r\n\r\n" + body;
+    return "POST /completion HTTP/1.1\r\n" + head_lines +
+           "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
 }
 
 // The status lines in a raw reply, in order: one per response the pool sent.
@@ -120,9 +120,10 @@ TEST_CASE("RFC 9112 §3.2: no Host or two Hosts get the pool's 400 and reach no 
     CHECK(log.relayed().size() == 1);
 }
 
-TEST_CASE("RFC 9110 §7.2, §7.6: a worker gets a Host of its own, the pool in Via, and an "
-          "origin-form target",
-          "[integration][rfc9112]") {
+TEST_CASE(
+    "RFC 9110 §7.2, §7.6: a worker gets a Host of its own, the pool in Via, and an "
+    "origin-form target",
+    "[integration][rfc9112]") {
     WorkerLog log;
     PoolProcess pool(fake_pool_args(1, {"--admin-key", "adm"}, {"--log-requests", log.path()}));
     // wait_ready reads /pool/status, which now needs the key; the pool's /health does not.
@@ -145,8 +146,8 @@ TEST_CASE("RFC 9110 §7.2, §7.6: a worker gets a Host of its own, the pool in V
     CHECK(raw_status(r) == 200);
     // Its path still meets the pool's own routes and their key.
     const auto admin = raw_exchange(
-        pool.port(), "GET http://x/%2e%2e/pool/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        10s);
+        pool.port(),
+        "GET http://x/%2e%2e/pool/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 10s);
     CHECK(raw_status(admin) == 401);
     const auto relayed = log.relayed();
     REQUIRE(relayed.size() == 1);
@@ -162,7 +163,8 @@ TEST_CASE("RFC 9110 §7.2, §7.6: a worker gets a Host of its own, the pool in V
         CHECK(WorkerLog::values(relayed[0], name).empty());
     }
     // RFC 9110 §7.6.3: the received Via first, then the pool's own, as the list requires.
-    CHECK(WorkerLog::values(relayed[0], "Via") == std::vector<std::string>{"1.0 front", "1.1 llama-pool"});
+    CHECK(WorkerLog::values(relayed[0], "Via") ==
+          std::vector<std::string>{"1.0 front", "1.1 llama-pool"});
 }
 
 TEST_CASE("RFC 9112 §9.3, §9.6: nothing is read after an error or after Connection: close",
@@ -189,8 +191,8 @@ TEST_CASE("RFC 9112 §9.3, §9.6: nothing is read after an error or after Connec
     CHECK(statuses(closed) == std::vector<int>{200});
     // Pipelined requests are answered in order (§9.3.2).
     const auto both = raw_exchange(
-        pool.port(),
-        next + "GET /no-such-route HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 10s);
+        pool.port(), next + "GET /no-such-route HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        10s);
     CHECK(statuses(both) == std::vector<int>{200, 404});
 }
 
@@ -199,8 +201,8 @@ TEST_CASE("RFC 9110 §7.6.2, §9.3: OPTIONS, Max-Forwards, TRACE and CONNECT",
     WorkerLog log;
     PoolProcess pool(fake_pool_args(1, {}, {"--log-requests", log.path()}));
     REQUIRE(pool.wait_ready(1, 20s));
-    const auto star =
-        raw_exchange(pool.port(), "OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 10s);
+    const auto star = raw_exchange(
+        pool.port(), "OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 10s);
     CHECK(raw_status(star) == 200);
     CHECK(star.find("Allow: ") != std::string::npos);
     // Max-Forwards: 0 is answered here; a larger value is forwarded one lower.
@@ -216,8 +218,8 @@ TEST_CASE("RFC 9110 §7.6.2, §9.3: OPTIONS, Max-Forwards, TRACE and CONNECT",
         "OPTIONS /v1/models HTTP/1.1\r\nHost: x\r\nMax-Forwards: 5\r\nConnection: close\r\n\r\n",
         10s);
     // TRACE would echo credentials back; CONNECT asks for a tunnel. Neither is offered.
-    const auto trace = raw_exchange(
-        pool.port(), "TRACE / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 10s);
+    const auto trace =
+        raw_exchange(pool.port(), "TRACE / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 10s);
     CHECK(raw_status(trace) == 501);
     CHECK(pool_made(trace));
     const auto connect = raw_exchange(

@@ -108,9 +108,9 @@ TEST_CASE("RFC 9112 §3.2: a Host with an invalid value is a 400", "[http][rfc91
     }
     // uri-host [":" port]: a name, an IPv4 or bracketed IPv6 address, an empty port, and an
     // empty value (a target without authority, §3.2) are all valid.
-    for (const std::string good : {"", "example.com", "example.com:8080", "127.0.0.1:1",
-                                   "[::1]", "[::1]:80", "[::ffff:1.2.3.4]", "[v7.a:b]", "a:",
-                                   "xn--a-b.c", "a%2Fb", "a,b;c=d"}) {
+    for (const std::string good :
+         {"", "example.com", "example.com:8080", "127.0.0.1:1", "[::1]", "[::1]:80",
+          "[::ffff:1.2.3.4]", "[v7.a:b]", "a:", "xn--a-b.c", "a%2Fb", "a,b;c=d"}) {
         INFO(good);
         CHECK(status_of("GET / HTTP/1.1\r\nHost: " + good + "\r\n\r\n") == 200);
     }
@@ -210,14 +210,13 @@ TEST_CASE("RFC 9112 §6.1, §6.3: Transfer-Encoding the pool cannot frame is ref
     CHECK(framing_status(post + "Transfer-Encoding: xchunked\r\n\r\n") == 400);
     // Framed, but by codings the pool does not implement: 501 (§6.1).
     CHECK(framing_status(post + "Transfer-Encoding: gzip, chunked\r\n\r\n") == 501);
-    CHECK(framing_status(post + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n") ==
-          501);
+    CHECK(framing_status(
+              post + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n") == 501);
     // With Content-Length too: refused, whatever the order (§6.1, §6.3 rule 3).
     CHECK(framing_status(post + "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n") == 400);
     CHECK(framing_status(post + "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n") == 400);
     // HTTP/1.0 has no transfer codings: the framing is faulty (§6.1).
-    CHECK(framing_status("POST /completion HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n") ==
-          400);
+    CHECK(framing_status("POST /completion HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n") == 400);
 }
 
 TEST_CASE("RFC 9112 §6.2-3, RFC 9110 §8.6: Content-Length is a number the pool can hold",
@@ -229,8 +228,8 @@ TEST_CASE("RFC 9112 §6.2-3, RFC 9110 §8.6: Content-Length is a number the pool
     REQUIRE(head(post + "Content-Length: 7, 7\r\nContent-Length: 7\r\n\r\n", req).status ==
             ParseStatus::complete);
     CHECK(request_framing(req).framing.length == 7);
-    for (const std::string bad : {"+7", "-7", "0x7", "7 7", "7,", "", "7.0", "1e3",
-                                  "99999999999999999999999", "7, 8"}) {
+    for (const std::string bad :
+         {"+7", "-7", "0x7", "7 7", "7,", "", "7.0", "1e3", "99999999999999999999999", "7, 8"}) {
         INFO(bad);
         CHECK(framing_status(post + "Content-Length: " + bad + "\r\n\r\n") == 400);
     }
@@ -277,16 +276,15 @@ TEST_CASE("RFC 9112 §7.1.2: trailers are field lines, bounded, and dropped", "[
     CHECK(d.error() == "trailer section too large");
 }
 
-TEST_CASE("RFC 9112 §6.1, §6.3: a worker's framing is held to the same rules",
-          "[http][rfc9112]") {
+TEST_CASE("RFC 9112 §6.1, §6.3: a worker's framing is held to the same rules", "[http][rfc9112]") {
     HttpResponseHead h10;
     REQUIRE(parse_response_head("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", {}, h10)
                 .status == ParseStatus::complete);
     CHECK(response_framing(h10, false).error_status == 502);
     HttpResponseHead gzip;
-    REQUIRE(parse_response_head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", {},
-                                gzip)
-                .status == ParseStatus::complete);
+    REQUIRE(
+        parse_response_head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", {}, gzip)
+            .status == ParseStatus::complete);
     CHECK(response_framing(gzip, false).error_status == 502);
 }
 
@@ -310,8 +308,8 @@ TEST_CASE("RFC 9110 §7.2: the Host the pool sends is one its own parser accepts
     CHECK(host_header_for("worker-1.internal", 80) == "worker-1.internal:80");
     CHECK(host_header_for("::1", 8080) == "[::1]:8080");
     CHECK(host_header_for("fe80::1:2", 1) == "[fe80::1:2]:1");
-    for (const auto& [host, port] : {std::pair<std::string, int>{"127.0.0.1", 1},
-                                     {"::1", 65535}, {"w.example", 8080}}) {
+    for (const auto& [host, port] :
+         {std::pair<std::string, int>{"127.0.0.1", 1}, {"::1", 65535}, {"w.example", 8080}}) {
         const auto value = host_header_for(host, static_cast<std::uint16_t>(port));
         INFO(value);
         CHECK(status_of("GET /health HTTP/1.1\r\nHost: " + value + "\r\n\r\n") == 200);
