@@ -172,6 +172,11 @@ bool HttpClientConnection::stale() const {
     return !fd_.valid() || peer_closed(fd_.get());
 }
 
+std::string host_header_for(std::string_view host, std::uint16_t port) {
+    const bool ipv6 = host.find(':') != std::string_view::npos && host.front() != '[';
+    return ipv6 ? fmt::format("[{}]:{}", host, port) : fmt::format("{}:{}", host, port);
+}
+
 FetchResult http_fetch(const std::string& host, std::uint16_t port, std::string_view method,
                        std::string_view target, const Headers& headers, std::string_view body,
                        milliseconds timeout, std::size_t max_body_bytes, const IoWatch& watch) {
@@ -186,7 +191,7 @@ FetchResult http_fetch(const std::string& host, std::uint16_t port, std::string_
     if (!request_headers.has("Connection")) {
         request_headers.add("Connection", "close");
     }
-    const auto host_header = fmt::format("{}:{}", host, port);
+    const auto host_header = host_header_for(host, port);
     result.io =
         conn.send_request(method, target, host_header, request_headers, body, deadline, watch);
     if (result.io != IoStatus::ok) {

@@ -58,6 +58,11 @@ class HttpClientConnection {
     bool drained_ = true;
 };
 
+// The Host value for a request sent to host:port (RFC 9110 §7.2). Every request the pool
+// sends carries one (RFC 9112 §3.2 lets a server refuse an HTTP/1.1 request without it); an
+// IPv6 address goes in brackets, since "::1:8080" is no valid Host.
+std::string host_header_for(std::string_view host, std::uint16_t port);
+
 // A whole request/response exchange on a fresh connection, for probes, admin calls and
 // tests. `status` is 0 when no response head arrived; `error` then says why.
 struct FetchResult {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <charconv>
 
 namespace llama_pool {
 
@@ -81,6 +82,20 @@ bool HttpRequest::keep_alive() const {
         return connection && header_has_token(*connection, "keep-alive");
     }
     return !(connection && header_has_token(*connection, "close"));
+}
+
+std::optional<std::uint64_t> max_forwards(const Headers& headers) {
+    const auto value = headers.get("Max-Forwards");
+    if (!value) {
+        return std::nullopt;
+    }
+    const auto v = trim(*value);
+    std::uint64_t hops = 0;
+    const auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), hops);
+    if (v.empty() || ec != std::errc() || ptr != v.data() + v.size()) {
+        return std::nullopt;
+    }
+    return hops;
 }
 
 const char* reason_phrase(int status) {

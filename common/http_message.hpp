@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -36,7 +37,9 @@ bool header_has_token(std::string_view value, std::string_view token);
 
 struct HttpRequest {
     std::string method;
-    std::string target;  // as received: path plus optional query
+    // Path plus optional query as received, or "*" (OPTIONS). An absolute-form target arrives
+    // here as its path and query, its authority in Host (RFC 9112 §3.2.2).
+    std::string target;
     int version_minor = 1;
     Headers headers;
     std::string body;  // fully read and de-chunked before the handler runs
@@ -52,6 +55,9 @@ struct HttpResponseHead {
     int version_minor = 1;
     Headers headers;
 };
+
+// Max-Forwards (RFC 9110 §7.6.2) when present and a decimal number.
+std::optional<std::uint64_t> max_forwards(const Headers& headers);
 
 const char* reason_phrase(int status);
 

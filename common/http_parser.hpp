@@ -27,6 +27,10 @@ struct HeadLimits {
     std::size_t max_fields = 100;
 };
 
+// Also holds the request line to RFC 9112 §3: one space between its parts, a version of the
+// form HTTP/d.d (1.x accepted, another major 505), an origin-form target, "*" for OPTIONS
+// only, an http(s) absolute-form target rewritten to origin-form with its authority as Host,
+// CONNECT refused (501); and Host to §3.2: one in HTTP/1.1, never two, always valid.
 ParseResult parse_request_head(std::string_view buffer, const HeadLimits& limits, HttpRequest& out);
 ParseResult parse_response_head(std::string_view buffer, const HeadLimits& limits,
                                 HttpResponseHead& out);
@@ -44,14 +48,16 @@ struct FramingResult {
 };
 
 // Requests: Content-Length together with Transfer-Encoding, differing Content-Lengths, a
-// non-numeric length or a coding other than a final "chunked" are refused, not guessed.
+// non-numeric length, a coding list whose final coding is not "chunked" (400) or holds
+// others before it (501), and Transfer-Encoding in HTTP/1.0 are refused, not guessed.
 FramingResult request_framing(const HttpRequest& request);
 // Responses to HEAD, 1xx, 204 and 304 have no body; otherwise chunked, length or close.
 FramingResult response_framing(const HttpResponseHead& head, bool request_was_head);
 
 // Incremental chunked-coding decoder. Feed it whatever bytes arrived; it appends the
-// decoded payload to `out` and reports how many input bytes it used. Trailers are read and
-// dropped.
+// decoded payload to `out` and reports how many input bytes it used. Size lines and chunk
+// extensions are held to their grammar (extensions are then ignored); trailers are checked
+// as field lines, bounded in total, and dropped.
 class ChunkedDecoder {
   public:
     enum class Status { need_more, done, error };
@@ -63,7 +69,10 @@ class ChunkedDecoder {
   private:
     enum class State { size_line, data, data_crlf, trailer_line, done, failed };
     State state_ = State::size_line;
+    // Trailer fields are dropped, so their total is bounded like a head's, not kept.
+    static constexpr std::size_t kMaxTrailerBytes = 16 * 1024;
     std::size_t remaining_ = 0;
+    std::size_t trailer_bytes_ = 0;
     std::string line_;
     std::size_t max_line_;
     std::string error_;

@@ -13,6 +13,21 @@ milliseconds to_ms(double seconds) {
     return milliseconds(static_cast<long long>(seconds * 1000));
 }
 
+// Requests the pool answers as their final recipient instead of relaying: an OPTIONS about the
+// server itself ("*", RFC 9110 §9.3.7) or one that may go no further (Max-Forwards: 0, which
+// an intermediary must not forward, §7.6.2), and TRACE, which would echo the client's
+// credentials back (§9.3.8); llama-server implements no TRACE either. 0: relay it.
+int final_recipient_status(const HttpRequest& request) {
+    if (request.method == "TRACE") {
+        return 501;
+    }
+    if (request.method == "OPTIONS" &&
+        (request.target == "*" || max_forwards(request.headers) == 0u)) {
+        return 200;
+    }
+    return 0;
+}
+
 }  // namespace
 
 ProxyServer::ProxyServer(const PoolConfig& config, GroupSet& groups, Logger& log,
@@ -65,7 +80,18 @@ void ProxyServer::handle(Exchange& exchange) {
     std::string target;
     RelayOutcome outcome;
     std::string path = "invalid";
-    if (!normalize_target(request.target, target)) {
+    if (const int status = final_recipient_status(request); status != 0) {
+        if (status == 200) {
+            Headers headers;
+            headers.add("Allow", "GET, HEAD, POST, OPTIONS");
+            headers.add("X-Request-Id", request_id);
+            exchange.respond(200, std::move(headers), "");
+        } else {
+            respond_json(exchange, status, make_error_body(status, "TRACE is not supported"),
+                         request_id);
+        }
+        outcome.status = status;
+    } else if (!normalize_target(request.target, target)) {
         respond_json(exchange, 400,
                      make_error_body(400,
                                      "request target must be a path, with no encoded "

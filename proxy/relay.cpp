@@ -99,6 +99,15 @@ Headers upstream_request_headers(const HttpRequest& request, const std::string& 
             forwarded_for = value;
             continue;
         }
+        // RFC 9110 §7.6.2: an OPTIONS or TRACE that may go further is forwarded with one hop
+        // less (zero is answered by the pool itself, in ProxyServer::handle).
+        if (iequals(name, "Max-Forwards") &&
+            (request.method == "OPTIONS" || request.method == "TRACE")) {
+            if (const auto hops = max_forwards(request.headers); hops && *hops > 0) {
+                out.add(name, std::to_string(*hops - 1));
+                continue;
+            }
+        }
         // The client's credentials were for the pool; the worker gets the pool's own key.
         if (!worker_key.empty() && (iequals(name, "Authorization") || iequals(name, "X-Api-Key"))) {
             continue;
@@ -109,6 +118,9 @@ Headers upstream_request_headers(const HttpRequest& request, const std::string& 
         out.add("Authorization", "Bearer " + worker_key);
     }
     out.add("X-Request-Id", request_id);
+    // RFC 9110 §7.6.3: a gateway must add itself to Via on each request it forwards. The
+    // received Via lines stay where they were, so this one comes last, as the list requires.
+    out.add("Via", fmt::format("1.{} llama-pool", request.version_minor));
     out.add("X-Forwarded-For",
             forwarded_for.empty() ? client_addr : forwarded_for + ", " + client_addr);
     return out;
@@ -297,7 +309,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
 
         const auto headers = upstream_request_headers(request, request_id, backend.api_key,
                                                       exchange.remote_address());
-        const auto host_header = fmt::format("{}:{}", backend.pool.host(), backend.pool.port());
+        const auto host_header = host_header_for(backend.pool.host(), backend.pool.port());
         HttpClientConnection conn;
         HttpResponseHead head;
         IoStatus io = IoStatus::ok;

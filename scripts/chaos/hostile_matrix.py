@@ -131,6 +131,14 @@ def main():
         case("Content-Length: 40000000 (limit 32 MiB)",
              b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Length: 40000000\r\n\r\n")
         case("HTTP/2.0 request line", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n")
+        # RFC 9112 §3.2 and §3.2.2 (asserted in http_conformance_test.cpp).
+        case("HTTP/1.1 without Host", b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
+        case("HTTP/1.1 with two Host lines",
+             b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n")
+        case("HTTP/1.0 without Host", b"GET /health HTTP/1.0\r\n\r\n")
+        case("absolute-form target", post(b"http://elsewhere.example/completion"))
+        case("Transfer-Encoding in HTTP/1.0",
+             b"POST /completion HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
         case("Expect: something-else", post(b"/completion", BODY, b"Expect: nothing\r\n"))
         case("head never finished (slowloris; head timeout 5 s)",
              b"POST /completion HTTP/1.1\r\nHost: x\r\n")

@@ -24,7 +24,7 @@ bool same_head(const HttpRequest& a, const HttpRequest& b) {
 }
 
 bool is_error_status(int status) {
-    return status == 400 || status == 414 || status == 431 || status == 505;
+    return status == 400 || status == 414 || status == 431 || status == 501 || status == 505;
 }
 
 // Nothing that reaches a handler (and from there a worker, a log line or a response
@@ -32,6 +32,13 @@ bool is_error_status(int status) {
 void check_request_contents(const HttpRequest& request) {
     FUZZ_CHECK(!request.method.empty());
     FUZZ_CHECK(!request.target.empty());
+    // RFC 9112 §3.2: one Host in HTTP/1.1, never two; only origin-form or OPTIONS "*" reaches
+    // a handler (an absolute-form target was rewritten), and never CONNECT.
+    const auto hosts = request.headers.count("Host");
+    FUZZ_CHECK(hosts <= 1 && (hosts == 1 || request.version_minor == 0));
+    FUZZ_CHECK(request.target.front() == '/' ||
+               (request.target == "*" && request.method == "OPTIONS"));
+    FUZZ_CHECK(request.method != "CONNECT");
     for (const char c : request.target) {
         const auto u = static_cast<unsigned char>(c);
         FUZZ_CHECK(u > 0x20 && u < 0x7f);
