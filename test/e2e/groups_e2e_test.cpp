@@ -17,24 +17,21 @@ namespace {
 // The demo model under a second file name, so the embeddings group can be picked by the
 // file name at the end of a model path, as the n8n node sends it.
 struct ModelLinks {
-    std::filesystem::path dir;
+    TempDir dir;
     ModelLinks() {
-        char tmpl[] = "/tmp/llama-pool-groups-e2e-XXXXXX";
-        dir = ::mkdtemp(tmpl);
-        std::filesystem::create_symlink(real_model_path(), dir / "embed-model.gguf");
+        std::filesystem::create_symlink(real_model_path(), dir.file("embed-model.gguf"));
         json doc;
         doc["workers"] = {{"llama_server", real_server_path()}, {"ctx_size", 2048}};
         doc["groups"] = json::array(
             {{{"name", "chat"}, {"model", real_model_path()}, {"workers", 1}, {"parallel", 2}},
              {{"name", "embed"},
-              {"model", (dir / "embed-model.gguf").string()},
+              {"model", dir.file("embed-model.gguf")},
               {"workers", 1},
               {"parallel", 1},
               {"endpoints", {"/v1/embeddings", "/embeddings", "/embedding"}},
               {"args", {"--embeddings", "--pooling", "mean"}}}});
-        std::ofstream(dir / "pool.json") << doc.dump(2);
+        std::ofstream(dir.file("pool.json")) << doc.dump(2);
     }
-    ~ModelLinks() { std::filesystem::remove_all(dir); }
 };
 
 }  // namespace
@@ -42,7 +39,7 @@ struct ModelLinks {
 TEST_CASE("groups e2e: chat and embeddings from one URL, every call the n8n node makes",
           "[e2e][groups]") {
     ModelLinks links;
-    PoolProcess pool({"--config", (links.dir / "pool.json").string()});
+    PoolProcess pool({"--config", links.dir.file("pool.json")});
     REQUIRE(pool.wait_ready(2, 180s));
     auto c = pool.client();
 

@@ -18,25 +18,21 @@ namespace {
 // A config with `groups` in a fresh directory that also holds the groups' (dummy) model
 // files: the fakes answer with the model path they were given, which says who served.
 struct GroupsConfig {
-    std::filesystem::path dir;
+    TempDir dir;
     explicit GroupsConfig(const json& groups, const json& workers = json::object()) {
-        char tmpl[] = "/tmp/llama-pool-groups-it-XXXXXX";
-        dir = ::mkdtemp(tmpl);
         for (const auto* name : {"chat.gguf", "embed.gguf", "cold.gguf", "other.gguf"}) {
-            std::ofstream(dir / name) << "gguf";
+            std::ofstream(dir.file(name)) << "gguf";
         }
         json doc;
         doc["workers"] = workers;
         doc["groups"] = groups;
         // Model names are file names here; the directory is filled in.
         for (auto& g : doc["groups"]) {
-            g["model"] = (dir / g["model"].get<std::string>()).string();
+            g["model"] = dir.file(g["model"].get<std::string>());
         }
-        std::ofstream(dir / "pool.json") << doc.dump(2);
+        std::ofstream(path()) << doc.dump(2);
     }
-    ~GroupsConfig() { std::filesystem::remove_all(dir); }
-    std::string path() const { return (dir / "pool.json").string(); }
-    std::string model(const std::string& file) const { return (dir / file).string(); }
+    std::string path() const { return dir.file("pool.json"); }
 };
 
 std::vector<std::string> group_pool_args(const GroupsConfig& config,

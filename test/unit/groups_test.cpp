@@ -7,6 +7,7 @@
 #include "common/config.hpp"
 #include "proxy/group_router.hpp"
 #include "supervisor/group_scaling.hpp"
+#include "test/support/test_process.hpp"
 
 using namespace llama_pool;
 using namespace std::chrono_literals;
@@ -16,25 +17,21 @@ namespace {
 // A config file with `body` in a fresh directory, plus an executable and two model files
 // there, so validation's file checks pass.
 struct ConfigDir {
-    std::filesystem::path dir;
+    test::TempDir dir;
     ConfigDir() {
-        char tmpl[] = "/tmp/llama-pool-groups-XXXXXX";
-        dir = ::mkdtemp(tmpl);
-        std::ofstream(dir / "llama-server") << "#!/bin/sh\n";
-        std::filesystem::permissions(dir / "llama-server", std::filesystem::perms::owner_all);
-        std::ofstream(dir / "chat.gguf") << "x";
-        std::ofstream(dir / "embed.gguf") << "x";
+        std::ofstream(dir.file("llama-server")) << "#!/bin/sh\n";
+        std::filesystem::permissions(dir.file("llama-server"), std::filesystem::perms::owner_all);
+        std::ofstream(dir.file("chat.gguf")) << "x";
+        std::ofstream(dir.file("embed.gguf")) << "x";
     }
-    ~ConfigDir() { std::filesystem::remove_all(dir); }
     ConfigResult load(const std::string& groups_json, std::vector<std::string> args = {}) {
-        const auto path = dir / "pool.json";
-        std::ofstream(path) << R"({"workers": {"llama_server": ")"
-                            << (dir / "llama-server").string() << R"("}, "groups": )" << groups_json
-                            << "}";
-        args.insert(args.begin(), {"--config", path.string()});
+        const auto path = dir.file("pool.json");
+        std::ofstream(path) << R"({"workers": {"llama_server": ")" << dir.file("llama-server")
+                            << R"("}, "groups": )" << groups_json << "}";
+        args.insert(args.begin(), {"--config", path});
         return load_config(args, [](const std::string&) { return std::nullopt; });
     }
-    std::string model(const std::string& name) const { return (dir / name).string(); }
+    std::string model(const std::string& name) const { return dir.file(name); }
 };
 
 bool has_error(const ConfigResult& r, const std::string& part) {
