@@ -183,9 +183,9 @@ void PoolMetrics::retry(std::string_view reason) {
     retries_.labels({std::string(reason)}).inc();
 }
 
-void PoolMetrics::second_opinion(std::string_view result, double seconds) {
-    second_opinions_.labels({std::string(result)}).inc();
-    if (result != "skipped") {
+void PoolMetrics::second_opinion(SecondOpinion result, double seconds) {
+    second_opinions_.labels({std::string(to_string(result))}).inc();
+    if (result != SecondOpinion::skipped) {
         second_opinion_seconds_.get().observe(seconds);
     }
 }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/metrics.hpp"
+#include "proxy/relay_reasons.hpp"
 
 namespace llama_pool {
 
@@ -63,7 +64,7 @@ class PoolMetrics {
     // A worker's 500 and what asking another worker found: served_elsewhere, failed_elsewhere,
     // no_worker_free, or skipped (the body showed a request mistake); `seconds` is what the
     // second opinion added to the client's wait.
-    void second_opinion(std::string_view result, double seconds);
+    void second_opinion(SecondOpinion result, double seconds);
     void rejected(std::string_view reason);
     void client_disconnect();
     void tokens(std::string_view group, const std::string& worker, long long predicted,

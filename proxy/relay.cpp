@@ -455,7 +455,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
             request_is_json() && pre.done && !events) {
             if (classify_worker_500(pre.bytes) == Worker500::request_mistake) {
                 request_mistake = true;
-                metrics_.second_opinion("skipped", 0);
+                metrics_.second_opinion(SecondOpinion::skipped, 0);
             } else if (may_retry()) {
                 first_500 = KeptReply{head.status, head.headers, pre.bytes};
                 backend.pool.give_back(std::move(conn));
@@ -486,9 +486,9 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                 registry_.report(*second_opinion_for, head.status == 500);
                 second_opinion_for.reset();
                 first_500.reset();
-                metrics_.second_opinion(
-                    head.status == 500 ? "failed_elsewhere" : "served_elsewhere",
-                    to_seconds(Clock::now() - second_opinion_started));
+                metrics_.second_opinion(head.status == 500 ? SecondOpinion::failed_elsewhere
+                                                           : SecondOpinion::served_elsewhere,
+                                        to_seconds(Clock::now() - second_opinion_started));
             }
             outcome.status = head.status;
             if (pre.done && !length && !events) {
@@ -620,7 +620,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
     }
     if (first_500) {
         // No other worker gave a verdict in time: the client gets the worker's own answer.
-        metrics_.second_opinion("no_worker_free",
+        metrics_.second_opinion(SecondOpinion::no_worker_free,
                                 to_seconds(Clock::now() - second_opinion_started));
         outcome.status = first_500->status;
         exchange.respond(first_500->status, client_response_headers(first_500->headers, request_id),

@@ -86,4 +86,18 @@ std::string_view to_string(RetryReason reason) {
     return "unknown";
 }
 
+std::string_view to_string(SecondOpinion result) {
+    switch (result) {
+        case SecondOpinion::skipped:
+            return "skipped";
+        case SecondOpinion::served_elsewhere:
+            return "served_elsewhere";
+        case SecondOpinion::failed_elsewhere:
+            return "failed_elsewhere";
+        case SecondOpinion::no_worker_free:
+            return "no_worker_free";
+    }
+    return "skipped";
+}
+
 }  // namespace llama_pool

@@ -47,4 +47,13 @@ RetryReason to_retry_reason(AttemptFailure failure);
 RetryReason retry_reason_for_status(int status);
 std::string_view to_string(RetryReason reason);
 
+// What became of a worker's 500: the `result` label of the second-opinions metric.
+enum class SecondOpinion {
+    skipped,           // the 500 came from reading the request: passed on, nobody blamed
+    served_elsewhere,  // another worker served it: the first worker was at fault
+    failed_elsewhere,  // another worker said 500 too: the request was at fault
+    no_worker_free,    // no other worker in time: the client got the first 500
+};
+std::string_view to_string(SecondOpinion result);
+
 }  // namespace llama_pool
