@@ -23,10 +23,6 @@ namespace {
 
 using SteadyClock = std::chrono::steady_clock;
 
-long long ms_since(SteadyClock::time_point t) {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(SteadyClock::now() - t).count();
-}
-
 bool is_file(const std::string& path) {
     struct stat st {};
     return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
@@ -75,19 +71,6 @@ int count_of(const std::string& haystack, const std::string& needle) {
         ++n;
     }
     return n;
-}
-
-// The value of a metric line that starts with `prefix` (labels included), or -1.
-double metric_value(const std::string& text, const std::string& prefix) {
-    for (auto at = text.find(prefix); at != std::string::npos; at = text.find(prefix, at + 1)) {
-        if (at != 0 && text[at - 1] != '\n') {
-            continue;
-        }
-        const auto end = text.find('\n', at);
-        const auto line = text.substr(at, end - at);
-        return std::stod(line.substr(line.rfind(' ') + 1));
-    }
-    return -1;
 }
 
 // A streaming completion that runs until stopped (or n_predict ends), holding a slot.

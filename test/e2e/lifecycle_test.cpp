@@ -21,10 +21,6 @@ namespace {
 
 using SteadyClock = std::chrono::steady_clock;
 
-long long ms_since(SteadyClock::time_point t) {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(SteadyClock::now() - t).count();
-}
-
 json worker_by_pid(const json& status, int pid) {
     for (const auto& w : status.value("workers", json::array())) {
         if (w["pid"] == pid) {

@@ -17,18 +17,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-double metric_value(const std::string& text, const std::string& prefix) {
-    for (auto at = text.find(prefix); at != std::string::npos; at = text.find(prefix, at + 1)) {
-        if (at != 0 && text[at - 1] != '\n') {
-            continue;
-        }
-        const auto end = text.find('\n', at);
-        const auto line = text.substr(at, end - at);
-        return std::stod(line.substr(line.rfind(' ') + 1));
-    }
-    return 0;
-}
-
 int lines_with(const std::string& path, const std::string& needle) {
     std::ifstream in(path);
     std::string line;

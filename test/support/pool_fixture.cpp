@@ -111,6 +111,25 @@ std::string PoolProcess::log_lines_with(const std::string& needle) const {
     return out;
 }
 
+double metric_value(const std::string& exposition, const std::string& prefix) {
+    for (auto at = exposition.find(prefix); at != std::string::npos;
+         at = exposition.find(prefix, at + 1)) {
+        if (at != 0 && exposition[at - 1] != '\n') {
+            continue;
+        }
+        const auto end = exposition.find('\n', at);
+        const auto line = exposition.substr(at, end - at);
+        return std::stod(line.substr(line.rfind(' ') + 1));
+    }
+    return -1;
+}
+
+long long ms_since(std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                                 t)
+        .count();
+}
+
 std::string dummy_model_path() {
     return LLAMA_POOL_BINARY;
 }

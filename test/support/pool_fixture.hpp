@@ -49,6 +49,13 @@ std::string dummy_model_path();
 std::vector<std::string> fake_pool_args(int workers, std::vector<std::string> extra = {},
                                         std::vector<std::string> worker_args = {});
 
+// The value of the first sample line of a Prometheus exposition that starts with `prefix`
+// (labels included), or -1 when there is none.
+double metric_value(const std::string& exposition, const std::string& prefix);
+
+// Milliseconds since `t`, for the measurements that end-to-end tests print (never assert).
+long long ms_since(std::chrono::steady_clock::time_point t);
+
 // POSTs a JSON body and hands each piece of the response body to `on_data` as it arrives.
 // Returns the response (status 0 when the exchange failed).
 httplib::Response stream_post(httplib::Client& client, const std::string& path,
