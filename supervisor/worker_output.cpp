@@ -78,8 +78,9 @@ OutputLineKind classify_worker_line(std::string_view line, bool starting) {
         return OutputLineKind::error;
     }
     // "input truncated": BitNet's fork cuts a prompt over the slot context without failing
-    // the request; the pool's log must show it.
-    if (contains_any(l, {"warn", "deprecated", "truncated"})) {
+    // the request; the pool's log must show it. Not a bare "truncated": current llama-server
+    // ends every request with "stop processing: ..., truncated = 0".
+    if (contains_any(l, {"warn", "deprecated", "input truncated", "truncated = 1"})) {
         return OutputLineKind::warning;
     }
     return starting ? OutputLineKind::startup : OutputLineKind::other;

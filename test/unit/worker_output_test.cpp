@@ -23,6 +23,10 @@ TEST_CASE("worker lines are classified for the pool's log", "[worker-output]") {
     CHECK(classify_worker_line("slot update_slots: id  0 | task 1 | input truncated, n_ctx = 256",
                                false) == OutputLineKind::warning);
     CHECK(classify_worker_line("W warning: no usable GPU found", true) == OutputLineKind::warning);
+    // Current llama-server's routine end of every request is not a warning.
+    CHECK(classify_worker_line("0.00.223.417 I slot      release: id  1 | task 0 | stop "
+                               "processing: n_tokens = 2, truncated = 0",
+                               false) == OutputLineKind::other);
     CHECK(log_level_for(OutputLineKind::startup) == LogLevel::info);
     CHECK(log_level_for(OutputLineKind::warning) == LogLevel::warn);
     CHECK(log_level_for(OutputLineKind::error) == LogLevel::error);
