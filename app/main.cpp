@@ -1,12 +1,16 @@
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 
 #include "app/cli.hpp"
 #include "app/serve.hpp"
 #include "common/config.hpp"
+#include "common/config_fields.hpp"
 #include "common/log.hpp"
+#include "workloads/job_store.hpp"
 
 int main(int argc, char** argv) {
     using namespace llama_pool;
@@ -40,6 +44,22 @@ int main(int argc, char** argv) {
         }
         fmt::print("{}\n", shown.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
         return 0;
+    }
+
+    // Persistence was asked for, so a data directory the pool cannot write is a config error
+    // (exit 2, before any worker starts), not a warning per job while results are lost. The
+    // check runs here and not in --check-config, which must not create directories.
+    if (!loaded.config.jobs_data_dir.empty()) {
+        const auto dir = (std::filesystem::path(loaded.config.jobs_data_dir) / "jobs").string();
+        if (std::string error; !prepare_job_dir(dir, error)) {
+            fmt::print(stderr,
+                       "llama-pool: error: key \"jobs.data_dir\": {} ({}); job records could "
+                       "not be kept. Make the directory writable by uid {} (e.g. chown it, or "
+                       "mount a writable volume there), or set jobs.data_dir to \"\" "
+                       "(--data-dir '' or LLAMA_POOL_DATA_DIR=) to keep jobs in memory only\n",
+                       quote_for_error(loaded.config.jobs_data_dir), error, ::geteuid());
+            return 2;
+        }
     }
 
     // Block the signals we handle before any thread exists, so every thread inherits the

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <variant>
 
@@ -234,6 +235,42 @@ bool parse_upstream_url(const std::string& url, UpstreamAddress& out, std::strin
 
 namespace {
 
+// Why a model path names no file, as far as its folder tells: a folder that is missing or
+// empty is most often a models volume that is not mounted (Docker creates an empty folder
+// for a host path that does not exist), and the files that are there show a misspelt name.
+std::string model_folder_hint(const std::string& model) {
+    namespace fs = std::filesystem;
+    auto folder = fs::path(model).parent_path();
+    if (folder.empty()) {
+        folder = ".";
+    }
+    std::error_code ec;
+    if (!fs::is_directory(folder, ec)) {
+        return fmt::format("; its folder {} does not exist", quote_for_error(folder.string()));
+    }
+    std::vector<std::string> names;
+    for (const auto& entry : fs::directory_iterator(folder, ec)) {
+        names.push_back(entry.path().filename().string());
+    }
+    if (ec) {
+        return {};
+    }
+    if (names.empty()) {
+        return fmt::format(
+            "; its folder {} is empty: is the models folder mounted there (Docker: -v "
+            "/path/to/models:/models, compose: MODELS_DIR)?",
+            quote_for_error(folder.string()));
+    }
+    std::sort(names.begin(), names.end());
+    constexpr std::size_t kShown = 5;
+    std::string shown;
+    for (std::size_t i = 0; i < names.size() && i < kShown; ++i) {
+        shown += (i == 0 ? "" : ", ") + quote_for_error(names[i]);
+    }
+    return fmt::format("; its folder {} holds {}{}", quote_for_error(folder.string()), shown,
+                       names.size() > kShown ? ", ..." : "");
+}
+
 // The llama-server binary and the model of one set of workers. `where` prefixes each error
 // ("groups[1] \"embed\": ") when a group's settings are checked.
 void validate_workers(const PoolConfig& c, const std::string& where,
@@ -255,9 +292,9 @@ void validate_workers(const PoolConfig& c, const std::string& where,
                         "`make -s demo-model-path` builds a small demo model)",
                         where, where.empty() ? "workers.model" : "model"));
     } else if (struct stat ms{}; ::stat(c.model.c_str(), &ms) != 0 || !S_ISREG(ms.st_mode)) {
-        errors.push_back(fmt::format("{}key \"{}\": {} does not exist or is not a file", where,
+        errors.push_back(fmt::format("{}key \"{}\": {} does not exist or is not a file{}", where,
                                      where.empty() ? "workers.model" : "model",
-                                     quote_for_error(c.model)));
+                                     quote_for_error(c.model), model_folder_hint(c.model)));
     }
 }
 

@@ -206,7 +206,8 @@ std::span<const FieldSpec> config_fields() {
          "built-in",
          &P::summarize_reduce_prompt},
         {"jobs.data_dir", "--data-dir", "LLAMA_POOL_DATA_DIR",
-         "directory where job records are kept across restarts (created when first needed); "
+         "directory where job records are kept across restarts (created at start; the pool "
+         "exits with code 2 when it cannot write there); "
          "empty = memory only",
          &P::jobs_data_dir},
         {"jobs.max_jobs", "--jobs-max", "",

@@ -43,8 +43,15 @@ fetch_source() {
   local tmp
   tmp=$(mktemp -d)
   log "fetching node-llama-cpp@$NODE_LLAMA_CPP_VERSION from the npm registry"
-  (cd "$tmp" && npm pack --silent "node-llama-cpp@$NODE_LLAMA_CPP_VERSION" >/dev/null 2>&1) ||
-    die "npm pack node-llama-cpp@$NODE_LLAMA_CPP_VERSION failed"
+  # npm's own words are what tell a proxy, a certificate or a registry problem apart, so they
+  # are kept (--silent would hide errors too) and shown when the fetch fails.
+  if ! (cd "$tmp" && npm pack --loglevel=error "node-llama-cpp@$NODE_LLAMA_CPP_VERSION" \
+    >"$tmp/npm-pack.log" 2>&1); then
+    sed 's/^/llama-toolchain: npm: /' "$tmp/npm-pack.log" >&2
+    die "npm pack node-llama-cpp@$NODE_LLAMA_CPP_VERSION failed (npm's output above; behind a" \
+      "TLS-inspecting proxy give npm its CA: NODE_EXTRA_CA_CERTS=FILE, or the Dockerfile's" \
+      "EXTRA_CA_CERTS build argument)"
+  fi
   tar -xzf "$tmp/node-llama-cpp-$NODE_LLAMA_CPP_VERSION.tgz" -C "$tmp" package/llama/gitRelease.bundle
   rm -rf "$src.tmp"
   git clone --quiet "$tmp/package/llama/gitRelease.bundle" "$src.tmp" 2>/dev/null ||

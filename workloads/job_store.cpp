@@ -333,6 +333,26 @@ bool JobStore::remove(const std::string& id) {
     return true;
 }
 
+bool prepare_job_dir(const std::string& dir, std::string& error) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) {
+        error = fmt::format("cannot create {}: {}", dir, ec.message());
+        return false;
+    }
+    // A real write, not access(): it also catches read-only mounts, a full disk's inode
+    // table and ACLs, and it means the same thing for root (who passes any access check).
+    const auto probe = (fs::path(dir) / fmt::format(".write-check-{}", ::getpid())).string();
+    const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        error = fmt::format("cannot write in {}: {}", dir, std::strerror(errno));
+        return false;
+    }
+    ::close(fd);
+    ::unlink(probe.c_str());
+    return true;
+}
+
 void JobStore::persist_locked(const JobRecord& job) {
     if (options_.dir.empty()) {
         return;

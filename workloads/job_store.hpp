@@ -44,6 +44,11 @@ struct JobStoreOptions {
     std::string dir;             // where records are written; empty: memory only
 };
 
+// Creates `dir` when missing and checks that a file can be written in it, so that a data
+// directory the pool cannot use stops it at start rather than losing every job record later
+// with only a warning. False with `error` (what failed and why) otherwise.
+bool prepare_job_dir(const std::string& dir, std::string& error);
+
 // The bounded set of jobs. Finished jobs go first when room is needed (oldest first) and
 // when they are older than max_age; unfinished ones are never evicted, so a full store of
 // unfinished jobs refuses new ones. Every state change is written to `dir` (one JSON file a

@@ -3,11 +3,15 @@
 
 Usage: check_kubernetes.py BUILD/llama-pool
 Loads docker/kubernetes/*.yaml, checks kinds and the fields the objects need, that the
-front discovers the workers' headless Service by a dns:// upstream that names it, and
-starts the real binary to make sure every probe path answers (not 404).
+front discovers the workers' headless Service by a dns:// upstream that names it, that the
+manifests apply to any namespace (none set, none in a DNS name), that every container says
+how its image is pulled and runs as the image's numeric non-root user, that every claim a
+pod mounts is defined, and starts the real binary to make sure every probe path answers
+(not 404).
 """
 import glob
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -39,14 +43,42 @@ for want in [("Deployment", "llama-pool-workers"), ("Service", "llama-pool-worke
 services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
 check("workers Service is headless", services["llama-pool-workers"]["spec"].get("clusterIP") == "None")
 
+# The image's USER, which must be a number for runAsNonRoot to verify it.
+with open(os.path.join(ROOT, "docker", "Dockerfile")) as f:
+    users = re.findall(r"^USER +(\S+)", f.read(), re.M)
+image_uid = users[-1].split(":")[0] if users else ""
+check("Dockerfile USER is a numeric non-root uid", image_uid.isdigit() and int(image_uid) != 0,
+      image_uid)
+
+for d in docs:
+    check(f"{d['kind']} {d['metadata']['name']}: no hard-coded namespace",
+          "namespace" not in d["metadata"], d["metadata"].get("namespace"))
+claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+
 probe_paths = set()
 for d in docs:
     if d["kind"] != "Deployment":
         continue
     spec = d["spec"]
+    name = d["metadata"]["name"]
+    pod = spec["template"]["spec"]
+    for v in pod.get("volumes", []):
+        claim = v.get("persistentVolumeClaim", {}).get("claimName")
+        if claim is not None:
+            check(f"{name}: claim {claim} is defined by a manifest", claim in claims, sorted(claims))
     check(f"{d['metadata']['name']}: selector matches template labels",
           spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items())
-    for c in spec["template"]["spec"]["containers"]:
+    for c in pod["containers"]:
+        check(f"{name}: container {c['name']} sets imagePullPolicy",
+              c.get("imagePullPolicy") in ("IfNotPresent", "Always", "Never"),
+              c.get("imagePullPolicy"))
+        # The container's own securityContext overrides the pod's, field by field.
+        security = {**pod.get("securityContext", {}), **c.get("securityContext", {})}
+        check(f"{name}: container {c['name']} runs as non-root",
+              security.get("runAsNonRoot") is True, security)
+        check(f"{name}: container {c['name']} runs as the image's numeric uid {image_uid}",
+              isinstance(security.get("runAsUser"), int)
+              and str(security.get("runAsUser")) == image_uid, security.get("runAsUser"))
         for probe in ("readinessProbe", "livenessProbe"):
             path = c.get(probe, {}).get("httpGet", {}).get("path")
             check(f"{d['metadata']['name']}: {probe} is an HTTP probe", path is not None)
@@ -55,9 +87,10 @@ for d in docs:
         args = c.get("args", [])
         if d["metadata"]["name"] == "llama-pool-front":
             upstream = args[args.index("--upstream") + 1] if "--upstream" in args else ""
-            check("front discovers the headless workers Service by DNS",
-                  upstream.startswith("dns://llama-pool-workers.") and upstream.endswith(":8081"),
-                  upstream)
+            # The short name: the pod's DNS search path resolves it in whatever namespace
+            # (and cluster domain) the manifests were applied to.
+            check("front discovers the headless workers Service by DNS, in its own namespace",
+                  upstream == "dns://llama-pool-workers:8081", upstream)
 check("readiness uses /health", "/health" in probe_paths)
 
 # The probe paths exist in the binary: a pool with no workers answers them (not 404).

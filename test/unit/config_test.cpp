@@ -2,8 +2,11 @@
 
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
+
+#include "test/support/test_process.hpp"
 
 using namespace llama_pool;
 
@@ -132,6 +135,21 @@ TEST_CASE("a missing model and a non-executable llama-server are reported", "[co
                                Env{}.lookup());
     CHECK(any_error_contains(r, "\"/nonexistent/llama-server\" is not an executable file"));
     CHECK(any_error_contains(r, "\"/nonexistent/model.gguf\" does not exist"));
+}
+
+TEST_CASE("a missing model's error says what its folder holds", "[config]") {
+    const test::TempDir dir;
+    const auto models = dir.file("models");
+    const auto model_in = [&](const std::string& folder) {
+        return load_config({"--workers", "1", "--model", folder + "/model.gguf"}, Env{}.lookup());
+    };
+    // Docker creates an empty folder for a host path that does not exist.
+    std::filesystem::create_directory(models);
+    CHECK(any_error_contains(
+        model_in(models), "its folder \"" + models + "\" is empty: is the models folder mounted"));
+    std::ofstream(models + "/ggml-model-i2_s.gguf") << "x";
+    CHECK(any_error_contains(model_in(models), "holds \"ggml-model-i2_s.gguf\""));
+    CHECK(any_error_contains(model_in(dir.file("absent")), "\" does not exist"));
 }
 
 TEST_CASE("repeated --worker-arg accumulates and threads accepts auto", "[config]") {
