@@ -14,15 +14,17 @@ pool=$1
 server=$2
 passed=0
 failed=0
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
 check() {  # check NAME COMMAND...
   local name=$1
   shift
-  if "$@" >/tmp/check_deploy.out 2>&1; then
+  if "$@" >"$scratch/check.out" 2>&1; then
     echo "PASS $name"
     passed=$((passed + 1))
   else
     echo "FAIL $name"
-    sed 's/^/    /' /tmp/check_deploy.out
+    sed 's/^/    /' "$scratch/check.out"
     failed=$((failed + 1))
   fi
 }
@@ -30,8 +32,8 @@ check() {  # check NAME COMMAND...
 dockerfile=$root/docker/Dockerfile
 # The Dockerfile with continued lines joined, for checks that read whole instructions.
 joined=$(sed -e ':a' -e '/\\$/N; s/\\\n//; ta' "$dockerfile")
-models_dir=$(mktemp -d)
-trap 'rm -rf "$models_dir"' EXIT
+models_dir=$scratch/models
+mkdir "$models_dir"
 compose() {  # compose FILE ARGS...: docker-compose with a models folder, as a user runs it
   local file=$1
   shift
@@ -53,10 +55,14 @@ compose_needs_models_dir() {
 }
 check "compose refuses to start without MODELS_DIR" compose_needs_models_dir
 # A config error (exit 2) must not restart forever.
+# Output is captured before it is searched: `cmd | grep -q` under pipefail fails when grep
+# exits at its match and cmd's last write then gets SIGPIPE (docker-compose writes its final
+# newline separately, so this failed CI at random).
 compose_does_not_restart_forever() {
-  local file
+  local file out
   for file in docker-compose.yml docker-compose.groups.yml; do
-    compose "$file" config | grep -qE '^    restart: on-failure:[0-9]+$' ||
+    out=$(compose "$file" config) || return 1
+    grep -qE '^    restart: on-failure:[0-9]+$' <<<"$out" ||
       { echo "$file: llama-pool's restart policy is not on-failure:N"; return 1; }
   done
 }
@@ -89,9 +95,10 @@ check "shutdown grace fits docker stop and compose's stop_grace_period" grace_fi
 # The groups example parses and names only known keys (its model files exist only in a
 # user's models folder, so the file checks are not run here).
 groups_config_parses() {
-  LLAMA_SERVER="$server" "$pool" --check-config --config "$root/conf/llama-pool.groups.json" 2>&1 |
-    grep -v 'does not exist or is not a file' | grep -q 'error' && return 1
-  return 0
+  local out
+  out=$(LLAMA_SERVER="$server" "$pool" --check-config \
+    --config "$root/conf/llama-pool.groups.json" 2>&1)
+  ! grep -v 'does not exist or is not a file' <<<"$out" | grep 'error'
 }
 check "groups example config has only known keys" groups_config_parses
 
