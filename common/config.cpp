@@ -129,10 +129,14 @@ void apply_config_json(const std::string& text, const std::string& origin, PoolC
             config.groups = parse_groups_json(body, origin, errors);
             continue;
         }
+        if (section == "tenants") {
+            config.tenants = parse_tenants_json(body, origin, errors);
+            continue;
+        }
         if (!body.is_object()) {
             errors.push_back(
                 fmt::format("{}: key {}: must be an object of settings (sections: listen, workers, "
-                            "groups, upstreams, proxy, cache, summarize, jobs, auth, log)",
+                            "groups, tenants, upstreams, proxy, cache, summarize, jobs, auth, log)",
                             origin, quote_for_error(section)));
             continue;
         }
@@ -450,6 +454,7 @@ void validate_config(const PoolConfig& c, std::vector<std::string>& errors) {
     } else {
         validate_groups(c, errors);
     }
+    validate_tenants(c.tenants, errors);
     if (c.summarize_overlap > c.summarize_max_chunk_chars / 2) {
         errors.push_back(fmt::format(
             "key \"summarize.overlap\": {} is more than half of summarize.max_chunk_chars ({}); "
@@ -512,6 +517,9 @@ nlohmann::ordered_json config_to_json(const PoolConfig& config, bool show_secret
     if (!config.groups.empty()) {
         out["groups"] = groups_to_json(config.groups);
     }
+    if (!config.tenants.empty()) {
+        out["tenants"] = tenants_to_json(config.tenants, show_secrets);
+    }
     return out;
 }
 
@@ -549,6 +557,9 @@ std::vector<std::string> changed_keys(const PoolConfig& a, const PoolConfig& b) 
     }
     if (a.groups != b.groups) {
         out.emplace_back("groups");
+    }
+    if (a.tenants != b.tenants) {
+        out.emplace_back("tenants");
     }
     return out;
 }

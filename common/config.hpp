@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/group_config.hpp"
+#include "common/tenant_config.hpp"
 
 namespace llama_pool {
 
@@ -37,6 +38,9 @@ struct PoolConfig {
     double health_timeout = 3;
     int health_failures = 3;
     double idle_probe_interval = 60;
+    // With requests in flight and no progress (decode counters, relayed bytes) for this
+    // long, a worker is out and replaced. Longer than the slowest prompt batch; 0 = off.
+    double stall_timeout = 120;
     double restart_backoff_base = 1;
     double restart_backoff_cap = 60;
     int crash_loop_restarts = 5;
@@ -59,7 +63,10 @@ struct PoolConfig {
     double keep_alive_timeout = 60;
     std::string balancer = "least-loaded";  // least-loaded | round-robin | prefix-affinity
     int affinity_prefix_chars = 256;
-    int queue_max = 256;     // requests waiting for a slot; beyond it, 503 at once
+    int queue_max = 256;         // requests waiting for a slot; beyond it, 503 at once
+    double priority_aging = 30;  // a waiter's priority class rises by one per this; 0: never
+    // tenants of the admission queue; clients none names are each their own tenant
+    std::vector<TenantConfig> tenants;
     int retry_attempts = 3;  // attempts per request, the first included
     double retry_backoff_base = 0.25;
     double retry_backoff_cap = 4;

@@ -24,14 +24,15 @@ BalancerPolicy parse_balancer_policy(std::string_view name) {
 
 Lease::~Lease() {
     if (registry_ != nullptr && backend_) {
-        registry_->release(backend_->id, entry_serial_);
+        registry_->release(backend_->id, entry_serial_, tenant_id_);
     }
 }
 
 BackendRegistry::AcquireResult BackendRegistry::acquire(TimePoint deadline,
                                                         const std::set<std::string>& avoid,
                                                         const std::function<bool()>& cancelled,
-                                                        std::uint64_t affinity_key) {
+                                                        std::uint64_t affinity_key,
+                                                        const TenantTicket& tenant) {
     std::unique_lock lock(mutex_);
     AcquireResult result;
     if (shutdown_) {
@@ -39,25 +40,31 @@ BackendRegistry::AcquireResult BackendRegistry::acquire(TimePoint deadline,
         return result;
     }
     last_active_ = time_.now();
-    // Only jump the queue when nobody is waiting: FIFO fairness for the waiters.
-    if (waiters_.empty()) {
+    // Only jump the queue when nobody is waiting: the fair order is for the waiters.
+    if (fair_.empty() && fair_.under_cap(tenant.id, tenant.policy)) {
         if (auto picked = pick_locked(avoid, affinity_key); picked.backend) {
+            fair_.started_without_waiting(tenant);
             result.status = AcquireStatus::ok;
-            result.lease.emplace(this, std::move(picked.backend), picked.serial);
+            result.lease.emplace(this, std::move(picked.backend), picked.serial, tenant.id);
             return result;
         }
     }
-    if (waiters_.size() >= options_.queue_max) {
+    if (fair_.size() >= options_.queue_max) {
         result.status = AcquireStatus::queue_full;
         return result;
     }
     Waiter waiter;
+    waiter.tenant = &tenant;
     waiter.avoid = avoid;
     waiter.affinity_key = affinity_key;
-    waiters_.push_back(&waiter);
+    const auto ticket = fair_.push(tenant, time_.now());
+    waiters_.emplace(ticket, &waiter);
     if (activity_hook_) {
         activity_hook_();
     }
+    // A slot may be free for this tenant while others wait (theirs are capped, or need
+    // another worker).
+    dispatch_locked();
     while (!waiter.assigned && !shutdown_) {
         const auto now = Clock::now();
         if (now >= deadline) {
@@ -70,13 +77,15 @@ BackendRegistry::AcquireResult BackendRegistry::acquire(TimePoint deadline,
             break;
         }
     }
-    std::erase(waiters_, &waiter);
     if (waiter.assigned) {
-        // Assigned at the last moment: the slot is ours even if time just ran out.
+        // Assigned at the last moment: the slot is ours even if time just ran out. The fair
+        // queue took the ticket back when it was served.
         result.status = AcquireStatus::ok;
-        result.lease.emplace(this, std::move(waiter.assigned), waiter.assigned_serial);
+        result.lease.emplace(this, std::move(waiter.assigned), waiter.assigned_serial, tenant.id);
         return result;
     }
+    waiters_.erase(ticket);
+    fair_.withdraw(ticket);
     if (shutdown_) {
         result.status = AcquireStatus::shutdown;
     }
@@ -235,8 +244,11 @@ void BackendRegistry::report_abandoned(const std::string& id) {
 }
 
 void BackendRegistry::dispatch_locked() {
-    for (auto* waiter : waiters_) {
-        if (waiter->assigned) {
+    for (const auto ticket : fair_.order(time_.now())) {
+        auto* waiter = waiters_.at(ticket);
+        // The order was taken before this loop handed out slots: a tenant may have reached
+        // its cap since.
+        if (!fair_.under_cap(waiter->tenant->id, waiter->tenant->policy)) {
             continue;
         }
         auto picked = pick_locked(waiter->avoid, waiter->affinity_key);
@@ -245,11 +257,14 @@ void BackendRegistry::dispatch_locked() {
         }
         waiter->assigned = std::move(picked.backend);
         waiter->assigned_serial = picked.serial;
+        waiters_.erase(ticket);
+        fair_.served(ticket);
         waiter->cv.notify_one();
     }
 }
 
-void BackendRegistry::release(const std::string& id, std::uint64_t serial) {
+void BackendRegistry::release(const std::string& id, std::uint64_t serial,
+                              const std::string& tenant_id) {
     std::lock_guard lock(mutex_);
     // A lease taken on an entry that has since been removed (and maybe added again under the
     // same id) counts on nothing any more.
@@ -257,6 +272,7 @@ void BackendRegistry::release(const std::string& id, std::uint64_t serial) {
         it != entries_.end() && it->second.serial == serial && it->second.inflight > 0) {
         --it->second.inflight;
     }
+    fair_.finished(tenant_id);
     last_active_ = time_.now();
     dispatch_locked();
     if (activity_hook_ && inflight_total_locked() == 0) {
@@ -321,6 +337,14 @@ void BackendRegistry::worker_removed(const std::string& id) {
     entries_.erase(id);
 }
 
+std::uint64_t BackendRegistry::worker_progress(const std::string& id) const {
+    std::lock_guard lock(mutex_);
+    const auto it = entries_.find(id);
+    return it == entries_.end() || !it->second.backend
+               ? 0
+               : it->second.backend->received.load(std::memory_order_relaxed);
+}
+
 int BackendRegistry::worker_inflight(const std::string& id) const {
     std::lock_guard lock(mutex_);
     const auto it = entries_.find(id);
@@ -330,7 +354,7 @@ int BackendRegistry::worker_inflight(const std::string& id) const {
 void BackendRegistry::shutdown() {
     std::lock_guard lock(mutex_);
     shutdown_ = true;
-    for (auto* w : waiters_) {
+    for (auto& [ticket, w] : waiters_) {
         w->cv.notify_one();
     }
 }
@@ -350,7 +374,17 @@ std::vector<BackendSnapshot> BackendRegistry::snapshot() {
 
 std::size_t BackendRegistry::waiting() const {
     std::lock_guard lock(mutex_);
-    return waiters_.size();
+    return fair_.size();
+}
+
+std::size_t BackendRegistry::waiting_ahead_of(const TenantTicket& tenant) const {
+    std::lock_guard lock(mutex_);
+    return fair_.ahead_of(tenant, time_.now());
+}
+
+std::vector<FairQueue::TenantStats> BackendRegistry::queue_by_tenant() const {
+    std::lock_guard lock(mutex_);
+    return fair_.stats(time_.now());
 }
 
 int BackendRegistry::available_count() const {

@@ -1,8 +1,8 @@
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -15,6 +15,7 @@
 #include "common/clock.hpp"
 #include "common/random.hpp"
 #include "proxy/circuit_breaker.hpp"
+#include "proxy/fair_queue.hpp"
 #include "proxy/upstream_pool.hpp"
 #include "supervisor/worker_listener.hpp"
 
@@ -30,6 +31,9 @@ struct Backend {
     const std::string id;
     const std::string api_key;
     UpstreamPool pool;
+    // Response bytes read from it by relayed requests: the part of its progress the stall
+    // watchdog sees without asking the worker (a stream that moves is a worker that works).
+    std::atomic<std::uint64_t> received{0};
 };
 
 class BackendRegistry;
@@ -37,15 +41,21 @@ class BackendRegistry;
 // The right to send one request to one backend. Releases its slot when destroyed, which
 // hands the slot to the oldest waiting request. Tied to the registry entry it was taken on
 // (by its serial), not to the id: an entry removed and added again under the same id is a
-// new entry, whose count the old leases must not touch.
+// new entry, whose count the old leases must not touch. Counts for its tenant's
+// concurrency too, until it is released.
 class Lease {
   public:
-    Lease(BackendRegistry* registry, std::shared_ptr<Backend> backend, std::uint64_t entry_serial)
-        : registry_(registry), backend_(std::move(backend)), entry_serial_(entry_serial) {}
+    Lease(BackendRegistry* registry, std::shared_ptr<Backend> backend, std::uint64_t entry_serial,
+          std::string tenant_id)
+        : registry_(registry),
+          backend_(std::move(backend)),
+          entry_serial_(entry_serial),
+          tenant_id_(std::move(tenant_id)) {}
     Lease(Lease&& other) noexcept
         : registry_(std::exchange(other.registry_, nullptr)),
           backend_(std::move(other.backend_)),
-          entry_serial_(other.entry_serial_) {}
+          entry_serial_(other.entry_serial_),
+          tenant_id_(std::move(other.tenant_id_)) {}
     Lease& operator=(Lease&&) = delete;
     Lease(const Lease&) = delete;
     ~Lease();
@@ -56,6 +66,7 @@ class Lease {
     BackendRegistry* registry_;
     std::shared_ptr<Backend> backend_;
     std::uint64_t entry_serial_;
+    std::string tenant_id_;
 };
 
 enum class BalancerPolicy { least_loaded, round_robin, prefix_affinity };
@@ -65,6 +76,8 @@ struct RegistryOptions {
     BalancerPolicy policy = BalancerPolicy::least_loaded;
     std::size_t queue_max = 256;
     BreakerConfig breaker;
+    // A waiter's priority class rises by one per this much waiting (0: strict classes).
+    Duration priority_aging = seconds(30);
 };
 
 struct BackendSnapshot {
@@ -83,9 +96,10 @@ struct BackendSnapshot {
     int serving_slots() const { return available ? capacity : 0; }
 };
 
-// Which backends can take traffic now and how much. Admission is FIFO: a request waits in
-// the pool's own queue (not in a worker's unbounded one) and the first slot to free up
-// goes to the oldest waiter. Thread-safe.
+// Which backends can take traffic now and how much. A request waits in the pool's own queue
+// (not in a worker's unbounded one); a slot that frees up goes to the waiter the FairQueue
+// puts first: tenants share slots by weight and priority, and within a tenant the oldest
+// waiter goes first. With one tenant that is plain FIFO. Thread-safe.
 class BackendRegistry final : public WorkerListener {
   public:
     enum class AcquireStatus { ok, timeout, cancelled, shutdown, queue_full };
@@ -101,9 +115,11 @@ class BackendRegistry final : public WorkerListener {
     // client left; checked every few milliseconds) or the registry shuts down; refuses at
     // once when queue_max requests already wait. Backends in `avoid` are used only when no
     // other one has a free slot; ejected (breaker open) ones only when every available one
-    // is ejected. `affinity_key` (0 = none) steers prefix-affinity.
+    // is ejected. `affinity_key` (0 = none) steers prefix-affinity. `tenant` is who asks
+    // (default: the anonymous tenant every unidentified request shares).
     AcquireResult acquire(TimePoint deadline, const std::set<std::string>& avoid,
-                          const std::function<bool()>& cancelled, std::uint64_t affinity_key = 0);
+                          const std::function<bool()>& cancelled, std::uint64_t affinity_key = 0,
+                          const TenantTicket& tenant = {});
 
     struct BreakerChange {
         BreakerState before = BreakerState::closed;
@@ -127,6 +143,7 @@ class BackendRegistry final : public WorkerListener {
     void worker_ready(const WorkerEndpoint& endpoint) override;
     void worker_unavailable(const std::string& id) override;
     int worker_inflight(const std::string& id) const override;
+    std::uint64_t worker_progress(const std::string& id) const override;
     void worker_removed(const std::string& id) override;
 
     // Called when a request starts waiting in the queue and when the last request in
@@ -143,6 +160,9 @@ class BackendRegistry final : public WorkerListener {
     // Not const: reading a breaker's state moves an expired ejection to half-open.
     std::vector<BackendSnapshot> snapshot();
     std::size_t waiting() const;
+    // Waiters a new request of `tenant` would have ahead of it.
+    std::size_t waiting_ahead_of(const TenantTicket& tenant) const;
+    std::vector<FairQueue::TenantStats> queue_by_tenant() const;
     int available_count() const;
 
   private:
@@ -162,6 +182,7 @@ class BackendRegistry final : public WorkerListener {
     };
     struct Waiter {
         std::condition_variable cv;
+        const TenantTicket* tenant = nullptr;
         std::set<std::string> avoid;
         std::uint64_t affinity_key = 0;
         std::shared_ptr<Backend> assigned;
@@ -171,7 +192,7 @@ class BackendRegistry final : public WorkerListener {
         std::shared_ptr<Backend> backend;
         std::uint64_t serial = 0;
     };
-    void release(const std::string& id, std::uint64_t serial);
+    void release(const std::string& id, std::uint64_t serial, const std::string& tenant_id);
     Picked pick_locked(const std::set<std::string>& avoid, std::uint64_t affinity_key);
     std::optional<std::size_t> choose_locked(const std::vector<Entry*>& candidates,
                                              const std::set<std::string>& avoid,
@@ -186,7 +207,8 @@ class BackendRegistry final : public WorkerListener {
     std::uint64_t next_serial_ = 1;
     mutable std::mutex mutex_;
     std::map<std::string, Entry> entries_;
-    std::deque<Waiter*> waiters_;
+    FairQueue fair_{options_.priority_aging};
+    std::map<FairQueue::Ticket, Waiter*> waiters_;  // exactly the tickets in fair_
     bool shutdown_ = false;
     std::function<void()> activity_hook_;
     TimePoint last_active_ = time_.now();

@@ -16,7 +16,7 @@ namespace llama_pool {
 RegistryOptions registry_options(const PoolConfig& config);
 
 // One model group: its workers (supervisor), what can take its traffic (registry: its own
-// FIFO queue, capacity and breakers) and its relay (its own retry budget and Retry-After
+// fair queue, capacity and breakers) and its relay (its own retry budget and Retry-After
 // estimate). Not movable: the relay and the supervisor hold references into it.
 class ModelGroup {
   public:

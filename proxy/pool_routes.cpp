@@ -50,6 +50,26 @@ std::string html_escape(std::string_view s) {
 
 }  // namespace
 
+nlohmann::json PoolRoutes::queue_json() {
+    // Per group, per tenant: what waits and what runs. Tenants are labels (a configured
+    // name, a client address, or a hash of an unconfigured key), never keys.
+    nlohmann::ordered_json groups = nlohmann::ordered_json::array();
+    std::size_t total = 0;
+    for (const auto& group : groups_.groups()) {
+        nlohmann::ordered_json tenants = nlohmann::ordered_json::array();
+        for (const auto& t : group->registry().queue_by_tenant()) {
+            tenants.push_back({{"tenant", t.label},
+                               {"waiting", t.waiting},
+                               {"running", t.running},
+                               {"oldest_wait_s", to_seconds(t.oldest_wait)}});
+        }
+        const auto depth = group->registry().waiting();
+        total += depth;
+        groups.push_back({{"name", group->name()}, {"waiting", depth}, {"tenants", tenants}});
+    }
+    return nlohmann::ordered_json{{"waiting", total}, {"groups", groups}};
+}
+
 nlohmann::json PoolRoutes::status_json() {
     nlohmann::ordered_json workers = nlohmann::ordered_json::array();
     nlohmann::ordered_json groups = nlohmann::ordered_json::array();
@@ -490,6 +510,10 @@ bool PoolRoutes::admin(Exchange& exchange, const std::string& path, const std::s
                                          "invalid_request_error"),
                          request_id);
         }
+        return true;
+    }
+    if (path == "/pool/queue" && method == "GET") {
+        respond_json(exchange, 200, queue_json().dump(), request_id);
         return true;
     }
     if (path == "/pool/status" && method == "GET") {

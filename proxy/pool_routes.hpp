@@ -8,7 +8,7 @@
 namespace llama_pool {
 
 // The endpoints the pool answers itself: GET /health, GET /, GET /slots, GET /props,
-// GET /v1/models (when there are groups), /pool/status, /pool/workers/{id}/log,
+// GET /v1/models (when there are groups), /pool/status, /pool/queue, /pool/workers/{id}/log,
 // POST /pool/workers/{id}/restart, POST /pool/restart and POST /pool/groups/{name}/start|stop.
 // /pool/* needs `admin_key` when one is set, and answers only loopback clients when none is.
 class PoolRoutes {
@@ -22,6 +22,8 @@ class PoolRoutes {
     bool handle(Exchange& exchange, const std::string& path, const std::string& request_id);
 
     nlohmann::json status_json();
+    // GET /pool/queue: depth, and per tenant what waits, what runs and the oldest wait.
+    nlohmann::json queue_json();
 
   private:
     void health(Exchange& exchange, const std::string& request_id);

@@ -131,6 +131,7 @@ void ProxyServer::handle(Exchange& exchange) {
               {"method", request.method},
               {"route", route},
               {"group", outcome.group},
+              {"tenant", outcome.tenant},
               {"status", status},
               {"worker", outcome.worker},
               {"attempts", outcome.attempts},

@@ -191,13 +191,16 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
     RelayOutcome outcome;
     BudgetScope budget_scope(budget_);
     const auto started = Clock::now();
+    const auto tenant = tenants_.identify(request.headers, exchange.remote_address());
+    outcome.tenant = tenant.label;
     auto total_deadline = started + from_seconds(config_.total_timeout);
     auto queue_deadline = started + from_seconds(config_.queue_timeout);
     if (const auto own = client_deadline(request.headers)) {
         total_deadline = std::min(total_deadline, started + *own);
         queue_deadline = std::min(queue_deadline, started + *own);
-        // Refuse now what cannot start in time, instead of after the client gave up.
-        const auto waiting = registry_.waiting();
+        // Refuse now what cannot start in time, instead of after the client gave up. Only
+        // the waiters the fair queue serves first count: another tenant's flood does not.
+        const auto waiting = registry_.waiting_ahead_of(tenant);
         if (waiting > 0 && service_rate_.expected_wait(waiting, started) > *own) {
             refuse(exchange, outcome, "deadline",
                    fmt::format("{} requests are queued ahead; this one cannot start within its "
@@ -279,7 +282,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                 std::min(acquire_deadline, second_opinion_started + kSecondOpinionWait);
         }
         auto acquired = registry_.acquire(
-            acquire_deadline, tried, [&] { return exchange.client_gone(); }, affinity);
+            acquire_deadline, tried, [&] { return exchange.client_gone(); }, affinity, tenant);
         const auto waited = to_seconds(Clock::now() - queued_at);
         outcome.queue_seconds += waited;
         metrics_.queue_wait(group_, waited);
@@ -424,6 +427,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                 if (pre.io != IoStatus::ok) {
                     break;
                 }
+                backend.received.fetch_add(piece.size(), std::memory_order_relaxed);
                 if (events) {
                     framer.feed(piece);
                     pre.bytes = framer.take();
@@ -535,6 +539,8 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                 if (io != IoStatus::ok) {
                     break;
                 }
+                // Before release_worker(): `backend` is valid while the lease is held.
+                backend.received.fetch_add(piece.size(), std::memory_order_relaxed);
                 if (events) {
                     framer.feed(piece);
                     piece = framer.take();

@@ -12,6 +12,7 @@
 #include "proxy/relay_reasons.hpp"
 #include "proxy/retry_budget.hpp"
 #include "proxy/service_rate.hpp"
+#include "proxy/tenant_identity.hpp"
 
 namespace llama_pool {
 
@@ -22,6 +23,7 @@ struct RelayOutcome {
     std::string worker;
     int attempts = 0;
     double queue_seconds = 0;
+    std::string tenant;  // who it was queued as (a label: never a key)
     bool client_gone = false;
     bool upstream_broke = false;  // the worker failed after the response had started
     std::string rejected;         // why the pool refused it: queue_full, queue_timeout, deadline
@@ -48,6 +50,7 @@ class Relay {
           random_(random),
           metrics_(metrics),
           group_(std::move(group)),
+          tenants_(config.tenants, !config.api_keys.empty() || !config.api_key_file.empty()),
           budget_(config.retry_budget_ratio, config.retry_budget_min) {}
 
     // `avoid`: workers to use only when no other one has a free slot (a caller retrying
@@ -69,6 +72,7 @@ class Relay {
     RandomSource& random_;
     PoolMetrics& metrics_;
     const std::string group_;
+    const TenantDirectory tenants_;
     RetryBudget budget_;
     ServiceRate service_rate_;
 };

@@ -69,6 +69,52 @@ bool probe_completion(const ProbeTarget& target, milliseconds timeout, std::stri
     return true;
 }
 
+WorkerProgress decode_progress(std::string_view exposition) {
+    // Names as llama.cpp and BitNet's fork print them; no labels on these series.
+    static constexpr std::string_view kCounters[] = {
+        "llamacpp:n_decode_total", "llamacpp:tokens_predicted_total",
+        "llamacpp:n_tokens_predicted_total", "llamacpp:prompt_tokens_total"};
+    static constexpr std::string_view kProcessing = "llamacpp:requests_processing";
+    WorkerProgress out;
+    const auto value_after = [](std::string_view line, std::string_view name) {
+        std::optional<double> value;
+        if (line.size() > name.size() && line.substr(0, name.size()) == name &&
+            line[name.size()] == ' ') {
+            try {
+                value = std::stod(std::string(line.substr(name.size() + 1)));
+            } catch (const std::exception&) {
+            }
+        }
+        return value;
+    };
+    while (!exposition.empty()) {
+        const auto end = exposition.find('\n');
+        const auto line = exposition.substr(0, end);
+        exposition =
+            end == std::string_view::npos ? std::string_view() : exposition.substr(end + 1);
+        for (const auto name : kCounters) {
+            if (const auto v = value_after(line, name); v && *v >= 0 && *v < 1e18) {
+                out.work += static_cast<std::uint64_t>(*v);
+                out.has_work = true;
+            }
+        }
+        if (const auto v = value_after(line, kProcessing); v && *v >= 0 && *v < 1e6) {
+            out.processing = static_cast<int>(*v);
+        }
+    }
+    return out;
+}
+
+std::optional<WorkerProgress> read_decode_progress(const ProbeTarget& target,
+                                                   milliseconds timeout) {
+    const auto r = http_fetch(target.host, target.port, "GET", "/metrics", auth_headers(target), {},
+                              timeout, 1 << 20, target.watch);
+    if (r.status != 200) {
+        return std::nullopt;
+    }
+    return decode_progress(r.body);
+}
+
 int read_capacity(const ProbeTarget& target, milliseconds timeout, int fallback) {
     const auto r = http_fetch(target.host, target.port, "GET", "/props", auth_headers(target), {},
                               timeout, 1 << 20, target.watch);

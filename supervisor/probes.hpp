@@ -1,11 +1,14 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "common/clock.hpp"
 #include "common/socket.hpp"
 #include "supervisor/health_body.hpp"
+#include "supervisor/stall_detector.hpp"
 
 namespace llama_pool {
 
@@ -33,6 +36,11 @@ HealthProbe probe_health(const ProbeTarget& target, milliseconds timeout);
 // green on a server whose decode loop is stuck, so only this shows that the worker really
 // computes.
 bool probe_completion(const ProbeTarget& target, milliseconds timeout, std::string& error);
+
+WorkerProgress decode_progress(std::string_view exposition);
+// decode_progress() of the worker's /metrics; empty when it does not answer in time (a
+// llama-server answers /metrics from its main loop, so a stuck one does not).
+std::optional<WorkerProgress> read_decode_progress(const ProbeTarget& target, milliseconds timeout);
 
 // The slot count from /props (`total_slots`), or `fallback` when it is not there.
 int read_capacity(const ProbeTarget& target, milliseconds timeout, int fallback);

@@ -26,7 +26,8 @@ UpstreamMonitor::UpstreamMonitor(std::string id, UpstreamAddress address, PoolCo
       listener_(listener),
       time_(time != nullptr ? *time : steady_time()),
       lifecycle_(log, kComponent, "upstream_state", "upstream_failed",
-                 {{"worker", id_}, {"address", address_of(address_)}}) {
+                 {{"worker", id_}, {"address", address_of(address_)}}),
+      stall_(from_seconds(config_.stall_timeout)) {
     status_.id = id_;
     status_.port = address_.port;
     status_.managed = false;
@@ -107,6 +108,27 @@ void UpstreamMonitor::run() {
     lifecycle_.transition(WorkerState::stopped);
 }
 
+bool UpstreamMonitor::stalled(TimePoint now, milliseconds timeout) {
+    const int inflight = listener_.worker_inflight(id_);
+    std::optional<WorkerProgress> metrics;
+    if (inflight > 0) {
+        metrics = read_decode_progress(target(), timeout);
+    }
+    if (stall_.look(now, inflight, listener_.worker_progress(id_), metrics) !=
+        StallVerdict::stalled) {
+        return false;
+    }
+    const auto quiet = to_seconds(stall_.quiet_for(now));
+    log_.warn(kComponent, "upstream_stalled",
+              {{"worker", id_}, {"inflight", inflight}, {"quiet_s", quiet}});
+    // Out of rotation; back only after a completion probe passes (warm-up). The pool cannot
+    // stop a server it does not run: requests already on it end by their own timeouts.
+    fail(FailureKind::stalled,
+         fmt::format("stalled: no progress for {:.0f} s with {} requests in flight", quiet,
+                     inflight));
+    return true;
+}
+
 void UpstreamMonitor::step() {
     const auto now = time_.now();
     if (now < next_probe_) {
@@ -148,6 +170,7 @@ void UpstreamMonitor::step() {
         capacity_ = capacity;
         failures_ = 0;
         completion_suspect_ = false;
+        stall_.reset();
         last_completion_probe_ = now;
         lifecycle_.transition(WorkerState::ready,
                               fmt::format("upstream {}, {} slots", address_of(address_), capacity));
@@ -169,6 +192,9 @@ void UpstreamMonitor::step() {
         completion_suspect_ = !healthy;
     }
     if (wake_.notified()) {
+        return;
+    }
+    if (healthy && stalled(now, timeout)) {
         return;
     }
     if (healthy) {

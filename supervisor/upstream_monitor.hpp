@@ -44,6 +44,8 @@ class UpstreamMonitor {
     void run();
     void step();
     void fail(FailureKind kind, const std::string& reason);
+    // The stall watchdog's look; true when it failed the upstream as stalled.
+    bool stalled(TimePoint now, milliseconds timeout);
     ProbeTarget target() const;
 
     const std::string id_;
@@ -60,6 +62,7 @@ class UpstreamMonitor {
     int capacity_ = 0;  // slots read at warm-up, what worker_ready() publishes
     bool published_ = false;
     bool completion_suspect_ = false;
+    StallDetector stall_;
     TimePoint next_probe_{};
     TimePoint last_completion_probe_{};
 

@@ -45,6 +45,7 @@ Worker::Worker(WorkerSettings settings, Logger& log, WorkerListener& listener, R
                       from_seconds(settings_.config.restart_backoff_cap),
                       settings_.config.crash_loop_restarts,
                       from_seconds(settings_.config.crash_loop_window)),
+      stall_(from_seconds(settings_.config.stall_timeout)),
       lifecycle_(log, kComponent, "worker_state", "worker_failed", {{"worker", settings_.id}}) {
     status_.id = settings_.id;
 }
@@ -224,6 +225,7 @@ void Worker::spawn() {
     }
     output_starting_ = true;
     probe_failures_ = 0;
+    stall_.reset();
     completion_suspect_ = false;
     port_verified_ = false;
     {
@@ -400,6 +402,9 @@ void Worker::step_ready() {
     if (wake_.notified()) {
         return;
     }
+    if (healthy && stalled(now)) {
+        return;
+    }
     if (healthy) {
         if (probe_failures_ > 0) {
             log_.info(kComponent, "worker_recovered",
@@ -430,6 +435,33 @@ void Worker::step_ready() {
              fmt::format("unresponsive: {} failed probes in a row (last: {})", probe_failures_,
                          error));
     }
+}
+
+bool Worker::stalled(TimePoint now) {
+    const int inflight = listener_.worker_inflight(settings_.id);
+    std::optional<WorkerProgress> metrics;
+    if (inflight > 0) {
+        metrics = read_decode_progress(probe_target(),
+                                       std::chrono::duration_cast<milliseconds>(
+                                           from_seconds(settings_.config.health_timeout)));
+    }
+    if (stall_.look(now, inflight, listener_.worker_progress(settings_.id), metrics) !=
+        StallVerdict::stalled) {
+        return false;
+    }
+    const auto quiet = to_seconds(stall_.quiet_for(now));
+    log_.warn(kComponent, "worker_stalled",
+              {{"worker", settings_.id},
+               {"inflight", inflight},
+               {"quiet_s", quiet},
+               {"stall_timeout_s", settings_.config.stall_timeout}});
+    // fail() stops the process (SIGTERM, then SIGKILL after stop_grace: a stuck server may
+    // ignore SIGTERM). Its connections close with it, so requests that got nothing yet are
+    // retried elsewhere and streams end with the relay's error event.
+    fail(FailureKind::stalled,
+         fmt::format("stalled: no progress for {:.0f} s with {} requests in flight", quiet,
+                     inflight));
+    return true;
 }
 
 void Worker::step_backoff() {

@@ -26,6 +26,7 @@
 #include "supervisor/probes.hpp"
 #include "supervisor/restart_policy.hpp"
 #include "supervisor/secret_file.hpp"
+#include "supervisor/stall_detector.hpp"
 #include "supervisor/worker_listener.hpp"
 #include "supervisor/worker_output.hpp"
 #include "supervisor/worker_state.hpp"
@@ -97,6 +98,9 @@ class Worker {
     void step_ready();
     void step_backoff();
     void fail(FailureKind kind, const std::string& reason);
+    // The stall watchdog's look at a ready worker; true when it found it stalled and
+    // failed it (out of rotation, process stopped, restart scheduled).
+    bool stalled(TimePoint now);
     void drain_and_stop();
     bool warm_up(std::string& error, int& capacity);
     ProbeTarget probe_target() const;
@@ -113,6 +117,7 @@ class Worker {
     RandomSource& random_;
     const TimeSource& time_;
     RestartPolicy restart_policy_;
+    StallDetector stall_;  // owner thread only
     Lifecycle lifecycle_;  // the state: written by the owner thread only
     WakeSignal wake_;      // interrupts blocking probes at stop
 

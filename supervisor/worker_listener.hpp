@@ -26,6 +26,9 @@ class WorkerListener {
     virtual void worker_unavailable(const std::string& id) = 0;
     // Requests in flight on this worker (for draining and for idle probes).
     virtual int worker_inflight(const std::string& id) const = 0;
+    // A number that grows while the worker's requests make progress (response bytes read
+    // from it), for the stall watchdog. 0 when the listener does not relay.
+    virtual std::uint64_t worker_progress(const std::string& /*id*/) const { return 0; }
     // The worker is gone for good (a discovered address vanished): forget it. Requests still
     // running on it finish normally.
     virtual void worker_removed(const std::string& id) = 0;

@@ -40,6 +40,8 @@ std::string_view to_string(FailureKind kind) {
             return "port_conflict";
         case FailureKind::admin:
             return "admin";
+        case FailureKind::stalled:
+            return "stalled";
     }
     return "unknown";
 }

@@ -32,12 +32,13 @@ enum class FailureKind {
     unresponsive,     // health_failures failed probes in a row
     port_conflict,    // another process serves the port it was given
     admin,            // restarted by an admin request
+    stalled,          // requests in flight and no progress for stall_timeout
 };
 std::string_view to_string(FailureKind kind);
 inline constexpr FailureKind all_failure_kinds[] = {
     FailureKind::crashed,       FailureKind::startup_exit, FailureKind::startup_timeout,
     FailureKind::warmup_failed, FailureKind::unresponsive, FailureKind::port_conflict,
-    FailureKind::admin};
+    FailureKind::admin,         FailureKind::stalled};
 
 inline constexpr WorkerState all_worker_states[] = {
     WorkerState::starting, WorkerState::loading, WorkerState::warming, WorkerState::ready,

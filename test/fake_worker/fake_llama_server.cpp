@@ -200,8 +200,10 @@ class FakeServer {
                 "# TYPE llamacpp:requests_deferred gauge\nllamacpp:requests_deferred {}\n"
                 "# HELP llamacpp:tokens_predicted_total Number of generation tokens processed.\n"
                 "# TYPE llamacpp:tokens_predicted_total counter\nllamacpp:tokens_predicted_total "
-                "{}\n",
-                slots_.busy(), slots_.deferred(), tokens_total_.load());
+                "{}\n"
+                "# HELP llamacpp:n_decode_total Total number of llama_decode() calls\n"
+                "# TYPE llamacpp:n_decode_total counter\nllamacpp:n_decode_total {}\n",
+                slots_.busy(), slots_.deferred(), tokens_total_.load(), decode_calls_.load());
             Headers h;
             h.add("Content-Type", "text/plain; version=0.0.4");
             ex.respond(200, h, text);
@@ -458,6 +460,7 @@ class FakeServer {
                     ex.abort();
                     return;
                 }
+                ++decode_calls_;  // one decode per token, as llama-server counts them
                 content += fmt::format(" tok{}", i);
             }
             if (opt_.echo_tags) {
@@ -486,6 +489,7 @@ class FakeServer {
                 ex.abort();
                 return;
             }
+            ++decode_calls_;
             const auto piece = fmt::format(" tok{}", i);
             json event;
             if (shape == Shape::native) {
@@ -595,6 +599,7 @@ class FakeServer {
     std::chrono::steady_clock::time_point started_;
     std::atomic<int> served_{0};
     std::atomic<long long> tokens_total_{0};
+    std::atomic<long long> decode_calls_{0};
     std::mutex log_mutex_;
 };
 
