@@ -1,9 +1,9 @@
 // The console in a real browser: Debian's chromium, headless, driven by puppeteer-core,
 // against a llama-pool of fake workers started here on port 0. Checks that the page loads,
 // shows the workers ready, changes without a reload while traffic flows, raises no script
-// error, requests nothing from another host, streams a playground reply, and that its
-// restart button restarts a worker. With --screenshots DIR it also saves the page at 1280 px
-// and at phone width.
+// error, requests nothing from another host, streams a playground reply, that its restart
+// button restarts a worker, and that with an admin key set it asks for the key and then
+// works. With --screenshots DIR it also saves the page at 1280 px and at phone width.
 //
 // usage: node console_browser_test.mjs LLAMA_POOL FAKE_LLAMA_SERVER [--screenshots DIR]
 // Prints "N passed, M failed" and exits non-zero on any failure.
@@ -39,7 +39,7 @@ function check(ok, what, detail = '') {
 }
 
 const work = mkdtempSync(path.join(tmpdir(), 'llama-pool-console-'));
-let pool = null;
+const pools = [];
 let browser = null;
 
 // The whole test is bounded: a hang fails it instead of holding ctest.
@@ -51,7 +51,8 @@ const watchdog = setTimeout(() => {
 async function finish(code) {
   clearTimeout(watchdog);
   if (browser) await browser.close().catch(() => {});
-  if (pool && pool.exitCode === null) {
+  for (const pool of pools) {
+    if (pool.exitCode !== null) continue;
     pool.kill('SIGTERM');
     await new Promise((resolve) => {
       const kill = setTimeout(() => pool.kill('SIGKILL'), 10_000);
@@ -79,13 +80,15 @@ async function until(probe, ms, what) {
   throw new Error(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
 }
 
-function startPool() {
-  const args = ['--port', '0', '--host', '127.0.0.1', '--workers', '2',
-    '--llama-server', fakeBin, '--model', poolBin, '--data-dir', path.join(work, 'data'),
+function startPool(workers, extra = []) {
+  const args = ['--port', '0', '--host', '127.0.0.1', '--workers', String(workers),
+    '--llama-server', fakeBin, '--model', poolBin,
+    '--data-dir', path.join(work, `data-${pools.length}`),
     '--health-interval', '0.2', '--restart-backoff-base', '0.05', '--restart-backoff-cap', '0.2',
     '--stop-grace', '2', '--shutdown-grace', '3',
-    '--worker-arg', '--tokens-per-second', '--worker-arg', '200'];
-  pool = spawn(poolBin, args, { cwd: work, stdio: ['ignore', 'pipe', 'pipe'] });
+    '--worker-arg', '--tokens-per-second', '--worker-arg', '200', ...extra];
+  const pool = spawn(poolBin, args, { cwd: work, stdio: ['ignore', 'pipe', 'pipe'] });
+  pools.push(pool);
   let log = '';
   return new Promise((resolve, reject) => {
     const onData = (chunk) => {
@@ -99,8 +102,8 @@ function startPool() {
   });
 }
 
-async function status(base) {
-  const res = await fetch(`${base}/pool/status`);
+async function status(base, key = '') {
+  const res = await fetch(`${base}/pool/status`, key ? { headers: { Authorization: `Bearer ${key}` } } : {});
   return res.json();
 }
 
@@ -126,7 +129,7 @@ async function traffic(base, count, parallel) {
 }
 
 async function main() {
-  const port = await startPool();
+  const port = await startPool(2);
   const base = `http://127.0.0.1:${port}`;
   await until(async () => (await status(base)).totals.ready === 2, 30_000, 'two ready workers');
 
@@ -235,6 +238,31 @@ async function main() {
     return rows.length === 2 && rows.every((r) => r.children[2].textContent === 'ready');
   }, { timeout: 20_000 }).then(() => true, () => false);
   check(readyAgain, 'the page shows worker 0 ready again after its restart');
+
+  // With an admin key the page asks for it, then shows the pool; the key goes in a header.
+  const key = 'console-test-key';
+  const keyed = `http://127.0.0.1:${await startPool(1, ['--admin-key', key])}`;
+  await until(async () => (await status(keyed, key)).totals.ready === 1, 30_000, 'keyed pool ready');
+  check((await fetch(`${keyed}/pool/status`)).status === 401, 'the keyed pool refuses /pool/status without the key');
+  const keyPage = await browser.newPage();
+  keyPage.on('console', (m) => { if (m.type() === 'error' && !m.text().includes('401')) errors.push(`console: ${m.text()}`); });
+  keyPage.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
+  keyPage.on('request', (r) => {
+    if (!r.url().startsWith(`${keyed}/`) && !r.url().startsWith('data:')) foreign.push(r.url());
+  });
+  await keyPage.goto(`${keyed}/`, { waitUntil: 'load' });
+  const asked = await keyPage.waitForSelector('#key-form:not([hidden])', { timeout: 10_000 })
+    .then(() => true, () => false);
+  check(asked, 'with an admin key set, the page asks for it');
+  check(await keyPage.$eval('#fallback', (e) => !e.hidden), 'until then the page shows the static table');
+  await keyPage.type('#key-input', key);
+  await keyPage.keyboard.press('Enter');
+  const shown = await keyPage.waitForFunction(() => {
+    const rows = document.querySelectorAll('#workers-body tr');
+    return rows.length === 1 && rows[0].children[2].textContent === 'ready';
+  }, { timeout: 20_000 }).then(() => true, () => false);
+  check(shown, 'with the key entered, the page shows the keyed pool live');
+  await keyPage.close();
 
   check(errors.length === 0, 'no console or script error', errors.join(' | '));
   check(foreign.length === 0, 'no request to another host', foreign.join(' '));
