@@ -2,8 +2,8 @@
 // against a llama-pool of fake workers started here on port 0. Checks that the page loads,
 // shows the workers ready, changes without a reload while traffic flows, raises no script
 // error, requests nothing from another host, streams a playground reply, that its restart
-// button restarts a worker, and that with an admin key set it asks for the key and then
-// works. With --screenshots DIR it also saves the page at 1280 px and at phone width.
+// button restarts a worker and its Cancel button cancels a job, and that with an admin key
+// set it asks for the key and then works. With --screenshots DIR it also saves the page at 1280 px and at phone width.
 //
 // usage: node console_browser_test.mjs LLAMA_POOL FAKE_LLAMA_SERVER [--screenshots DIR]
 // Prints "N passed, M failed" and exits non-zero on any failure.
@@ -238,6 +238,28 @@ async function main() {
     return rows.length === 2 && rows.every((r) => r.children[2].textContent === 'ready');
   }, { timeout: 20_000 }).then(() => true, () => false);
   check(readyAgain, 'the page shows worker 0 ready again after its restart');
+
+  // A background job shows with a progress bar, and its Cancel button cancels it.
+  const submitted = await fetch(`${base}/v1/jobs`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ type: 'summarize', text: 'word '.repeat(20000) }),
+  }).then((r) => r.json());
+  const jobShown = await page.waitForFunction((id) => [...document.querySelectorAll('#jobs li')]
+    .some((li) => li.textContent.includes(id) && li.querySelector('progress') &&
+      !li.querySelector('button').disabled), { timeout: 20_000 }, submitted.id)
+    .then(() => true, () => false);
+  check(jobShown, 'the page lists the running job with a progress bar and a Cancel button');
+  await page.click(`button[aria-label="cancel job ${submitted.id}"]`);
+  let jobState = '';
+  try {
+    jobState = await until(async () => {
+      const j = await (await fetch(`${base}/v1/jobs/${submitted.id}`)).json();
+      return j.state === 'cancelled' ? j.state : '';
+    }, 20_000, 'the job cancelled');
+  } catch (e) {
+    jobState = e.message;
+  }
+  check(jobState === 'cancelled', 'the Cancel button cancels the job', jobState);
 
   // With an admin key the page asks for it, then shows the pool; the key goes in a header.
   const key = 'console-test-key';
