@@ -3,7 +3,8 @@
 // shows the workers ready, changes without a reload while traffic flows, raises no script
 // error, requests nothing from another host, streams a playground reply, that its restart
 // button restarts a worker and its Cancel button cancels a job, and that with an admin key
-// set it asks for the key and then works. With --screenshots DIR it also saves the page at 1280 px and at phone width.
+// set it asks for the key and then works. With --screenshots DIR it also saves the page at
+// 1280 px and at phone width.
 //
 // usage: node console_browser_test.mjs LLAMA_POOL FAKE_LLAMA_SERVER [--screenshots DIR]
 // Prints "N passed, M failed" and exits non-zero on any failure.
