@@ -206,6 +206,9 @@ async function main() {
 
   if (screenshots) {
     mkdirSync(screenshots, { recursive: true });
+    await page.click('button[aria-label="show the log of worker 0"]');
+    await page.waitForFunction(() => !document.getElementById('log').textContent.startsWith('loading'),
+      { timeout: 10_000 }).catch(() => {});
     await traffic(base, 8, 2);
     await page.screenshot({ path: path.join(screenshots, 'console-1280.png'), fullPage: true });
     // Width only: isMobile would make puppeteer reload the page.
