@@ -63,8 +63,9 @@ test-e2e: build deps-test bitnet-note
 
 # Unit and integration tests under sanitizers, each in its own build directory. Tests that
 # measure memory are left out: sanitizers keep freed memory in quarantine, so RSS bounds
-# say nothing under them (those tests run in `make test`).
-SANITIZER_SKIP := observability|memory stays bounded
+# say nothing under them (those tests run in `make test`), and the browser test spends its
+# time in chromium (the console's threads are covered by its unit tests there).
+SANITIZER_SKIP := observability|memory stays bounded|console_browser
 # Only what those tests run: the end-to-end tests are not built there.
 SANITIZER_TARGETS := unit-tests integration-tests llama-pool fake-llama-server
 test-asan: deps-test

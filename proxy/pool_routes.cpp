@@ -25,29 +25,6 @@ std::string iso_time(std::chrono::system_clock::time_point t) {
                        fmt::gmtime(std::chrono::system_clock::to_time_t(t)));
 }
 
-std::string html_escape(std::string_view s) {
-    std::string out;
-    for (const char c : s) {
-        switch (c) {
-            case '<':
-                out += "&lt;";
-                break;
-            case '>':
-                out += "&gt;";
-                break;
-            case '&':
-                out += "&amp;";
-                break;
-            case '"':
-                out += "&quot;";
-                break;
-            default:
-                out += c;
-        }
-    }
-    return out;
-}
-
 }  // namespace
 
 nlohmann::json PoolRoutes::queue_json() {
@@ -194,36 +171,6 @@ void PoolRoutes::health(Exchange& exchange, const std::string& request_id) {
                      {"type", "unavailable_error"},
                      {"source", "llama-pool"}};
     respond_json(exchange, 503, body.dump(), request_id);
-}
-
-void PoolRoutes::index_page(Exchange& exchange, const std::string& request_id) {
-    const auto status = status_json();
-    std::string rows;
-    for (const auto& w : status["workers"]) {
-        rows += fmt::format(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td>"
-            "</tr>\n",
-            html_escape(w["group"].get<std::string>()), html_escape(w["id"].get<std::string>()),
-            html_escape(w["state"].get<std::string>()), w["pid"].get<int>(),
-            w["inflight"].get<int>(), w["slots"].get<int>(), w["restarts"].get<int>(),
-            html_escape(w["detail"].get<std::string>()));
-    }
-    const auto& t = status["totals"];
-    const auto page = fmt::format(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>llama-pool</title></head>\n"
-        "<body><h1>llama-pool {}</h1>\n"
-        "<p>{} of {} workers ready; {} requests in flight on {} slots; {} queued.</p>\n"
-        "<table border=\"1\" cellpadding=\"4\"><tr><th>group</th><th>worker</th><th>state</th>"
-        "<th>pid</th>"
-        "<th>in flight/slots</th><th>restarts</th><th>detail</th></tr>\n{}</table>\n"
-        "<p>JSON: <a href=\"/pool/status\">/pool/status</a>, health: <a href=\"/health\">/health"
-        "</a>, metrics: <a href=\"/metrics\">/metrics</a></p></body></html>\n",
-        html_escape(version_), t["ready"].get<int>(), t["workers"].get<int>(),
-        t["inflight"].get<int>(), t["slots"].get<int>(), t["queued"].get<int>(), rows);
-    Headers headers;
-    headers.add("Content-Type", "text/html; charset=utf-8");
-    headers.add("X-Request-Id", request_id);
-    exchange.respond(200, std::move(headers), page);
 }
 
 namespace {
@@ -450,10 +397,6 @@ bool PoolRoutes::handle(Exchange& exchange, const std::string& path,
         health(exchange, request_id);
         return true;
     }
-    if (path == "/" && (method == "GET" || method == "HEAD")) {
-        index_page(exchange, request_id);
-        return true;
-    }
     if (path.rfind("/pool/", 0) != 0 && path != "/pool") {
         return false;
     }
@@ -474,7 +417,8 @@ bool PoolRoutes::handle(Exchange& exchange, const std::string& path,
                      request_id);
         return true;
     }
-    if (!admin(exchange, path, request_id)) {
+    if (!admin(exchange, path, request_id) &&
+        !(admin_routes_ && admin_routes_->handle(exchange, path, request_id))) {
         respond_json(exchange, 404, make_error_body(404, "File Not Found", "not_found_error"),
                      request_id);
     }

@@ -4,13 +4,15 @@
 
 #include "common/http_server.hpp"
 #include "proxy/group_set.hpp"
+#include "proxy/route_handler.hpp"
 
 namespace llama_pool {
 
-// The endpoints the pool answers itself: GET /health, GET /, GET /slots, GET /props,
+// The endpoints the pool answers itself: GET /health, GET /slots, GET /props,
 // GET /v1/models (when there are groups), /pool/status, /pool/queue, /pool/workers/{id}/log,
 // POST /pool/workers/{id}/restart, POST /pool/restart and POST /pool/groups/{name}/start|stop.
 // /pool/* needs `admin_key` when one is set, and answers only loopback clients when none is.
+// GET / is the console's (proxy/console).
 class PoolRoutes {
   public:
     PoolRoutes(GroupSet& groups, std::string version, std::string admin_key)
@@ -24,10 +26,12 @@ class PoolRoutes {
     nlohmann::json status_json();
     // GET /pool/queue: depth, and per tenant what waits, what runs and the oldest wait.
     nlohmann::json queue_json();
+    // More /pool/* routes (the console's), tried after this class's own and after the same
+    // admin check; set before serving.
+    void set_admin_routes(RouteHandler* routes) { admin_routes_ = routes; }
 
   private:
     void health(Exchange& exchange, const std::string& request_id);
-    void index_page(Exchange& exchange, const std::string& request_id);
     void slots(Exchange& exchange, const std::string& request_id);
     void props(Exchange& exchange, const std::string& request_id);
     void models(Exchange& exchange, const std::string& request_id);
@@ -41,6 +45,7 @@ class PoolRoutes {
     GroupSet& groups_;
     std::string version_;
     std::string admin_key_;
+    RouteHandler* admin_routes_ = nullptr;
 };
 
 void respond_json(Exchange& exchange, int status, const std::string& body,

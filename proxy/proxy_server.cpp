@@ -40,6 +40,17 @@ ProxyServer::ProxyServer(const PoolConfig& config, GroupSet& groups, Logger& log
       reuse_(config, log, metrics, time_),
       auth_(std::move(client_keys)) {
     metrics.attach_reuse([this] { return reuse_.snapshot(); });
+    console_ = std::make_unique<Console>(
+        time_, [this] { return routes_.status_json(); },
+        [this] {
+            double waiting = 0;
+            for (const auto& g : groups_.groups()) {
+                waiting += static_cast<double>(g->registry().waiting());
+            }
+            return waiting;
+        },
+        LLAMA_POOL_VERSION);
+    routes_.set_admin_routes(console_.get());
     if (config.rate_limit_rps > 0) {
         rate_limiter_ =
             std::make_unique<KeyedRateLimiter>(config.rate_limit_rps, config.rate_limit_burst);
@@ -58,16 +69,22 @@ ProxyServer::ProxyServer(const PoolConfig& config, GroupSet& groups, Logger& log
 }
 
 ProxyServer::~ProxyServer() {
+    console_->stop();
     server_->stop();
     metrics_.attach_reuse({});
 }
 
 bool ProxyServer::start(std::string& error) {
-    return server_->start(error);
+    if (!server_->start(error)) {
+        return false;
+    }
+    console_->start();
+    return true;
 }
 
 void ProxyServer::shutdown(TimePoint deadline) {
     server_->stop_accepting();
+    console_->stop();  // open event streams end now instead of holding the drain
     server_->drain(deadline);
     groups_.shutdown_registries();
     server_->stop();
@@ -107,6 +124,7 @@ void ProxyServer::handle(Exchange& exchange) {
     // A client that left got no status; 499 is the conventional label for that.
     const int status = outcome.client_gone ? 499 : outcome.status;
     metrics_.request_done(outcome.group, route, status, seconds);
+    console_->request_done(route, seconds, outcome.tokens_predicted);
     if (outcome.first_byte_seconds >= 0) {
         metrics_.first_byte(outcome.group, route, outcome.first_byte_seconds);
     }
@@ -167,6 +185,12 @@ void ProxyServer::serve(Exchange& exchange, const std::string& path, const std::
                              ? metrics_.render()
                              : metrics_.render_group(groups_.route(request, path).metrics_label()));
         outcome.status = 200;
+        return;
+    }
+    // The console's page and files are public, as the status page at / always was: a browser
+    // cannot send a key with a navigation. Its data comes from /pool/*, with the admin rules.
+    if (console_->handle_page(exchange, path, request_id)) {
+        outcome.status = exchange.response_status();
         return;
     }
     // /health stays public (orchestrators probe it); /pool/* checks the admin key itself.

@@ -7,6 +7,7 @@
 #include "common/http_server.hpp"
 #include "common/log.hpp"
 #include "common/random.hpp"
+#include "proxy/console/console.hpp"
 #include "proxy/group_set.hpp"
 #include "proxy/inbound_auth.hpp"
 #include "proxy/pool_metrics.hpp"
@@ -33,7 +34,10 @@ class ProxyServer {
     // Graceful: stop accepting, let requests finish until `deadline`, then stop.
     void shutdown(TimePoint deadline);
     // Cuts every running request short (second signal); shutdown() then returns at once.
-    void abort() { server_->abort(); }
+    void abort() {
+        console_->stop();
+        server_->abort();
+    }
     HttpServer& http() { return *server_; }
     // Extra endpoints (summarize, jobs), tried after the pool's own; set before start().
     void set_workload_routes(RouteHandler* routes) { workload_routes_ = routes; }
@@ -54,6 +58,7 @@ class ProxyServer {
     RequestIds request_ids_;
     std::unique_ptr<KeyedRateLimiter> rate_limiter_;  // null when rate limiting is off
     RouteHandler* workload_routes_ = nullptr;
+    std::unique_ptr<Console> console_;  // stopped before server_ drains or stops
     std::unique_ptr<HttpServer> server_;
 };
 

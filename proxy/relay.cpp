@@ -568,6 +568,7 @@ RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                     usage.finish(events || content_type.rfind("text/event-stream", 0) == 0);
                 counts.found) {
                 metrics_.tokens(group_, outcome.worker, counts.predicted, counts.prompt);
+                outcome.tokens_predicted = counts.predicted;
             }
             if (io != IoStatus::ok) {
                 // The worker broke mid-response. A stream ends with what was produced and an

@@ -30,6 +30,7 @@ struct RelayOutcome {
     std::vector<RetryReason> retry_reasons;  // one per retry
     std::string retry_refused;               // why no further retry: budget, attempts, deadline
     double first_byte_seconds = -1;          // when the response head went out; -1 when it did not
+    long long tokens_predicted = 0;          // generated tokens the reply reported (usage, timings)
     std::string cache;        // hit, miss, bypass; empty when the response cache had no say
     std::string idempotency;  // executed, attached, replayed, conflict; empty without a key
 };

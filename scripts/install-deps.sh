@@ -25,6 +25,7 @@ if [ "$level" = "--test" ] || [ "$level" = "--extra" ]; then
     wrk nginx haproxy  # the benchmark harness, smoke-run by the tests
     docker-compose systemd yamllint  # deployment checks (compose, systemd-analyze, manifests)
     clang-format  # make check-format, the first step of CI
+    chromium  # the console's browser test (test/console), headless
   )
 fi
 # Tools the optional targets use; installed by `make deps-extra`: clang for the fuzzers,
@@ -38,6 +39,18 @@ if [ "${2:-${1:-}}" = "--list" ]; then
   exit 0
 fi
 
+# The console's browser test drives chromium with puppeteer-core from the npm registry, at
+# the version test/console/package-lock.json pins; installed once, again when the pin moves.
+console_test_modules() {
+  [ "$level" = "--test" ] || [ "$level" = "--extra" ] || return 0
+  local dir pinned
+  dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/test/console"
+  pinned=$(sed -n 's/.*"puppeteer-core": "\(.*\)".*/\1/p' "$dir/package.json")
+  grep -qs "\"version\": \"$pinned\"" "$dir/node_modules/puppeteer-core/package.json" && return 0
+  echo "install-deps: npm ci in test/console (puppeteer-core $pinned)" >&2
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+}
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -45,10 +58,14 @@ done
 for c in "${commands[@]}"; do
   command -v "${c%%:*}" >/dev/null || missing+=("${c##*:}")
 done
-[ "${#missing[@]}" -eq 0 ] && exit 0
+if [ "${#missing[@]}" -eq 0 ]; then
+  console_test_modules
+  exit 0
+fi
 
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"
 echo "install-deps: installing ${missing[*]}" >&2
 $sudo apt-get update -qq >&2
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+console_test_modules

@@ -19,13 +19,15 @@ class TestExchange final : public Exchange {
 
     const HttpRequest& request() const override { return request_; }
     const std::string& remote_address() const override { return remote_; }
-    bool respond(int status, Headers, std::string_view body) override {
+    bool respond(int status, Headers headers, std::string_view body) override {
         status_ = status;
+        headers_ = std::move(headers);
         body_ = body;
         return true;
     }
-    bool begin(int status, Headers, std::optional<std::size_t> length) override {
+    bool begin(int status, Headers headers, std::optional<std::size_t> length) override {
         status_ = status;
+        headers_ = std::move(headers);
         length_ = length;
         return true;
     }
@@ -49,6 +51,7 @@ class TestExchange final : public Exchange {
     IoWatch watch() const override { return {}; }
 
     const std::string& body() const { return body_; }
+    const Headers& headers() const { return headers_; }
     std::optional<std::size_t> length() const { return length_; }
 
     std::function<void()> on_write;
@@ -59,6 +62,7 @@ class TestExchange final : public Exchange {
     std::string remote_;
     int status_ = 0;
     std::optional<std::size_t> length_;
+    Headers headers_;
     std::string body_;
 };
 
