@@ -3,6 +3,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <thread>
 #include <vector>
 
@@ -61,4 +62,37 @@ TEST_CASE("a one-worker two-slot pool given 4 held requests shows 2 running and 
     CHECK(seen[2] == 1);
     CHECK(ok == 4);
     CHECK(wait_until([&] { return gauges() == std::vector<double>{0, 0, 0}; }, 10s));
+}
+
+TEST_CASE("with groups the engine gauges have a pool-wide series and one per group",
+          "[integration][groups]") {
+    TempDir dir;
+    nlohmann::json doc;
+    doc["groups"] = nlohmann::json::array();
+    for (const auto* name : {"chat", "embed"}) {
+        const auto model = dir.file(std::string(name) + ".gguf");
+        std::ofstream(model) << "gguf";
+        doc["groups"].push_back({{"name", name}, {"model", model}, {"workers", 1}});
+    }
+    const auto config = dir.file("pool.json");
+    std::ofstream(config) << doc.dump(2);
+    PoolProcess pool(fake_pool_args(1, {"--config", config}));
+    REQUIRE(pool.wait_ready(2, 20s));
+    const auto m = pool.client(10s).Get("/metrics");
+    REQUIRE(m);
+    const auto& text = m->body;
+    for (const auto* name : {"llama_pool_requests_waiting", "llama_pool_requests_running",
+                             "llama_pool_kv_cache_usage_ratio"}) {
+        INFO(name);
+        const std::string n(name);
+        CHECK(metric_value(text, n + " ") == 0);
+        CHECK(metric_value(text, n + "{group=\"chat\"} ") == 0);
+        CHECK(metric_value(text, n + "{group=\"embed\"} ") == 0);
+    }
+    // A group's own view keeps the pool-wide series and drops the other group's.
+    const auto embed = pool.client(10s).Get("/metrics?model=embed");
+    REQUIRE(embed);
+    CHECK(metric_value(embed->body, "llama_pool_requests_waiting ") == 0);
+    CHECK(metric_value(embed->body, "llama_pool_requests_waiting{group=\"embed\"} ") == 0);
+    CHECK(metric_value(embed->body, "llama_pool_requests_waiting{group=\"chat\"} ") == -1);
 }
