@@ -1,10 +1,17 @@
 #include "common/metrics.hpp"
 
+#include <prometheus/check_names.h>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
 #include <algorithm>
 #include <cmath>
 #include <exception>
+#include <sstream>
 #include <stdexcept>
-#include <utility>
 
 #include "common/prometheus_text.hpp"
 
@@ -27,77 +34,76 @@ std::vector<double> checked_bounds(std::vector<double> bounds) {
     return bounds;
 }
 
-// `name{a="x",b="y"` (the caller closes the brace, after adding `le` where needed), or just
-// `name` when no label has a value. A label with an empty value is left out: Prometheus
-// reads it as absent anyway, and so a label that only some series need (a model group's name
-// when the pool has groups) costs the others nothing. Returns whether a brace was opened.
-bool append_name_and_labels(std::string& out, std::string_view name,
-                            const std::vector<std::string>& label_names,
-                            const std::vector<std::string>& label_values) {
-    out += name;
-    bool opened = false;
+void check_family(const std::string& name, const std::string& help,
+                  const std::vector<std::string>& label_names) {
+    if (!prometheus::CheckMetricName(name)) {
+        throw std::invalid_argument("invalid metric name: '" + name + "'");
+    }
+    // prometheus-cpp 1.0 writes HELP as given; these two would break the line.
+    if (help.find_first_of("\\\n") != std::string::npos) {
+        throw std::invalid_argument("metric " + name + ": help must not hold '\\' or newline");
+    }
     for (std::size_t i = 0; i < label_names.size(); ++i) {
-        if (label_values[i].empty()) {
-            continue;
+        if (!prometheus::CheckLabelName(label_names[i]) || !is_valid_label_name(label_names[i])) {
+            throw std::invalid_argument("metric " + name + ": invalid label name: '" +
+                                        label_names[i] + "'");
         }
-        out += opened ? ',' : '{';
-        opened = true;
-        out += label_names[i];
-        out += "=\"";
-        append_escaped_label_value(out, label_values[i]);
-        out += '"';
+        if (std::find(label_names.begin(), label_names.begin() + static_cast<std::ptrdiff_t>(i),
+                      label_names[i]) != label_names.begin() + static_cast<std::ptrdiff_t>(i)) {
+            throw std::invalid_argument("metric " + name + ": label '" + label_names[i] +
+                                        "' given twice");
+        }
     }
-    return opened;
 }
 
-void append_sample(std::string& out, std::string_view name,
-                   const std::vector<std::string>& label_names,
-                   const std::vector<std::string>& label_values, double value) {
-    if (append_name_and_labels(out, name, label_names, label_values)) {
-        out += '}';
+prometheus::Counter& add_child(prometheus::Family<prometheus::Counter>& family,
+                               const prometheus::Labels& labels, const std::vector<double>&) {
+    return family.Add(labels);
+}
+
+prometheus::Gauge& add_child(prometheus::Family<prometheus::Gauge>& family,
+                             const prometheus::Labels& labels, const std::vector<double>&) {
+    return family.Add(labels);
+}
+
+prometheus::Histogram& add_child(prometheus::Family<prometheus::Histogram>& family,
+                                 const prometheus::Labels& labels,
+                                 const std::vector<double>& bounds) {
+    return family.Add(labels, bounds);
+}
+
+// prometheus-cpp keeps labels in a std::map and children in a hash map: put each series'
+// labels back in the order the family declared them, and the series in the order of their
+// label values, so that the exposition reads the same on every scrape.
+void order_family(prometheus::MetricFamily& family, const std::vector<std::string>& order) {
+    const auto rank = [&](const std::string& name) {
+        return std::find(order.begin(), order.end(), name) - order.begin();
+    };
+    const auto key = [&](const prometheus::ClientMetric& metric) {
+        std::vector<std::string> values(order.size());
+        for (const auto& label : metric.label) {
+            const auto at = static_cast<std::size_t>(rank(label.name));
+            if (at < values.size()) {
+                values[at] = label.value;
+            }
+        }
+        return values;
+    };
+    for (auto& metric : family.metric) {
+        std::sort(metric.label.begin(), metric.label.end(),
+                  [&](const auto& a, const auto& b) { return rank(a.name) < rank(b.name); });
     }
-    out += ' ';
-    append_metric_value(out, value);
-    out += '\n';
-}
-
-const char* type_name(const Counter*) {
-    return "counter";
-}
-const char* type_name(const Gauge*) {
-    return "gauge";
-}
-const char* type_name(const Histogram*) {
-    return "histogram";
-}
-
-void append_samples(std::string& out, const std::string& name,
-                    const std::vector<std::string>& label_names,
-                    const std::vector<std::string>& label_values, const Counter& counter) {
-    append_sample(out, name, label_names, label_values, counter.value());
-}
-
-void append_samples(std::string& out, const std::string& name,
-                    const std::vector<std::string>& label_names,
-                    const std::vector<std::string>& label_values, const Gauge& gauge) {
-    append_sample(out, name, label_names, label_values, gauge.value());
-}
-
-void append_samples(std::string& out, const std::string& name,
-                    const std::vector<std::string>& label_names,
-                    const std::vector<std::string>& label_values, const Histogram& histogram) {
-    const auto snap = histogram.snapshot();
-    const auto bucket_name = name + "_bucket";
-    for (std::size_t i = 0; i < snap.cumulative_counts.size(); ++i) {
-        const bool opened = append_name_and_labels(out, bucket_name, label_names, label_values);
-        out += opened ? ",le=\"" : "{le=\"";
-        append_metric_value(out, i < snap.upper_bounds.size() ? snap.upper_bounds[i] : HUGE_VAL);
-        out += "\"} ";
-        append_metric_value(out, static_cast<double>(snap.cumulative_counts[i]));
-        out += '\n';
+    std::vector<std::pair<std::vector<std::string>, prometheus::ClientMetric>> keyed;
+    keyed.reserve(family.metric.size());
+    for (auto& metric : family.metric) {
+        keyed.emplace_back(key(metric), std::move(metric));
     }
-    append_sample(out, name + "_sum", label_names, label_values, snap.sum);
-    append_sample(out, name + "_count", label_names, label_values, static_cast<double>(snap.count));
+    std::sort(keyed.begin(), keyed.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    family.metric.clear();
+    for (auto& [values, metric] : keyed) {
+        family.metric.push_back(std::move(metric));
+    }
 }
 
 }  // namespace
@@ -106,142 +112,169 @@ void Counter::inc(double v) {
     if (!(v >= 0)) {
         throw std::invalid_argument("counter increment must be >= 0");
     }
-    value_.fetch_add(v, std::memory_order_relaxed);
+    impl_->Increment(v);
 }
 
-Histogram::Histogram(std::vector<double> upper_bounds)
-    : upper_bounds_(checked_bounds(std::move(upper_bounds))),
-      bucket_counts_(upper_bounds_.size() + 1) {}
+double Counter::value() const {
+    return impl_->Value();
+}
+
+void Gauge::set(double v) {
+    impl_->Set(v);
+}
+
+void Gauge::inc(double v) {
+    impl_->Increment(v);
+}
+
+void Gauge::dec(double v) {
+    impl_->Decrement(v);
+}
+
+double Gauge::value() const {
+    return impl_->Value();
+}
 
 void Histogram::observe(double v) {
-    // First bound >= v, i.e. the `le` bucket; NaN compares false with everything, so it is
-    // sent to +Inf explicitly.
-    const auto index = std::isnan(v)
-                           ? upper_bounds_.size()
-                           : static_cast<std::size_t>(
-                                 std::lower_bound(upper_bounds_.begin(), upper_bounds_.end(), v) -
-                                 upper_bounds_.begin());
-    bucket_counts_[index].fetch_add(1, std::memory_order_relaxed);
-    sum_.fetch_add(v, std::memory_order_relaxed);
+    if (std::isnan(v)) {
+        // prometheus-cpp's bucket search would put NaN in the first bucket; Prometheus'
+        // own clients count it in +Inf only (no bound is >= NaN). Rare enough to afford
+        // collecting the child to learn its bucket count.
+        std::vector<double> increments(impl_->Collect().histogram.bucket.size(), 0);
+        increments.back() = 1;
+        impl_->ObserveMultiple(increments, v);
+        return;
+    }
+    impl_->Observe(v);
 }
 
 HistogramSnapshot Histogram::snapshot() const {
+    const auto collected = impl_->Collect().histogram;
     HistogramSnapshot snap;
-    snap.upper_bounds = upper_bounds_;
-    snap.cumulative_counts.reserve(bucket_counts_.size());
-    std::uint64_t running = 0;
-    for (const auto& bucket : bucket_counts_) {
-        running += bucket.load(std::memory_order_relaxed);
-        snap.cumulative_counts.push_back(running);
+    for (const auto& bucket : collected.bucket) {
+        if (bucket.upper_bound != HUGE_VAL) {
+            snap.upper_bounds.push_back(bucket.upper_bound);
+        }
+        snap.cumulative_counts.push_back(bucket.cumulative_count);
     }
-    // Derived from the buckets rather than counted separately, so that a scrape racing an
-    // observation never shows a count that differs from the +Inf bucket.
-    snap.count = running;
-    snap.sum = sum_.load(std::memory_order_relaxed);
+    snap.sum = collected.sample_sum;
+    snap.count = collected.sample_count;
     return snap;
 }
 
-FamilyBase::FamilyBase(std::string name, std::string help, std::vector<std::string> label_names)
-    : name_(std::move(name)), help_(std::move(help)), label_names_(std::move(label_names)) {
-    if (!is_valid_metric_name(name_)) {
-        throw std::invalid_argument("invalid metric name: '" + name_ + "'");
-    }
-    for (std::size_t i = 0; i < label_names_.size(); ++i) {
-        if (!is_valid_label_name(label_names_[i])) {
-            throw std::invalid_argument("metric " + name_ + ": invalid label name: '" +
-                                        label_names_[i] + "'");
-        }
-        for (std::size_t j = 0; j < i; ++j) {
-            if (label_names_[j] == label_names_[i]) {
-                throw std::invalid_argument("metric " + name_ + ": label '" + label_names_[i] +
-                                            "' given twice");
-            }
-        }
-    }
-}
-
 template <class Metric>
-Family<Metric>::Family(std::string name, std::string help, std::vector<std::string> label_names,
-                       Factory make_child)
-    : FamilyBase(std::move(name), std::move(help), std::move(label_names)),
-      make_child_(std::move(make_child)) {
-    if (this->label_names().empty()) {
-        children_.emplace(std::vector<std::string>{}, make_child_());
+Family<Metric>::Family(Impl& impl, std::vector<std::string> label_names, std::vector<double> bounds)
+    : impl_(&impl), label_names_(std::move(label_names)), bounds_(std::move(bounds)) {
+    // A family without labels has its one child from the start, so it renders (as 0)
+    // before its first update.
+    if (label_names_.empty()) {
+        get();
     }
 }
 
 template <class Metric>
 Metric& Family<Metric>::labels(const std::vector<std::string>& values) {
-    if (values.size() != label_names().size()) {
-        throw std::invalid_argument("metric " + name() + ": expected " +
-                                    std::to_string(label_names().size()) + " label values, got " +
+    if (values.size() != label_names_.size()) {
+        throw std::invalid_argument("metric " + impl_->GetName() + ": expected " +
+                                    std::to_string(label_names_.size()) + " label values, got " +
                                     std::to_string(values.size()));
     }
     std::lock_guard lock(mutex_);
     auto it = children_.find(values);
     if (it == children_.end()) {
-        it = children_.emplace(values, make_child_()).first;
+        prometheus::Labels labels;
+        for (std::size_t i = 0; i < values.size(); ++i) {
+            if (!values[i].empty()) {
+                labels.emplace(label_names_[i], valid_utf8(values[i]));
+            }
+        }
+        it = children_.emplace(values, std::make_unique<Metric>(add_child(*impl_, labels, bounds_)))
+                 .first;
     }
     return *it->second;
-}
-
-template <class Metric>
-void Family<Metric>::render(std::string& out) const {
-    append_family_header(out, name(), help(), type_name(static_cast<const Metric*>(nullptr)));
-    std::lock_guard lock(mutex_);
-    for (const auto& [values, child] : children_) {
-        append_samples(out, name(), label_names(), values, *child);
-    }
 }
 
 template class Family<Counter>;
 template class Family<Gauge>;
 template class Family<Histogram>;
 
-template <class Metric>
-Family<Metric>& MetricsRegistry::add(std::unique_ptr<Family<Metric>> family,
-                                     const std::vector<std::string>& sample_names) {
-    std::lock_guard lock(mutex_);
-    for (const auto& name : sample_names) {
+CollectedFamily::CollectedFamily(std::string name, std::string help, Type type) {
+    family_.name = std::move(name);
+    family_.help = std::move(help);
+    family_.type =
+        type == Type::counter ? prometheus::MetricType::Counter : prometheus::MetricType::Gauge;
+}
+
+CollectedFamily& CollectedFamily::add(std::vector<std::pair<std::string, std::string>> labels,
+                                      double value) {
+    prometheus::ClientMetric metric;
+    for (auto& [name, label_value] : labels) {
+        if (!label_value.empty()) {
+            metric.label.push_back({std::move(name), valid_utf8(label_value)});
+        }
+    }
+    if (family_.type == prometheus::MetricType::Counter) {
+        metric.counter.value = value;
+    } else {
+        metric.gauge.value = value;
+    }
+    family_.metric.push_back(std::move(metric));
+    return *this;
+}
+
+MetricsRegistry::MetricsRegistry()
+    : registry_(
+          std::make_unique<prometheus::Registry>(prometheus::Registry::InsertBehavior::Throw)) {}
+
+MetricsRegistry::~MetricsRegistry() = default;
+
+void MetricsRegistry::take_names(const std::vector<std::string>& names, Declared declared) {
+    for (const auto& name : names) {
         if (taken_names_.count(name) != 0) {
             throw std::invalid_argument("metric name already registered: " + name);
         }
     }
-    taken_names_.insert(sample_names.begin(), sample_names.end());
-    auto& ref = *family;
-    families_.push_back(std::move(family));
-    return ref;
+    taken_names_.insert(names.begin(), names.end());
+    declared_.emplace_back(names.front(), std::move(declared));
 }
 
-Family<Counter>& MetricsRegistry::counter(std::string name, std::string help,
+Family<Counter>& MetricsRegistry::counter(const std::string& name, const std::string& help,
                                           std::vector<std::string> label_names) {
-    auto family =
-        std::make_unique<Family<Counter>>(std::move(name), std::move(help), std::move(label_names));
-    const std::vector<std::string> taken{family->name()};
-    return add(std::move(family), taken);
+    check_family(name, help, label_names);
+    std::lock_guard lock(mutex_);
+    take_names({name}, {help, prometheus::MetricType::Counter, label_names});
+    auto& impl = prometheus::BuildCounter().Name(name).Help(help).Register(*registry_);
+    counters_.push_back(
+        std::make_unique<Family<Counter>>(impl, std::move(label_names), std::vector<double>{}));
+    return *counters_.back();
 }
 
-Family<Gauge>& MetricsRegistry::gauge(std::string name, std::string help,
+Family<Gauge>& MetricsRegistry::gauge(const std::string& name, const std::string& help,
                                       std::vector<std::string> label_names) {
-    auto family =
-        std::make_unique<Family<Gauge>>(std::move(name), std::move(help), std::move(label_names));
-    const std::vector<std::string> taken{family->name()};
-    return add(std::move(family), taken);
+    check_family(name, help, label_names);
+    std::lock_guard lock(mutex_);
+    take_names({name}, {help, prometheus::MetricType::Gauge, label_names});
+    auto& impl = prometheus::BuildGauge().Name(name).Help(help).Register(*registry_);
+    gauges_.push_back(
+        std::make_unique<Family<Gauge>>(impl, std::move(label_names), std::vector<double>{}));
+    return *gauges_.back();
 }
 
-Family<Histogram>& MetricsRegistry::histogram(std::string name, std::string help,
+Family<Histogram>& MetricsRegistry::histogram(const std::string& name, const std::string& help,
                                               std::vector<std::string> label_names,
                                               std::vector<double> upper_bounds) {
     if (std::find(label_names.begin(), label_names.end(), "le") != label_names.end()) {
         throw std::invalid_argument("histogram " + name + ": 'le' is reserved for buckets");
     }
+    check_family(name, help, label_names);
     auto bounds = checked_bounds(std::move(upper_bounds));
-    auto family = std::make_unique<Family<Histogram>>(
-        std::move(name), std::move(help), std::move(label_names),
-        [bounds] { return std::make_unique<Histogram>(bounds); });
-    const auto& base = family->name();
-    const std::vector<std::string> taken{base, base + "_bucket", base + "_sum", base + "_count"};
-    return add(std::move(family), taken);
+    std::lock_guard lock(mutex_);
+    take_names({name, name + "_bucket", name + "_sum", name + "_count"},
+               {help, prometheus::MetricType::Histogram, label_names});
+    auto& impl = prometheus::BuildHistogram().Name(name).Help(help).Register(*registry_);
+    histograms_.push_back(
+        std::make_unique<Family<Histogram>>(impl, std::move(label_names), std::move(bounds)));
+    return *histograms_.back();
 }
 
 void MetricsRegistry::add_collector(Collector collector) {
@@ -249,35 +282,43 @@ void MetricsRegistry::add_collector(Collector collector) {
     collectors_.push_back(std::move(collector));
 }
 
-std::string MetricsRegistry::render() const {
-    // Copied under the lock, rendered outside it: families are never removed, and a
-    // collector that is slow (reading /proc, asking workers) must not block registrations.
-    std::vector<const FamilyBase*> families;
+std::string MetricsRegistry::render(std::vector<prometheus::MetricFamily> first) const {
+    std::vector<prometheus::MetricFamily> families;
     std::vector<Collector> collectors;
     {
+        // Families are collected under the lock (how they were declared is read from what
+        // registrations write); collectors run outside it: one that is slow (reading /proc,
+        // asking workers) must not block registrations.
         std::lock_guard lock(mutex_);
-        families.reserve(families_.size());
-        for (const auto& family : families_) {
-            families.push_back(family.get());
+        std::map<std::string, prometheus::MetricFamily> collected;
+        for (auto& family : registry_->Collect()) {
+            auto name = family.name;
+            collected.emplace(std::move(name), std::move(family));
+        }
+        families.reserve(declared_.size());
+        for (const auto& [name, declared] : declared_) {
+            const auto it = collected.find(name);
+            if (it == collected.end()) {
+                families.push_back({name, declared.help, declared.type, {}});
+                continue;
+            }
+            order_family(it->second, declared.label_names);
+            families.push_back(std::move(it->second));
         }
         collectors = collectors_;
     }
-    std::string out;
-    for (const auto* family : families) {
-        family->render(out);
-    }
+    std::move(first.begin(), first.end(), std::back_inserter(families));
     for (const auto& collector : collectors) {
-        // Into a scratch string, so that a collector failing half-way cannot leave a torn
-        // family in the exposition.
-        std::string part;
         try {
-            collector(part);
+            auto more = collector();
+            std::move(more.begin(), more.end(), std::back_inserter(families));
         } catch (const std::exception&) {
             continue;
         }
-        out += part;
     }
-    return out;
+    std::ostringstream stream;
+    prometheus::TextSerializer().Serialize(stream, families);
+    return std::move(stream).str();
 }
 
 std::vector<double> llm_latency_buckets() {

@@ -1,6 +1,7 @@
 #pragma once
 
-#include <atomic>
+#include <prometheus/metric_family.h>
+
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
@@ -9,14 +10,27 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
-// The pool's own metrics, rendered in Prometheus text format 0.0.4.
+// The pool's own metrics, kept and serialized by prometheus-cpp (Prometheus text format
+// 0.0.4), behind the small interface the pool's code was written against.
 //
-// Updating a metric is a few relaxed atomic operations and takes no lock. Looking a labeled
-// child up takes its family's lock, so hot paths look children up once and keep the
-// reference: children are never removed and live as long as their family (and so as long as
-// the registry that owns it).
+// What this layer adds to prometheus-cpp, and why:
+//  - label values are given positionally, in the order the family declared its labels, and
+//    a label whose value is empty is left out of the series (Prometheus reads it as absent
+//    anyway; a `group` label that only pools with groups need costs the others nothing);
+//  - labels render in declared order and children sorted by label values, so the text is
+//    the same on every scrape and reads as it always did;
+//  - label values are made valid UTF-8 (Prometheus refuses a whole scrape over one bad
+//    value), and counters throw on a negative increment instead of ignoring it;
+//  - collectors add families computed at scrape time (state that lives elsewhere is read,
+//    not mirrored).
+//
+// Updating a counter or gauge is a relaxed atomic operation; a histogram observation takes
+// its child's own short lock (prometheus-cpp's). Looking a labeled child up takes its
+// family's lock, so hot paths look children up once and keep the reference: children are
+// never removed and live as long as their family (and so as long as the registry).
 //
 //     MetricsRegistry registry;
 //     auto& requests = registry.counter("llama_pool_requests_total", "Requests relayed.",
@@ -24,30 +38,43 @@
 //     Counter& ok_on_0 = requests.labels({"0", "200"});  // once
 //     ok_on_0.inc();                                      // per request
 
+namespace prometheus {
+class Counter;
+class Gauge;
+class Histogram;
+class Registry;
+template <typename T>
+class Family;
+}  // namespace prometheus
+
 namespace llama_pool {
 
 // A value that only goes up.
 class Counter {
   public:
+    using Impl = prometheus::Counter;
+    explicit Counter(prometheus::Counter& impl) : impl_(&impl) {}
     // Throws std::invalid_argument for a negative or NaN increment: a counter that goes down
     // reads as a process restart to Prometheus' rate().
     void inc(double v = 1);
-    double value() const { return value_.load(std::memory_order_relaxed); }
+    double value() const;
 
   private:
-    std::atomic<double> value_{0};
+    prometheus::Counter* impl_;
 };
 
 // A value that goes up and down.
 class Gauge {
   public:
-    void set(double v) { value_.store(v, std::memory_order_relaxed); }
-    void inc(double v = 1) { value_.fetch_add(v, std::memory_order_relaxed); }
-    void dec(double v = 1) { value_.fetch_sub(v, std::memory_order_relaxed); }
-    double value() const { return value_.load(std::memory_order_relaxed); }
+    using Impl = prometheus::Gauge;
+    explicit Gauge(prometheus::Gauge& impl) : impl_(&impl) {}
+    void set(double v);
+    void inc(double v = 1);
+    void dec(double v = 1);
+    double value() const;
 
   private:
-    std::atomic<double> value_{0};
+    prometheus::Gauge* impl_;
 };
 
 struct HistogramSnapshot {
@@ -55,67 +82,33 @@ struct HistogramSnapshot {
     // Cumulative: entry i counts observations <= upper_bounds[i]; the last entry is +Inf.
     std::vector<std::uint64_t> cumulative_counts;
     double sum = 0;
-    std::uint64_t count = 0;  // always equal to cumulative_counts.back()
+    std::uint64_t count = 0;
 };
 
 class Histogram {
   public:
-    // `upper_bounds` must be strictly increasing and not NaN; a trailing +Inf is accepted
-    // and dropped (the +Inf bucket always exists). Throws std::invalid_argument otherwise.
-    explicit Histogram(std::vector<double> upper_bounds);
-
-    // NaN observations land in the +Inf bucket (and make the sum NaN), as in Prometheus'
-    // own clients.
+    using Impl = prometheus::Histogram;
+    explicit Histogram(prometheus::Histogram& impl) : impl_(&impl) {}
+    // NaN observations land in the +Inf bucket (and make the sum NaN).
     void observe(double v);
-
-    // Concurrent observations may be half-seen (counted but not yet in the sum), but the
-    // count always equals the +Inf bucket.
     HistogramSnapshot snapshot() const;
 
-    const std::vector<double>& upper_bounds() const { return upper_bounds_; }
-
   private:
-    std::vector<double> upper_bounds_;
-    // Per bucket, not cumulative: one increment per observation. The last is +Inf.
-    std::vector<std::atomic<std::uint64_t>> bucket_counts_;
-    std::atomic<double> sum_{0};
-};
-
-// What every family has, whatever its metric type: the registry renders through this.
-class FamilyBase {
-  public:
-    virtual ~FamilyBase() = default;
-    FamilyBase(const FamilyBase&) = delete;
-    FamilyBase& operator=(const FamilyBase&) = delete;
-
-    const std::string& name() const { return name_; }
-    const std::string& help() const { return help_; }
-    const std::vector<std::string>& label_names() const { return label_names_; }
-
-    // Appends HELP, TYPE and every child's samples.
-    virtual void render(std::string& out) const = 0;
-
-  protected:
-    // Throws std::invalid_argument for an invalid metric or label name, or a repeated label.
-    FamilyBase(std::string name, std::string help, std::vector<std::string> label_names);
-
-  private:
-    std::string name_;
-    std::string help_;
-    std::vector<std::string> label_names_;
+    prometheus::Histogram* impl_;
 };
 
 // One metric name and its children, one child per combination of label values.
 template <class Metric>
-class Family final : public FamilyBase {
+class Family {
   public:
-    using Factory = std::function<std::unique_ptr<Metric>()>;
+    using Impl = prometheus::Family<typename Metric::Impl>;
 
-    // A family without labels has its one child from the start, so it renders (as 0) before
-    // its first update. `make_child` builds children (histograms need their bounds).
-    Family(
-        std::string name, std::string help, std::vector<std::string> label_names,
-        Factory make_child = [] { return std::make_unique<Metric>(); });
+    // `bounds` is used by histograms only (already checked).
+    Family(Impl& impl, std::vector<std::string> label_names, std::vector<double> bounds);
+    Family(const Family&) = delete;
+    Family& operator=(const Family&) = delete;
+
+    const std::vector<std::string>& label_names() const { return label_names_; }
 
     // The child for these label values, in the order of label_names(), created on first
     // use. The reference stays valid for the family's lifetime. Throws
@@ -127,56 +120,77 @@ class Family final : public FamilyBase {
     // The child of a family without labels.
     Metric& get() { return labels(std::vector<std::string>{}); }
 
-    void render(std::string& out) const override;
-
   private:
-    Factory make_child_;
-    mutable std::mutex mutex_;
-    // Ordered, so children render sorted by label values, the same on every scrape.
+    Impl* impl_;
+    std::vector<std::string> label_names_;
+    std::vector<double> bounds_;
+    std::mutex mutex_;
     std::map<std::vector<std::string>, std::unique_ptr<Metric>> children_;
 };
 
-extern template class Family<Counter>;
-extern template class Family<Gauge>;
-extern template class Family<Histogram>;
+// A family computed at scrape time, built sample by sample. Labels with an empty value are
+// left out, as for registered families; values are made valid UTF-8.
+class CollectedFamily {
+  public:
+    enum class Type { counter, gauge };
+    CollectedFamily(std::string name, std::string help, Type type);
+    CollectedFamily& add(std::vector<std::pair<std::string, std::string>> labels, double value);
+    prometheus::MetricFamily take() { return std::move(family_); }
 
-// Owns the pool's metric families and renders them, followed by whatever the collectors
-// add at scrape time, as one exposition. Thread-safe.
+  private:
+    prometheus::MetricFamily family_;
+};
+
+// Owns the pool's metric families and renders them, followed by what the collectors add at
+// scrape time, as one exposition. Thread-safe.
 class MetricsRegistry {
   public:
-    // Appends complete families (HELP, TYPE, samples) in exposition format. Called on every
-    // render(), outside the registry's lock. A collector that throws contributes nothing to
-    // that scrape; the rest of the exposition is still produced.
-    using Collector = std::function<void(std::string& out)>;
+    // Families computed at scrape time, serialized with the registered ones.
+    using Collector = std::function<std::vector<prometheus::MetricFamily>()>;
 
-    MetricsRegistry() = default;
+    MetricsRegistry();
+    ~MetricsRegistry();
     MetricsRegistry(const MetricsRegistry&) = delete;
     MetricsRegistry& operator=(const MetricsRegistry&) = delete;
 
     // Each throws std::invalid_argument for an invalid name or label name, or a name already
     // taken (by a family or by a histogram's _bucket/_sum/_count samples).
-    Family<Counter>& counter(std::string name, std::string help,
+    Family<Counter>& counter(const std::string& name, const std::string& help,
                              std::vector<std::string> label_names = {});
-    Family<Gauge>& gauge(std::string name, std::string help,
+    Family<Gauge>& gauge(const std::string& name, const std::string& help,
                          std::vector<std::string> label_names = {});
-    // Also throws for bounds Histogram refuses, and for a label named "le".
-    Family<Histogram>& histogram(std::string name, std::string help,
+    // Also throws for bounds that are not strictly increasing numbers (a trailing +Inf is
+    // accepted and dropped), and for a label named "le".
+    Family<Histogram>& histogram(const std::string& name, const std::string& help,
                                  std::vector<std::string> label_names,
                                  std::vector<double> upper_bounds);
 
+    // Called on every render(), outside the registry's lock. A collector that throws
+    // contributes nothing to that scrape; the rest of the exposition is still produced.
     void add_collector(Collector collector);
 
-    // Families in registration order, then the collectors' output in the order added.
-    std::string render() const;
+    // Registered families in registration order, then `first` (families the caller computed
+    // for this scrape), then the collectors' families.
+    std::string render(std::vector<prometheus::MetricFamily> first = {}) const;
 
   private:
-    template <class Metric>
-    Family<Metric>& add(std::unique_ptr<Family<Metric>> family,
-                        const std::vector<std::string>& sample_names);
+    struct Declared {
+        std::string help;
+        prometheus::MetricType type;
+        std::vector<std::string> label_names;
+    };
+    void take_names(const std::vector<std::string>& names, Declared declared);
 
     mutable std::mutex mutex_;
-    std::vector<std::unique_ptr<FamilyBase>> families_;
+    std::unique_ptr<prometheus::Registry> registry_;
     std::set<std::string> taken_names_;
+    // Registered families in registration order, as declared: render() writes them in this
+    // order, with their labels in declared order, and a family without children yet still
+    // shows its HELP and TYPE (prometheus-cpp leaves it out).
+    std::vector<std::pair<std::string, Declared>> declared_;
+    std::vector<std::unique_ptr<Family<Counter>>> counters_;
+    std::vector<std::unique_ptr<Family<Gauge>>> gauges_;
+    std::vector<std::unique_ptr<Family<Histogram>>> histograms_;
     std::vector<Collector> collectors_;
 };
 

@@ -13,7 +13,7 @@
 #include <string_view>
 #include <vector>
 
-#include "common/prometheus_text.hpp"
+#include "common/metrics.hpp"
 
 namespace llama_pool {
 
@@ -120,18 +120,15 @@ std::optional<std::uint64_t> open_fd_count() {
     return count > 0 ? count - 1 : 0;
 }
 
-void append_metric(std::string& out, std::string_view name, std::string_view help,
-                   std::string_view type, double value) {
-    append_family_header(out, name, help, type);
-    out += name;
-    out += ' ';
-    append_metric_value(out, value);
-    out += '\n';
+void append_metric(std::vector<prometheus::MetricFamily>& out, std::string name, std::string help,
+                   CollectedFamily::Type type, double value) {
+    out.push_back(CollectedFamily(std::move(name), std::move(help), type).add({}, value).take());
 }
 
 }  // namespace
 
-void render_process_metrics(std::string& out) {
+std::vector<prometheus::MetricFamily> collect_process_metrics() {
+    std::vector<prometheus::MetricFamily> out;
     const long ticks_per_second = sysconf(_SC_CLK_TCK);
     const long page_size = sysconf(_SC_PAGESIZE);
     const auto stat_text = read_whole_file("/proc/self/stat");
@@ -139,40 +136,44 @@ void render_process_metrics(std::string& out) {
 
     if (stat && ticks_per_second > 0) {
         append_metric(out, "process_cpu_seconds_total",
-                      "Total user and system CPU time spent in seconds.", "counter",
+                      "Total user and system CPU time spent in seconds.",
+                      CollectedFamily::Type::counter,
                       static_cast<double>(stat->utime_ticks + stat->stime_ticks) /
                           static_cast<double>(ticks_per_second));
     }
     if (stat && page_size > 0) {
         append_metric(out, "process_resident_memory_bytes", "Resident memory size in bytes.",
-                      "gauge",
+                      CollectedFamily::Type::gauge,
                       static_cast<double>(stat->rss_pages) * static_cast<double>(page_size));
     }
     if (stat) {
-        append_metric(out, "process_virtual_memory_bytes", "Virtual memory size in bytes.", "gauge",
-                      static_cast<double>(stat->vsize_bytes));
+        append_metric(out, "process_virtual_memory_bytes", "Virtual memory size in bytes.",
+                      CollectedFamily::Type::gauge, static_cast<double>(stat->vsize_bytes));
     }
     if (const auto fds = open_fd_count()) {
-        append_metric(out, "process_open_fds", "Number of open file descriptors.", "gauge",
-                      static_cast<double>(*fds));
+        append_metric(out, "process_open_fds", "Number of open file descriptors.",
+                      CollectedFamily::Type::gauge, static_cast<double>(*fds));
     }
     rlimit limit{};
     if (getrlimit(RLIMIT_NOFILE, &limit) == 0) {
         append_metric(
-            out, "process_max_fds", "Maximum number of open file descriptors.", "gauge",
+            out, "process_max_fds", "Maximum number of open file descriptors.",
+            CollectedFamily::Type::gauge,
             limit.rlim_cur == RLIM_INFINITY ? HUGE_VAL : static_cast<double>(limit.rlim_cur));
     }
     const auto boot = boot_time_seconds();
     if (stat && boot && ticks_per_second > 0) {
         append_metric(out, "process_start_time_seconds",
-                      "Start time of the process since unix epoch in seconds.", "gauge",
+                      "Start time of the process since unix epoch in seconds.",
+                      CollectedFamily::Type::gauge,
                       static_cast<double>(*boot) + static_cast<double>(stat->start_ticks) /
                                                        static_cast<double>(ticks_per_second));
     }
     if (stat) {
-        append_metric(out, "process_threads", "Number of OS threads in the process.", "gauge",
-                      static_cast<double>(stat->threads));
+        append_metric(out, "process_threads", "Number of OS threads in the process.",
+                      CollectedFamily::Type::gauge, static_cast<double>(stat->threads));
     }
+    return out;
 }
 
 }  // namespace llama_pool

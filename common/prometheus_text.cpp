@@ -479,17 +479,20 @@ void append_escaped_label_value(std::string& out, std::string_view value) {
     append_escaped(out, value, true);
 }
 
-void append_family_header(std::string& out, std::string_view name, std::string_view help,
-                          std::string_view type) {
-    out += "# HELP ";
-    out += name;
-    out += ' ';
-    append_escaped_help(out, help);
-    out += "\n# TYPE ";
-    out += name;
-    out += ' ';
-    out += type;
-    out += '\n';
+std::string valid_utf8(std::string_view text) {
+    std::string out;
+    out.reserve(text.size());
+    while (!text.empty()) {
+        const auto n = utf8_sequence_length(text);
+        if (n == 0) {
+            out += "\xEF\xBF\xBD";
+            text.remove_prefix(1);
+            continue;
+        }
+        out.append(text.substr(0, n));
+        text.remove_prefix(n);
+    }
+    return out;
 }
 
 std::vector<ExpositionFamily> parse_exposition(std::string_view text) {

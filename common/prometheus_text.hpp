@@ -9,10 +9,11 @@
 #include <utility>
 #include <vector>
 
-// Prometheus text exposition format 0.0.4: the writing primitives every producer in the
-// pool shares (so that numbers and escapes look the same everywhere), and a tolerant reader
-// for the text llama-server's /metrics returns, with the relabel/merge needed to re-export
-// several workers' metrics as one valid exposition.
+// Prometheus text exposition format 0.0.4, the part prometheus-cpp does not do: a tolerant
+// reader for the text llama-server's /metrics returns, and the relabel/merge needed to
+// re-export several workers' metrics as one valid exposition, with the few writing
+// primitives that needs. The pool's own families are serialized by prometheus-cpp (see
+// common/metrics.hpp).
 //
 // Everything here is pure: no I/O, no global state.
 
@@ -35,10 +36,9 @@ std::string format_metric_value(double value);
 void append_escaped_help(std::string& out, std::string_view help);
 // Label values: backslash, double quote and newline are escaped.
 void append_escaped_label_value(std::string& out, std::string_view value);
-
-// Appends `# HELP name help` and `# TYPE name type` lines.
-void append_family_header(std::string& out, std::string_view name, std::string_view help,
-                          std::string_view type);
+// `text` with every byte that is not part of well-formed UTF-8 replaced by U+FFFD, and
+// nothing escaped (for values handed to prometheus-cpp, which escapes but does not check).
+std::string valid_utf8(std::string_view text);
 
 // One sample as read from an exposition. Label values are unescaped.
 struct ExpositionSample {

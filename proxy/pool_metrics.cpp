@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
 
 #include "common/http_client.hpp"
@@ -104,10 +105,8 @@ PoolMetrics::PoolMetrics(std::string version)
     registry_.gauge("llama_pool_build_info", "Always 1; the version is a label.", {"version"})
         .labels({version})
         .set(1);
-    registry_.add_collector([this](std::string& out) { render_pool_state(out); });
-    registry_.add_collector([this](std::string& out) { render_reuse_state(out); });
-    registry_.add_collector(render_process_metrics);
-    registry_.add_collector([this](std::string& out) { render_worker_metrics(out); });
+    registry_.add_collector([this] { return reuse_families(); });
+    registry_.add_collector(collect_process_metrics);
 }
 
 void PoolMetrics::attach(std::vector<GroupSource> groups) {
@@ -126,10 +125,6 @@ void PoolMetrics::attach_reuse(std::function<ReuseSnapshot()> source) {
 void PoolMetrics::attach_jobs(std::function<JobCounts()> source) {
     std::lock_guard lock(reuse_mutex_);
     jobs_ = std::move(source);
-}
-
-std::string PoolMetrics::render() {
-    return registry_.render();
 }
 
 std::string PoolMetrics::render_group(std::string_view group) {
@@ -212,116 +207,200 @@ void PoolMetrics::idempotent_request(std::string_view result) {
     idempotent_.labels({std::string(result)}).inc();
 }
 
-namespace {
-
-void sample(std::string& out, std::string_view name, std::string_view labels, double value) {
-    out += name;
-    if (!labels.empty()) {
-        out += '{';
-        out += labels;
-        out += '}';
-    }
-    out += ' ';
-    append_metric_value(out, value);
-    out += '\n';
-}
-
-std::string label(std::string_view name, std::string_view value) {
-    std::string out(name);
-    out += "=\"";
-    append_escaped_label_value(out, value);
-    out += '"';
-    return out;
-}
-
-}  // namespace
-
-void PoolMetrics::render_pool_state(std::string& out) {
-    if (groups_.empty()) {
-        return;
-    }
-    struct Scraped {
-        std::string group_label;
-        std::vector<BackendSnapshot> backends;
-        std::size_t waiting = 0;
-        std::vector<WorkerStatus> workers;
+// Its queue, its workers' snapshots and (for those serving) their own /metrics text.
+struct PoolMetrics::ScrapedGroup {
+    struct Worker {
+        BackendSnapshot backend;
+        std::optional<std::string> exposition;
     };
-    std::vector<Scraped> scraped;
+    std::string group;
+    std::size_t waiting = 0;
+    std::vector<Worker> workers;
+    std::vector<WorkerStatus> statuses;
+};
+
+std::optional<double> reported_kv_cache_ratio(std::string_view exposition) {
+    // A cheap look before the parse: most workers (upstream llama.cpp) do not export it.
+    if (exposition.find("kv_cache_usage_ratio") == std::string_view::npos) {
+        return std::nullopt;
+    }
+    for (const auto& family : parse_exposition(exposition)) {
+        if (family.name == "llamacpp:kv_cache_usage_ratio" && !family.samples.empty()) {
+            const double v = family.samples.front().value;
+            if (v >= 0 && v <= 1) {
+                return v;
+            }
+        }
+    }
+    return std::nullopt;
+}
+
+EngineLoad engine_load(const std::vector<WorkerLoad>& workers, std::size_t waiting) {
+    EngineLoad load;
+    load.waiting = static_cast<double>(waiting);
+    double held = 0;
+    double total = 0;
+    for (const auto& w : workers) {
+        load.running += w.inflight;
+        if (w.capacity <= 0) {
+            continue;  // not serving: its context is not the pool's to fill
+        }
+        // Workers of a group share one context size, split evenly over their slots, so a
+        // worker's share of the total is its slot count.
+        const double ratio =
+            w.kv_ratio ? *w.kv_ratio : std::min(1.0, static_cast<double>(w.inflight) / w.capacity);
+        held += ratio * w.capacity;
+        total += w.capacity;
+    }
+    load.kv_cache_usage_ratio = total > 0 ? held / total : 0;
+    return load;
+}
+
+std::vector<PoolMetrics::ScrapedGroup> PoolMetrics::scrape_groups() {
+    std::vector<ScrapedGroup> scraped;
     for (const auto& g : groups_) {
-        Scraped s;
-        // Without groups the one group has no name here: its series keep the labels they
-        // always had.
-        s.group_label = g.group.empty() ? "" : label("group", g.group) + ",";
-        s.backends = g.registry->snapshot();
+        ScrapedGroup s;
+        s.group = g.group;
         s.waiting = g.registry->waiting();
         if (g.supervisor != nullptr) {
-            s.workers = g.supervisor->status();
+            s.statuses = g.supervisor->status();
+        }
+        for (auto& b : g.registry->snapshot()) {
+            ScrapedGroup::Worker w;
+            if (b.available) {
+                Headers headers;
+                if (!b.api_key.empty()) {
+                    headers.add("Authorization", "Bearer " + b.api_key);
+                }
+                const auto r = http_fetch(b.host, b.port, "GET", "/metrics", headers, {},
+                                          milliseconds(2000), 4 << 20);
+                if (r.status == 200) {
+                    w.exposition = r.body;
+                }
+            }
+            w.backend = std::move(b);
+            s.workers.push_back(std::move(w));
         }
         scraped.push_back(std::move(s));
     }
+    return scraped;
+}
+
+namespace {
+
+// The three gauges the Gateway API Inference Extension's endpoint picker (llm-d's router)
+// and autoscalers read: pool-wide without a group label, and per named group.
+void add_engine_families(const std::vector<PoolMetrics::ScrapedGroup>& scraped,
+                         std::vector<prometheus::MetricFamily>& out) {
+    CollectedFamily waiting("llama_pool_requests_waiting",
+                            "Requests waiting in the pool's queue for a worker slot.",
+                            CollectedFamily::Type::gauge);
+    CollectedFamily running("llama_pool_requests_running", "Requests in flight on workers.",
+                            CollectedFamily::Type::gauge);
+    CollectedFamily kv(
+        "llama_pool_kv_cache_usage_ratio",
+        "Share (0..1) of the workers' context held by their slots, as of this scrape.",
+        CollectedFamily::Type::gauge);
+    std::vector<WorkerLoad> all;
+    std::size_t all_waiting = 0;
+    for (const auto& s : scraped) {
+        std::vector<WorkerLoad> loads;
+        for (const auto& w : s.workers) {
+            loads.push_back({w.backend.serving_slots(), w.backend.inflight,
+                             w.exposition ? reported_kv_cache_ratio(*w.exposition) : std::nullopt});
+        }
+        all.insert(all.end(), loads.begin(), loads.end());
+        all_waiting += s.waiting;
+        if (s.group.empty()) {
+            continue;  // the implicit single group is the pool-wide series
+        }
+        const auto load = engine_load(loads, s.waiting);
+        waiting.add({{"group", s.group}}, load.waiting);
+        running.add({{"group", s.group}}, load.running);
+        kv.add({{"group", s.group}}, load.kv_cache_usage_ratio);
+    }
+    const auto load = engine_load(all, all_waiting);
+    waiting.add({}, load.waiting);
+    running.add({}, load.running);
+    kv.add({}, load.kv_cache_usage_ratio);
+    out.push_back(waiting.take());
+    out.push_back(running.take());
+    out.push_back(kv.take());
+}
+
+std::vector<prometheus::MetricFamily> pool_state_families(
+    const std::vector<PoolMetrics::ScrapedGroup>& scraped) {
+    std::vector<prometheus::MetricFamily> out;
+    if (scraped.empty()) {
+        return out;
+    }
+    add_engine_families(scraped, out);
     // One family at a time (the exposition format wants a family's samples together), each
-    // over every group.
-    auto per_backend = [&](std::string_view name, std::string_view help, std::string_view type,
+    // over every group. Without groups the one group has no name: its empty label is left
+    // out, so its series keep the labels they always had.
+    CollectedFamily queue("llama_pool_queue_depth", "Requests waiting for a worker slot.",
+                          CollectedFamily::Type::gauge);
+    for (const auto& s : scraped) {
+        queue.add({{"group", s.group}}, static_cast<double>(s.waiting));
+    }
+    out.push_back(queue.take());
+    auto per_backend = [&](std::string name, std::string help, CollectedFamily::Type type,
                            const auto& value) {
-        append_family_header(out, name, help, type);
+        CollectedFamily family(std::move(name), std::move(help), type);
         for (const auto& s : scraped) {
-            for (const auto& b : s.backends) {
-                sample(out, name, s.group_label + label("worker", b.id), value(b));
+            for (const auto& w : s.workers) {
+                family.add({{"group", s.group}, {"worker", w.backend.id}}, value(w.backend));
             }
         }
+        out.push_back(family.take());
     };
-    append_family_header(out, "llama_pool_queue_depth", "Requests waiting for a worker slot.",
-                         "gauge");
-    for (const auto& s : scraped) {
-        std::string labels = s.group_label;
-        if (!labels.empty()) {
-            labels.pop_back();  // the trailing comma
-        }
-        sample(out, "llama_pool_queue_depth", labels, static_cast<double>(s.waiting));
-    }
-    per_backend("llama_pool_inflight_requests", "Requests in flight on each worker.", "gauge",
+    per_backend("llama_pool_inflight_requests", "Requests in flight on each worker.",
+                CollectedFamily::Type::gauge,
                 [](const BackendSnapshot& b) { return static_cast<double>(b.inflight); });
     per_backend("llama_pool_worker_capacity",
-                "Concurrent requests each worker can serve (its slots).", "gauge",
+                "Concurrent requests each worker can serve (its slots).",
+                CollectedFamily::Type::gauge,
                 [](const BackendSnapshot& b) { return static_cast<double>(b.serving_slots()); });
     per_backend("llama_pool_breaker_state",
-                "Circuit breaker per worker: 0 closed, 1 half-open, 2 open.", "gauge",
-                [](const BackendSnapshot& b) {
+                "Circuit breaker per worker: 0 closed, 1 half-open, 2 open.",
+                CollectedFamily::Type::gauge, [](const BackendSnapshot& b) {
                     return b.breaker == BreakerState::closed      ? 0.0
                            : b.breaker == BreakerState::half_open ? 1.0
                                                                   : 2.0;
                 });
     per_backend("llama_pool_upstream_connections_opened_total",
-                "Connections the pool opened to each worker.", "counter",
+                "Connections the pool opened to each worker.", CollectedFamily::Type::counter,
                 [](const BackendSnapshot& b) { return static_cast<double>(b.connections_opened); });
-    append_family_header(out, "llama_pool_worker_state",
-                         "1 for each worker's current lifecycle state, 0 for the others.", "gauge");
+    CollectedFamily states("llama_pool_worker_state",
+                           "1 for each worker's current lifecycle state, 0 for the others.",
+                           CollectedFamily::Type::gauge);
+    CollectedFamily restarts("llama_pool_worker_restarts_total",
+                             "Worker failures that led to a restart (or gave up), by reason.",
+                             CollectedFamily::Type::counter);
     for (const auto& s : scraped) {
-        for (const auto& w : s.workers) {
+        for (const auto& w : s.statuses) {
             for (const auto state : all_worker_states) {
-                sample(
-                    out, "llama_pool_worker_state",
-                    s.group_label + label("worker", w.id) + "," + label("state", to_string(state)),
-                    w.state == state ? 1 : 0);
+                states.add({{"group", s.group},
+                            {"worker", w.id},
+                            {"state", std::string(to_string(state))}},
+                           w.state == state ? 1 : 0);
             }
-        }
-    }
-    append_family_header(out, "llama_pool_worker_restarts_total",
-                         "Worker failures that led to a restart (or gave up), by reason.",
-                         "counter");
-    for (const auto& s : scraped) {
-        for (const auto& w : s.workers) {
             for (const auto& [reason, n] : w.failures_by_reason) {
-                sample(out, "llama_pool_worker_restarts_total",
-                       s.group_label + label("worker", w.id) + "," +
-                           label("reason", to_string(reason)),
-                       n);
+                restarts.add({{"group", s.group},
+                              {"worker", w.id},
+                              {"reason", std::string(to_string(reason))}},
+                             n);
             }
         }
     }
+    out.push_back(states.take());
+    out.push_back(restarts.take());
+    return out;
 }
 
-void PoolMetrics::render_reuse_state(std::string& out) {
+}  // namespace
+
+std::vector<prometheus::MetricFamily> PoolMetrics::reuse_families() {
     ReuseSnapshot s;
     JobCounts jobs;
     {
@@ -333,38 +412,47 @@ void PoolMetrics::render_reuse_state(std::string& out) {
             jobs = jobs_();
         }
     }
+    std::vector<prometheus::MetricFamily> out;
     if (!jobs.empty()) {
-        append_family_header(out, "llama_pool_jobs",
-                             "Background jobs (POST /v1/jobs) kept by the pool, by state.",
-                             "gauge");
+        CollectedFamily family("llama_pool_jobs",
+                               "Background jobs (POST /v1/jobs) kept by the pool, by state.",
+                               CollectedFamily::Type::gauge);
         for (const auto& [state, count] : jobs) {
-            sample(out, "llama_pool_jobs", label("state", state), static_cast<double>(count));
+            family.add({{"state", state}}, static_cast<double>(count));
         }
+        out.push_back(family.take());
     }
-    append_family_header(out, "llama_pool_cache_entries", "Replies held by the response cache.",
-                         "gauge");
-    sample(out, "llama_pool_cache_entries", "", static_cast<double>(s.cache_entries));
-    append_family_header(out, "llama_pool_cache_bytes",
-                         "Memory held by the response cache (keys and replies).", "gauge");
-    sample(out, "llama_pool_cache_bytes", "", static_cast<double>(s.cache_bytes));
-    append_family_header(out, "llama_pool_cache_evictions_total",
-                         "Cached replies dropped: capacity (least recently used, for room) or "
-                         "expired (past the TTL).",
-                         "counter");
-    sample(out, "llama_pool_cache_evictions_total", label("reason", "capacity"),
-           static_cast<double>(s.cache_evicted));
-    sample(out, "llama_pool_cache_evictions_total", label("reason", "expired"),
-           static_cast<double>(s.cache_expired));
-    append_family_header(out, "llama_pool_idempotency_keys",
-                         "Idempotency-Keys tracked: in flight, or completed and replayable.",
-                         "gauge");
-    sample(out, "llama_pool_idempotency_keys", label("state", "in_flight"),
-           static_cast<double>(s.idempotency_in_flight));
-    sample(out, "llama_pool_idempotency_keys", label("state", "completed"),
-           static_cast<double>(s.idempotency_completed));
-    append_family_header(out, "llama_pool_idempotency_bytes",
-                         "Memory held by replies kept for Idempotency-Key replays.", "gauge");
-    sample(out, "llama_pool_idempotency_bytes", "", static_cast<double>(s.idempotency_bytes));
+    const auto d = [](auto v) { return static_cast<double>(v); };
+    out.push_back(CollectedFamily("llama_pool_cache_entries", "Replies held by the response cache.",
+                                  CollectedFamily::Type::gauge)
+                      .add({}, d(s.cache_entries))
+                      .take());
+    out.push_back(CollectedFamily("llama_pool_cache_bytes",
+                                  "Memory held by the response cache (keys and replies).",
+                                  CollectedFamily::Type::gauge)
+                      .add({}, d(s.cache_bytes))
+                      .take());
+    out.push_back(
+        CollectedFamily("llama_pool_cache_evictions_total",
+                        "Cached replies dropped: capacity (least recently used, for room) or "
+                        "expired (past the TTL).",
+                        CollectedFamily::Type::counter)
+            .add({{"reason", "capacity"}}, d(s.cache_evicted))
+            .add({{"reason", "expired"}}, d(s.cache_expired))
+            .take());
+    out.push_back(
+        CollectedFamily("llama_pool_idempotency_keys",
+                        "Idempotency-Keys tracked: in flight, or completed and replayable.",
+                        CollectedFamily::Type::gauge)
+            .add({{"state", "in_flight"}}, d(s.idempotency_in_flight))
+            .add({{"state", "completed"}}, d(s.idempotency_completed))
+            .take());
+    out.push_back(CollectedFamily("llama_pool_idempotency_bytes",
+                                  "Memory held by replies kept for Idempotency-Key replays.",
+                                  CollectedFamily::Type::gauge)
+                      .add({}, d(s.idempotency_bytes))
+                      .take());
+    return out;
 }
 
 std::string merge_worker_expositions(
@@ -404,25 +492,21 @@ std::string merge_worker_expositions(const std::vector<WorkerExposition>& texts)
     return merged;
 }
 
-void PoolMetrics::render_worker_metrics(std::string& out) {
+std::string PoolMetrics::render() {
+    // One pass over the groups feeds both the pool's state families and the workers' merged
+    // expositions, so the engine gauges and the llamacpp_ series describe the same moment.
+    auto scraped = scrape_groups();
+    auto out = registry_.render(pool_state_families(scraped));
     std::vector<WorkerExposition> texts;
-    for (const auto& g : groups_) {
-        for (const auto& b : g.registry->snapshot()) {
-            if (!b.available) {
-                continue;
-            }
-            Headers headers;
-            if (!b.api_key.empty()) {
-                headers.add("Authorization", "Bearer " + b.api_key);
-            }
-            const auto r = http_fetch(b.host, b.port, "GET", "/metrics", headers, {},
-                                      milliseconds(2000), 4 << 20);
-            if (r.status == 200) {
-                texts.push_back({g.group, b.id, r.body});
+    for (auto& group : scraped) {
+        for (auto& worker : group.workers) {
+            if (worker.exposition) {
+                texts.push_back({group.group, worker.backend.id, std::move(*worker.exposition)});
             }
         }
     }
     out += merge_worker_expositions(texts);
+    return out;
 }
 
 }  // namespace llama_pool

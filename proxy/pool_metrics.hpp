@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -74,10 +75,12 @@ class PoolMetrics {
     // result: executed, attached, replayed or conflict.
     void idempotent_request(std::string_view result);
 
+    // What one scrape saw of a group (defined in the .cpp).
+    struct ScrapedGroup;
+
   private:
-    void render_pool_state(std::string& out);
-    void render_worker_metrics(std::string& out);
-    void render_reuse_state(std::string& out);
+    std::vector<ScrapedGroup> scrape_groups();
+    std::vector<prometheus::MetricFamily> reuse_families();
 
     MetricsRegistry registry_;
     Family<Counter>& requests_;
@@ -99,6 +102,29 @@ class PoolMetrics {
     std::function<ReuseSnapshot()> reuse_;
     std::function<JobCounts()> jobs_;  // guarded by reuse_mutex_ too: both are rarely set
 };
+
+// One worker as a scrape saw it, for the engine gauges.
+struct WorkerLoad {
+    int capacity = 0;  // slots it serves now (0 when not serving)
+    int inflight = 0;
+    std::optional<double> kv_ratio;  // what the worker reports itself, when it does
+};
+// The three signals the Gateway API Inference Extension's endpoint picker and autoscalers
+// read (llama_pool_requests_waiting, _running, llama_pool_kv_cache_usage_ratio).
+struct EngineLoad {
+    double waiting = 0;
+    double running = 0;
+    double kv_cache_usage_ratio = 0;
+};
+// kv_cache_usage_ratio is the serving workers' held context over their total context. A
+// worker's part of the total is its slot count (a group's workers share one context size,
+// split evenly over slots). What it holds is its own llamacpp:kv_cache_usage_ratio when it
+// exports one (BitNet's fork, llama.cpp before the gauge was removed), else the share of
+// its slots busy with a request: upstream llama-server no longer reports KV use, and a busy
+// slot is what reserves its share of the context.
+EngineLoad engine_load(const std::vector<WorkerLoad>& workers, std::size_t waiting);
+// A worker's llamacpp:kv_cache_usage_ratio, when its exposition has one in 0..1.
+std::optional<double> reported_kv_cache_ratio(std::string_view exposition);
 
 // Workers' own expositions (worker id, /metrics text) merged under a `worker` label, as
 // /metrics re-exports them: llama.cpp's "llamacpp:" becomes "llamacpp_" (Prometheus

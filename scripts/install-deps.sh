@@ -16,6 +16,7 @@ commands=(g++:g++ make:make cmake:cmake pkg-config:pkg-config git:git curl:curl 
 packages=(
   libcpp-httplib-dev nlohmann-json3-dev libboost-dev libboost-filesystem-dev libfmt-dev catch2
   libssl-dev zlib1g-dev libbrotli-dev
+  prometheus-cpp-dev  # the pool's own metric families and their text serializer
 )
 level="${1:-}"
 # What the tests run beside the pool: `make test`, `make bench` and `make check-format`.

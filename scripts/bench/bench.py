@@ -11,7 +11,10 @@ Starts everything it measures itself, on loopback only, and stops it all at the 
      demo model and on a larger random-weight model (built once, cached by its shape);
   4. memory and threads of llama-pool: idle, 1000 idle keep-alive clients, 200 streams;
   5. prefix affinity vs round-robin on real llama-server workers: prompt tokens evaluated
-     and time to first token on a workload sharing long prefixes.
+     and time to first token on a workload sharing long prefixes;
+  (6. summarizing, 7. model groups: summarize_bench.py and groups_bench.py;)
+  8. /metrics under a 20 Hz scrape (an endpoint picker's pace) with 16 fake workers'
+     metrics merged: scrape latency and the pool's CPU while it serves (scrape_bench.py).
 Results go between the markers in docs/BENCHMARKS.md (with the command and the machine);
 --smoke runs every part for a moment and writes nothing (it checks the harness, not speed).
 Standard library only.
@@ -38,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BENCH_DIR = os.path.join(ROOT, "scripts", "bench")
 PROCESSES = []
 SECTIONS = ("overhead", "streaming", "scaling", "memory", "affinity", "summarize", "groups",
-            "fairness")
+            "fairness", "scrape")
 LOAD_AT_START = []
 
 
@@ -702,6 +705,9 @@ def render(results, args, wall_s):
     if "fairness" in results:
         L.append("\n#### 8. Fair admission (a flood by one client key) and the stall watchdog\n\n"
                  + results["fairness"])
+    if "scrape" in results:
+        L.append("\n#### 9. /metrics under a 20 Hz scrape while the pool serves (fake workers)\n\n"
+                 + results["scrape"])
     if "overhead" in results or "streaming" in results:
         L.append("\n#### The peers' configs, as run (@PORT@ and @UPSTREAM@ are filled in per run)\n")
         for name in ("nginx.conf.in", "haproxy.cfg.in"):
@@ -735,6 +741,14 @@ def bench_fairness(rounds):
     args = argparse.Namespace(llama_pool=POOL, fake_worker=FAKE, llama_server=LLAMA_SERVER,
                               model=MODEL, rounds=rounds)
     return fairness_bench.run(args)
+
+
+def bench_scrape(seconds, workers):
+    """Section 9, issue 20: scripts/bench/scrape_bench.py (16 workers, 20 Hz)."""
+    sys.path.insert(0, BENCH_DIR)
+    import scrape_bench
+    args = argparse.Namespace(llama_pool=POOL, fake=FAKE, workers=workers, hz=20, seconds=seconds)
+    return scrape_bench.run(args)
 
 
 def write_results(text):
@@ -813,6 +827,9 @@ def main():
     section("summarize", lambda: bench_summarize(3000 if args.smoke else args.summarize_chars))
     section("groups", lambda: bench_groups(1 if args.smoke else 5))
     section("fairness", lambda: bench_fairness(1 if args.smoke else 3))
+    # The smoke run starts 4 workers, not 16: it checks the harness within its time limit.
+    section("scrape", lambda: bench_scrape(1 if args.smoke else max(args.seconds, 10),
+                                           4 if args.smoke else 16))
     text = render(results, args, time.time() - started)
     print(text)
     if args.write and not args.smoke:

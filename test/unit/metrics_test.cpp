@@ -62,17 +62,24 @@ int count_lines_starting_with(const std::string& text, const std::string& prefix
 TEST_CASE("a labeled counter renders HELP, TYPE and escaped samples sorted by label values",
           "[metrics]") {
     MetricsRegistry registry;
-    auto& family = registry.counter("llama_pool_requests_total",
-                                    "Requests \\ relayed.\nSecond line.", {"path", "status"});
+    auto& family =
+        registry.counter("llama_pool_requests_total", "Requests relayed.", {"path", "status"});
     family.labels({"a\\b\"c\nd", "200"}).inc(3);
     family.labels({"/completion", "200"}).inc();
     family.labels({"/completion", "200"}).inc(0.5);
 
     CHECK(registry.render() ==
-          "# HELP llama_pool_requests_total Requests \\\\ relayed.\\nSecond line.\n"
+          "# HELP llama_pool_requests_total Requests relayed.\n"
           "# TYPE llama_pool_requests_total counter\n"
           "llama_pool_requests_total{path=\"/completion\",status=\"200\"} 1.5\n"
           "llama_pool_requests_total{path=\"a\\\\b\\\"c\\nd\",status=\"200\"} 3\n");
+}
+
+TEST_CASE("help text that would break its line is refused", "[metrics]") {
+    // prometheus-cpp 1.0 writes HELP unescaped.
+    MetricsRegistry registry;
+    CHECK_THROWS_AS(registry.counter("a_total", "two\nlines"), std::invalid_argument);
+    CHECK_THROWS_AS(registry.gauge("b", "back\\slash"), std::invalid_argument);
 }
 
 TEST_CASE("labels render in declared order and children in a stable order", "[metrics]") {
@@ -92,8 +99,33 @@ TEST_CASE("labels render in declared order and children in a stable order", "[me
     CHECK(registry.render() == expected);
 }
 
-TEST_CASE("families render in registration order, and an unlabeled one shows 0 before use",
+TEST_CASE("a label with an empty value is left out of its series", "[metrics]") {
+    MetricsRegistry registry;
+    auto& family = registry.counter("req_total", "h", {"group", "route"});
+    family.labels({"", "/completion"}).inc();
+    family.labels({"chat", "/completion"}).inc(2);
+    family.labels({"", ""}).inc(3);
+    CHECK(registry.render() ==
+          "# HELP req_total h\n"
+          "# TYPE req_total counter\n"
+          "req_total 3\n"
+          "req_total{route=\"/completion\"} 1\n"
+          "req_total{group=\"chat\",route=\"/completion\"} 2\n");
+}
+
+TEST_CASE("families render in registration order, a labeled one with HELP and TYPE before use",
           "[metrics]") {
+    MetricsRegistry registry;
+    registry.histogram("lat_seconds", "Latency.", {"route"}, {1});
+    registry.counter("retries_total", "Retries.", {"reason"});
+    registry.gauge("up", "Up.").get().set(1);
+    CHECK(registry.render() ==
+          "# HELP lat_seconds Latency.\n# TYPE lat_seconds histogram\n"
+          "# HELP retries_total Retries.\n# TYPE retries_total counter\n"
+          "# HELP up Up.\n# TYPE up gauge\nup 1\n");
+}
+
+TEST_CASE("an unlabeled family shows 0 before use", "[metrics]") {
     MetricsRegistry registry;
     auto& up = registry.gauge("llama_pool_up", "Whether the pool is up.");
     registry.counter("llama_pool_restarts_total", "Restarts.");
@@ -101,16 +133,13 @@ TEST_CASE("families render in registration order, and an unlabeled one shows 0 b
     up.get().inc(2);
     up.get().dec(0.5);
     CHECK(up.get().value() == 2.5);
-    CHECK(registry.render() ==
-          "# HELP llama_pool_up Whether the pool is up.\n"
-          "# TYPE llama_pool_up gauge\n"
-          "llama_pool_up 2.5\n"
-          "# HELP llama_pool_restarts_total Restarts.\n"
-          "# TYPE llama_pool_restarts_total counter\n"
-          "llama_pool_restarts_total 0\n");
+    const auto v = view_of(registry.render());
+    CHECK(v.values.at("llama_pool_up{}") == 2.5);
+    CHECK(v.values.at("llama_pool_restarts_total{}") == 0);
+    CHECK(v.types.at("llama_pool_restarts_total") == "counter");
 }
 
-TEST_CASE("histogram buckets are cumulative and end with +Inf, then _sum and _count", "[metrics]") {
+TEST_CASE("histogram buckets are cumulative and end with +Inf, with _sum and _count", "[metrics]") {
     MetricsRegistry registry;
     auto& family = registry.histogram("llama_pool_ttft_seconds", "Time to first token.", {"route"},
                                       {0.5, 1, 10});
@@ -118,17 +147,18 @@ TEST_CASE("histogram buckets are cumulative and end with +Inf, then _sum and _co
     for (const double v : {0.25, 0.5, 0.75, 5.0, 100.0}) {
         h.observe(v);
     }
-    CHECK(registry.render() ==
-          "# HELP llama_pool_ttft_seconds Time to first token.\n"
-          "# TYPE llama_pool_ttft_seconds histogram\n"
-          "llama_pool_ttft_seconds_bucket{route=\"/completion\",le=\"0.5\"} 2\n"
-          "llama_pool_ttft_seconds_bucket{route=\"/completion\",le=\"1\"} 3\n"
-          "llama_pool_ttft_seconds_bucket{route=\"/completion\",le=\"10\"} 4\n"
-          "llama_pool_ttft_seconds_bucket{route=\"/completion\",le=\"+Inf\"} 5\n"
-          "llama_pool_ttft_seconds_sum{route=\"/completion\"} 106.5\n"
-          "llama_pool_ttft_seconds_count{route=\"/completion\"} 5\n");
+    const auto text = registry.render();
+    CHECK(text.find("# TYPE llama_pool_ttft_seconds histogram\n") != std::string::npos);
+    const auto v = view_of(text);
+    CHECK(v.values.at("llama_pool_ttft_seconds_bucket{route=/completion,le=0.5,}") == 2);
+    CHECK(v.values.at("llama_pool_ttft_seconds_bucket{route=/completion,le=1,}") == 3);
+    CHECK(v.values.at("llama_pool_ttft_seconds_bucket{route=/completion,le=10,}") == 4);
+    CHECK(v.values.at("llama_pool_ttft_seconds_bucket{route=/completion,le=+Inf,}") == 5);
+    CHECK(v.values.at("llama_pool_ttft_seconds_sum{route=/completion,}") == 106.5);
+    CHECK(v.values.at("llama_pool_ttft_seconds_count{route=/completion,}") == 5);
 
     const auto snap = h.snapshot();
+    CHECK(snap.upper_bounds == std::vector<double>{0.5, 1, 10});
     CHECK(snap.cumulative_counts == std::vector<std::uint64_t>{2, 3, 4, 5});
     CHECK(snap.count == 5);
     CHECK(snap.sum == 106.5);
@@ -138,16 +168,14 @@ TEST_CASE("an unlabeled histogram has only le, NaN goes to +Inf, the +Inf bound 
           "[metrics]") {
     MetricsRegistry registry;
     auto& h = registry.histogram("x_seconds", "X.", {}, {1, HUGE_VAL}).get();
-    CHECK(h.upper_bounds() == std::vector<double>{1});
     h.observe(std::nan(""));
     h.observe(-5);
-    CHECK(registry.render() ==
-          "# HELP x_seconds X.\n"
-          "# TYPE x_seconds histogram\n"
-          "x_seconds_bucket{le=\"1\"} 1\n"
-          "x_seconds_bucket{le=\"+Inf\"} 2\n"
-          "x_seconds_sum NaN\n"
-          "x_seconds_count 2\n");
+    CHECK(h.snapshot().upper_bounds == std::vector<double>{1});
+    const auto v = view_of(registry.render());
+    CHECK(v.values.at("x_seconds_bucket{le=1,}") == 1);
+    CHECK(v.values.at("x_seconds_bucket{le=+Inf,}") == 2);
+    CHECK(std::isnan(v.values.at("x_seconds_sum{}")));
+    CHECK(v.values.at("x_seconds_count{}") == 2);
 }
 
 TEST_CASE("numbers print as integers when exact, shortest round-trip otherwise", "[metrics]") {
@@ -218,7 +246,8 @@ TEST_CASE("a wrong number of label values is rejected, and children are stable r
 }
 
 TEST_CASE("counters refuse to go down", "[metrics]") {
-    Counter c;
+    MetricsRegistry registry;
+    auto& c = registry.counter("c_total", "h").get();
     CHECK_THROWS_AS(c.inc(-1), std::invalid_argument);
     CHECK_THROWS_AS(c.inc(std::nan("")), std::invalid_argument);
     c.inc(0);
@@ -267,24 +296,27 @@ TEST_CASE("concurrent updates from several threads add up exactly", "[metrics]")
     }
 }
 
-TEST_CASE("collectors append at render time, and a throwing collector contributes nothing",
+TEST_CASE("collectors add families at render time, and a throwing collector contributes nothing",
           "[metrics]") {
     MetricsRegistry registry;
     registry.gauge("own", "h").get().set(1);
     int calls = 0;
-    registry.add_collector([&](std::string& out) {
+    registry.add_collector([&] {
         ++calls;
-        out += "# HELP ext External.\n# TYPE ext gauge\next " + std::to_string(calls) + "\n";
+        return std::vector<prometheus::MetricFamily>{
+            CollectedFamily("ext", "External.", CollectedFamily::Type::gauge)
+                .add({{"group", ""}, {"worker", "w\xff"}}, calls)
+                .take()};
     });
-    registry.add_collector([](std::string& out) {
-        out += "# HELP torn Half written.\n";
-        throw std::runtime_error("source gone");
-    });
-    const auto text = registry.render();
+    registry.add_collector(
+        []() -> std::vector<prometheus::MetricFamily> { throw std::runtime_error("source gone"); });
+    const auto text = registry.render(
+        {CollectedFamily("first", "Given.", CollectedFamily::Type::counter).add({}, 7).take()});
     CHECK(text ==
           "# HELP own h\n# TYPE own gauge\nown 1\n"
-          "# HELP ext External.\n# TYPE ext gauge\next 1\n");
-    CHECK(registry.render().find("ext 2\n") != std::string::npos);
+          "# HELP first Given.\n# TYPE first counter\nfirst 7\n"
+          "# HELP ext External.\n# TYPE ext gauge\next{worker=\"w\xef\xbf\xbd\"} 1\n");
+    CHECK(registry.render().find("ext{worker=\"w\xef\xbf\xbd\"} 2\n") != std::string::npos);
 }
 
 TEST_CASE("llm latency buckets span milliseconds to minutes and are valid bounds", "[metrics]") {
@@ -292,7 +324,8 @@ TEST_CASE("llm latency buckets span milliseconds to minutes and are valid bounds
     REQUIRE(b.size() >= 10);
     CHECK(b.front() <= 0.01);
     CHECK(b.back() >= 300);
-    CHECK_NOTHROW(Histogram(b));
+    MetricsRegistry registry;
+    CHECK_NOTHROW(registry.histogram("llm_seconds", "h", {}, b));
 }
 
 namespace {
@@ -463,19 +496,22 @@ TEST_CASE("a renamer maps family names, samples follow, an empty name drops the 
           "llamacpp_lat_count{worker=\"0\"} 1\n");
 }
 
-TEST_CASE("label values and HELP are written as valid UTF-8 whatever they hold", "[metrics]") {
+TEST_CASE("label values are written as valid UTF-8 whatever they hold", "[metrics]") {
     MetricsRegistry registry;
-    auto& family = registry.counter("paths_total", "Bad \xff byte.", {"path"});
+    auto& family = registry.counter("paths_total", "Paths.", {"path"});
     // Kept as is: two-, three- and four-byte sequences.
     family.labels({"/caf\xc3\xa9/\xe6\x97\xa5/\xf0\x9f\x98\x80"}).inc();
     // Replaced: a stray byte, a cut sequence, a surrogate, an overlong form.
     family.labels({"/a\xff\xc3(\xed\xa0\x80\xc0\xaf"}).inc();
     CHECK(registry.render() ==
-          "# HELP paths_total Bad \xef\xbf\xbd byte.\n"
+          "# HELP paths_total Paths.\n"
           "# TYPE paths_total counter\n"
           "paths_total{path=\"/a\xef\xbf\xbd\xef\xbf\xbd(\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
           "\xef\xbf\xbd\xef\xbf\xbd\"} 1\n"
           "paths_total{path=\"/caf\xc3\xa9/\xe6\x97\xa5/\xf0\x9f\x98\x80\"} 1\n");
+    std::string help;
+    append_escaped_help(help, "Bad \xff byte.");
+    CHECK(help == "Bad \xef\xbf\xbd byte.");
 }
 
 TEST_CASE("malformed exposition lines are skipped and the rest is kept", "[metrics]") {
@@ -553,8 +589,9 @@ TEST_CASE("the reader survives every prefix and every byte flip of an exposition
 }
 
 TEST_CASE("process metrics are present with sane values", "[metrics]") {
-    std::string out;
-    render_process_metrics(out);
+    MetricsRegistry registry;
+    registry.add_collector(collect_process_metrics);
+    const auto out = registry.render();
     const auto v = view_of(out);
     const auto value = [&](const std::string& name) { return v.values.at(name + "{}"); };
     CHECK(v.types.at("process_cpu_seconds_total") == "counter");
@@ -580,8 +617,7 @@ TEST_CASE("process metrics are present with sane values", "[metrics]") {
     // Read live: a second thread shows while it runs.
     std::promise<void> release;
     std::thread idle([done = release.get_future()] { done.wait(); });
-    std::string again;
-    render_process_metrics(again);
+    const auto again = registry.render();
     release.set_value();
     idle.join();
     CHECK(view_of(again).values.at("process_threads{}") >= 2);
