@@ -37,7 +37,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH_DIR = os.path.join(ROOT, "scripts", "bench")
 PROCESSES = []
-SECTIONS = ("overhead", "streaming", "scaling", "memory", "affinity", "summarize", "groups")
+SECTIONS = ("overhead", "streaming", "scaling", "memory", "affinity", "summarize", "groups",
+            "work")
 LOAD_AT_START = []
 
 
@@ -698,6 +699,10 @@ def render(results, args, wall_s):
     if "groups" in results:
         L.append("\n#### 7. Model groups: a cold start and a swap under the worker budget "
                  "(real llama-server, demo model, one worker per group)\n\n" + results["groups"])
+    if "work" in results:
+        L.append("\n#### 8. Work that survives: a 256-input embeddings batch over 2 workers vs 1, "
+                 "and a summary job resumed after a SIGKILL (real llama-server, demo model, "
+                 "`--parallel 2`)\n\n" + results["work"])
     if "overhead" in results or "streaming" in results:
         L.append("\n#### The peers' configs, as run (@PORT@ and @UPSTREAM@ are filled in per run)\n")
         for name in ("nginx.conf.in", "haproxy.cfg.in"):
@@ -722,6 +727,15 @@ def bench_groups(rounds):
     args = argparse.Namespace(llama_pool=POOL, llama_server=LLAMA_SERVER, model=MODEL,
                               rounds=rounds)
     return groups_bench.run(args)
+
+
+def bench_work(rounds, chars):
+    """Section 8, issue 23: scripts/bench/work_bench.py (embeddings fan-out, resumed job)."""
+    sys.path.insert(0, BENCH_DIR)
+    import work_bench
+    args = argparse.Namespace(llama_pool=POOL, llama_server=LLAMA_SERVER, model=MODEL,
+                              rounds=rounds, chars=chars)
+    return work_bench.run(args)
 
 
 def write_results(text):
@@ -799,6 +813,7 @@ def main():
     section("affinity", lambda: bench_affinity(args.affinity_requests, 2))
     section("summarize", lambda: bench_summarize(3000 if args.smoke else args.summarize_chars))
     section("groups", lambda: bench_groups(1 if args.smoke else 5))
+    section("work", lambda: bench_work(1 if args.smoke else 5, 4000 if args.smoke else 20000))
     text = render(results, args, time.time() - started)
     print(text)
     if args.write and not args.smoke:
