@@ -12,7 +12,7 @@ On real llama-server workers with the demo model:
 Standard library only.
 
 Usage: work_bench.py --llama-pool BIN --llama-server BIN --model GGUF [--rounds N]
-[--chars N]
+[--chars N] [--inputs N]
 """
 import argparse
 import http.client
@@ -90,7 +90,7 @@ def embed_inputs(n):
 
 
 def bench_embeddings(args):
-    inputs = embed_inputs(256)
+    inputs = embed_inputs(args.inputs)
     rows = []
     for workers in (1, 2):
         p, port = start_pool(args, workers,
@@ -109,7 +109,8 @@ def bench_embeddings(args):
         finally:
             stop_pool(p)
     base = rows[0][1]
-    lines = [f"| 256-input /v1/embeddings ({args.rounds} rounds) | median | max | vs 1 worker |",
+    lines = [f"| {args.inputs}-input /v1/embeddings ({args.rounds} rounds) | median | max | "
+             "vs 1 worker |",
              "| --- | --- | --- | --- |"]
     for workers, median, most in rows:
         how = "whole, one worker" if workers == 1 else "split over 2 workers"
@@ -188,7 +189,8 @@ def bench_resume(args):
             after = time.monotonic() - restarted
             if done["state"] != "succeeded":
                 raise RuntimeError(f"resumed job: {done}")
-            reused = done["resumed"]["reused_chunks"]
+            # A tiny smoke document may have finished before the kill: nothing resumed then.
+            reused = done.get("resumed", {}).get("reused_chunks", 0)
         finally:
             stop_pool(p)
     finally:
@@ -216,6 +218,7 @@ def main():
     parser.add_argument("--model", required=True)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--chars", type=int, default=20000)
+    parser.add_argument("--inputs", type=int, default=256)
     print(run(parser.parse_args()))
 
 
