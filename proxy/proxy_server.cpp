@@ -38,6 +38,7 @@ ProxyServer::ProxyServer(const PoolConfig& config, GroupSet& groups, Logger& log
       metrics_(metrics),
       routes_(groups, LLAMA_POOL_VERSION, config.admin_key),
       reuse_(config, log, metrics, time_),
+      fanout_(log),
       auth_(std::move(client_keys)) {
     metrics.attach_reuse([this] { return reuse_.snapshot(); });
     console_ = std::make_unique<Console>(
@@ -230,6 +231,12 @@ void ProxyServer::serve(Exchange& exchange, const std::string& path, const std::
         return;
     }
     auto& group = groups_.route(request, path);
+    // A list of embeddings inputs is spread over the group's workers (each slice relayed);
+    // anything else, and a list that fits one worker, goes through as it came.
+    if (fanout_.serve(exchange, group, path, target, request_id, outcome)) {
+        outcome.group = group.metrics_label();
+        return;
+    }
     outcome = reuse_.forward(exchange, target, request_id, group.relay());
     outcome.group = group.metrics_label();
 }

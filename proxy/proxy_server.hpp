@@ -8,6 +8,7 @@
 #include "common/log.hpp"
 #include "common/random.hpp"
 #include "proxy/console/console.hpp"
+#include "proxy/embeddings_fanout.hpp"
 #include "proxy/group_set.hpp"
 #include "proxy/inbound_auth.hpp"
 #include "proxy/pool_metrics.hpp"
@@ -54,6 +55,7 @@ class ProxyServer {
     PoolRoutes routes_;
     SteadyTimeSource time_;
     ReplyReuse reuse_;
+    EmbeddingsFanout fanout_;
     InboundAuth auth_;
     RequestIds request_ids_;
     std::unique_ptr<KeyedRateLimiter> rate_limiter_;  // null when rate limiting is off

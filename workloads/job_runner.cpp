@@ -21,7 +21,7 @@ std::optional<std::string> JobRunner::submit(SummarizeRequest request, std::stri
         error = "the pool is shutting down";
         return std::nullopt;
     }
-    const auto id = store_.add(count_chars(request.text), error);
+    const auto id = store_.add(count_chars(request.text), request_to_json(request), error);
     if (!id) {
         return std::nullopt;
     }
@@ -29,6 +29,19 @@ std::optional<std::string> JobRunner::submit(SummarizeRequest request, std::stri
     queue_.push_back(*id);
     cv_.notify_one();
     return id;
+}
+
+void JobRunner::resume(const std::string& id, SummarizeRequest request,
+                       std::vector<SavedChunk> saved) {
+    std::lock_guard lock(mutex_);
+    if (stopping_) {
+        return;  // its record still reads queued: the next start takes it up
+    }
+    auto& pending = pending_[id];
+    pending.request = std::move(request);
+    pending.saved = std::move(saved);
+    queue_.push_back(id);
+    cv_.notify_one();
 }
 
 JobRunner::CancelResult JobRunner::cancel(const std::string& id, TimePoint deadline) {
@@ -60,8 +73,10 @@ void JobRunner::stop() {
         }
         stopping_ = true;
         for (const auto& id : queue_) {
-            store_.finish(id, JobState::interrupted, {}, 503,
-                          "the pool stopped before this job started; submit it again");
+            if (!store_.durable()) {
+                store_.finish(id, JobState::interrupted, {}, 503,
+                              "the pool stopped before this job started; submit it again");
+            }
             pending_.erase(id);
         }
         queue_.clear();
@@ -80,6 +95,7 @@ void JobRunner::run_loop() {
     while (true) {
         std::string id;
         const SummarizeRequest* request = nullptr;
+        ChunkMemo memo;
         std::shared_ptr<CancelToken> cancel;
         {
             std::unique_lock lock(mutex_);
@@ -92,11 +108,14 @@ void JobRunner::run_loop() {
             // std::map nodes do not move: the request stays put until this thread erases it.
             request = &pending_.at(id).request;
             cancel = pending_.at(id).cancel;
+            memo.saved = std::move(pending_.at(id).saved);
         }
+        memo.on_done = [&](const SavedChunk& chunk) { store_.save_chunk(id, chunk); };
         store_.set_running(id);
         const auto result = work_(
             *request, id, *cancel,
-            [&](const std::vector<LevelProgress>& progress) { store_.set_progress(id, progress); });
+            [&](const std::vector<LevelProgress>& progress) { store_.set_progress(id, progress); },
+            memo);
         std::lock_guard lock(mutex_);
         const bool by_user = pending_.at(id).user_cancelled;
         if (result.ok) {
@@ -104,8 +123,11 @@ void JobRunner::run_loop() {
         } else if (by_user) {
             store_.finish(id, JobState::cancelled, {}, 499, "cancelled by DELETE");
         } else if (stopping_) {
-            store_.finish(id, JobState::interrupted, {}, 503,
-                          "the pool stopped while this job ran; submit it again");
+            // A durable job keeps its record running and its saved chunks for the next start.
+            if (!store_.durable()) {
+                store_.finish(id, JobState::interrupted, {}, 503,
+                              "the pool stopped while this job ran; submit it again");
+            }
         } else {
             store_.finish(id, JobState::failed, {}, result.status, result.error);
         }

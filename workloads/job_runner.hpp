@@ -23,9 +23,10 @@ namespace llama_pool {
 // only until it ends; its record (state, progress, result) lives in the JobStore.
 class JobRunner {
   public:
-    using Work =
-        std::function<SummaryResult(const SummarizeRequest& request, const std::string& job_id,
-                                    CancelToken& cancel, const Summarizer::ProgressFn& progress)>;
+    // `memo` holds the chunk summaries a resumed job saved, and saves each new one.
+    using Work = std::function<SummaryResult(
+        const SummarizeRequest& request, const std::string& job_id, CancelToken& cancel,
+        const Summarizer::ProgressFn& progress, const ChunkMemo& memo)>;
     // Turns a finished summary into the job's stored result.
     using ResultView = std::function<nlohmann::json(const SummaryResult&)>;
 
@@ -36,19 +37,23 @@ class JobRunner {
 
     // The new job's id, or nullopt with `error` when the store is full or the runner stopped.
     std::optional<std::string> submit(SummarizeRequest request, std::string& error);
+    // Queues a job the store found unfinished at load, with the chunk summaries it saved.
+    void resume(const std::string& id, SummarizeRequest request, std::vector<SavedChunk> saved);
 
     enum class CancelResult { unknown, cancelled, removed };
     // A queued job is cancelled at once; a running one has its calls cancelled on the workers
     // and is waited for until `deadline`; a finished one is forgotten (removed).
     CancelResult cancel(const std::string& id, TimePoint deadline);
 
-    // Stops taking jobs; queued and running ones end as interrupted (their calls cancelled),
-    // and every thread is joined.
+    // Stops taking jobs and joins every thread, the running jobs' calls cancelled. With a
+    // durable store queued and running jobs are left as their records say, to be resumed by
+    // the next start; without one they end as interrupted.
     void stop();
 
   private:
     struct Pending {
         SummarizeRequest request;
+        std::vector<SavedChunk> saved;
         std::shared_ptr<CancelToken> cancel = std::make_shared<CancelToken>();
         bool user_cancelled = false;
     };

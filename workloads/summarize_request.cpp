@@ -155,6 +155,46 @@ std::string render_prompt(const std::string& prompt, const std::string& text,
     return out;
 }
 
+json request_to_json(const SummarizeRequest& request) {
+    json out = {{"text", request.text},
+                {"topic", request.topic},
+                {"max_chunk_chars", request.chunking.max_chars},
+                {"overlap", request.chunking.overlap},
+                {"levels", request.levels},
+                {"map_prompt", request.map_prompt},
+                {"reduce_prompt", request.reduce_prompt},
+                {"sampling", request.sampling}};
+    if (request.n_predict) {
+        out["n_predict"] = *request.n_predict;
+    }
+    return out;
+}
+
+bool request_from_json(const json& saved, SummarizeRequest& out, std::string& error) {
+    out = SummarizeRequest{};
+    try {
+        out.text = saved.at("text").get<std::string>();
+        out.topic = saved.at("topic").get<std::string>();
+        out.chunking.max_chars = saved.at("max_chunk_chars").get<std::size_t>();
+        out.chunking.overlap = saved.at("overlap").get<std::size_t>();
+        out.levels = saved.at("levels").get<int>();
+        out.map_prompt = saved.at("map_prompt").get<std::string>();
+        out.reduce_prompt = saved.at("reduce_prompt").get<std::string>();
+        out.sampling = saved.at("sampling");
+        if (const auto n = saved.find("n_predict"); n != saved.end()) {
+            out.n_predict = n->get<int>();
+        }
+    } catch (const json::exception& e) {
+        error = fmt::format("its saved request is incomplete ({})", e.what());
+        return false;
+    }
+    if (!out.sampling.is_object() || out.chunking.max_chars == 0 || out.levels < 1) {
+        error = "its saved request has invalid settings";
+        return false;
+    }
+    return true;
+}
+
 int summary_tokens_for(std::size_t chars) {
     return static_cast<int>(std::max<std::size_t>(32, chars * 3 / 40));
 }

@@ -43,6 +43,12 @@ std::string default_reduce_prompt();
 bool parse_summarize_request(const nlohmann::json& body, const SummarizeDefaults& defaults,
                              bool job, SummarizeRequest& out, std::string& error);
 
+// A validated request as a job saves it (everything resolved: defaults, prompts) and back,
+// so a resumed job runs as it was submitted even if the configuration changed. Returns false
+// with `error` naming what is missing or wrong.
+nlohmann::json request_to_json(const SummarizeRequest& request);
+bool request_from_json(const nlohmann::json& saved, SummarizeRequest& out, std::string& error);
+
 // `prompt` with {text} and {topic} filled in; an empty topic reads "its main points".
 std::string render_prompt(const std::string& prompt, const std::string& text,
                           const std::string& topic);

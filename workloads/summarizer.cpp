@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -50,6 +51,15 @@ std::string join_summaries(const std::vector<std::string>& parts) {
 }
 
 }  // namespace
+
+std::string chunk_hash(std::string_view text) {
+    std::uint64_t h = 14695981039346656037ULL;
+    for (const auto c : text) {
+        h ^= static_cast<unsigned char>(c);
+        h *= 1099511628211ULL;
+    }
+    return fmt::format("{:016x}", h);
+}
 
 ContextVerdict context_verdict(int status, const std::string& body) {
     if (status != 200 && status != 400) {
@@ -217,7 +227,8 @@ Summarizer::ChunkOutcome Summarizer::summarize_once(const std::string& payload,
 }
 
 SummaryResult Summarizer::run(const SummarizeRequest& request, const std::string& request_id,
-                              CancelToken& cancel, const ProgressFn& progress) const {
+                              CancelToken& cancel, const ProgressFn& progress,
+                              const ChunkMemo* memo) const {
     SummaryResult result;
     const auto started = time_.now();
     std::vector<LevelProgress> levels_progress;
@@ -231,6 +242,31 @@ SummaryResult Summarizer::run(const SummarizeRequest& request, const std::string
 
         std::mutex mutex;
         levels_progress.push_back({level, chunks.size(), 0});
+        // Chunks a previous run of this job finished are taken as they were; the rest are
+        // the work left, in the document's order.
+        std::vector<std::size_t> todo;
+        std::vector<std::string> hashes(chunks.size());
+        for (std::size_t i = 0; i < chunks.size(); ++i) {
+            hashes[i] = chunk_hash(
+                std::string_view(input).substr(chunks[i].begin, chunks[i].end - chunks[i].begin));
+            const SavedChunk* saved = nullptr;
+            if (memo != nullptr) {
+                for (const auto& s : memo->saved) {
+                    if (s.level == level && s.index == i && s.total == chunks.size() &&
+                        s.input_hash == hashes[i]) {
+                        saved = &s;
+                    }
+                }
+            }
+            if (saved != nullptr) {
+                outputs[i] = saved->summary;
+                result.tokens_predicted += saved->tokens;
+                ++result.reused;
+                ++levels_progress.back().done;
+            } else {
+                todo.push_back(i);
+            }
+        }
         if (progress) {
             progress(levels_progress);
         }
@@ -238,10 +274,11 @@ SummaryResult Summarizer::run(const SummarizeRequest& request, const std::string
         std::atomic<std::size_t> next{0};
         const auto work = [&] {
             while (true) {
-                const auto i = next.fetch_add(1);
-                if (i >= chunks.size() || cancel.cancelled()) {
+                const auto t = next.fetch_add(1);
+                if (t >= todo.size() || cancel.cancelled()) {
                     return;
                 }
+                const auto i = todo[t];
                 const auto& c = chunks[i];
                 auto outcome = summarize_chunk(
                     request, prompt, input.substr(c.begin, c.end - c.begin),
@@ -258,6 +295,10 @@ SummaryResult Summarizer::run(const SummarizeRequest& request, const std::string
                     cancel.cancel();  // the summary cannot complete; stop the other calls
                     return;
                 }
+                if (memo != nullptr && memo->on_done) {
+                    memo->on_done(
+                        {level, i, chunks.size(), hashes[i], outcome.text, outcome.tokens});
+                }
                 outputs[i] = std::move(outcome.text);
                 result.tokens_predicted += outcome.tokens;
                 ++result.completions;
@@ -269,7 +310,8 @@ SummaryResult Summarizer::run(const SummarizeRequest& request, const std::string
         };
         {
             const auto parallel = std::clamp(parallelism_ ? parallelism_() : 1, 1, kMaxParallel);
-            const auto helpers = std::min<std::size_t>(chunks.size(), parallel) - 1;
+            const auto helpers =
+                std::max<std::size_t>(std::min<std::size_t>(todo.size(), parallel), 1) - 1;
             std::vector<std::jthread> threads;
             threads.reserve(helpers);
             for (std::size_t t = 0; t < helpers; ++t) {

@@ -5,6 +5,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/clock.hpp"
@@ -39,6 +40,29 @@ struct LevelProgress {
     std::size_t done = 0;
 };
 
+// A chunk summary a job already finished, kept in its record so that a resumed job does not
+// ask a worker for it again.
+struct SavedChunk {
+    int level = 0;
+    std::size_t index = 0;  // 0-based within its level
+    std::size_t total = 0;  // chunks at that level
+    // Of the chunk's text: a chunk is reused only for the very text it summarized, so a
+    // record from a pool that chunks differently redoes the work instead of mixing it up.
+    std::string input_hash;
+    std::string summary;
+    long long tokens = 0;
+};
+
+// What a summary may reuse, and where it reports each chunk summary it finishes.
+struct ChunkMemo {
+    std::vector<SavedChunk> saved;
+    std::function<void(const SavedChunk&)> on_done;
+};
+
+// A stable 64-bit FNV-1a digest of `text` in 16 hex digits (not for security: it tells a
+// saved chunk's text from another). Pure.
+std::string chunk_hash(std::string_view text);
+
 struct LevelReport {
     int level = 0;
     std::size_t chunks = 0;
@@ -57,6 +81,7 @@ struct SummaryResult {
     bool converged = false;
     std::vector<LevelReport> levels;
     std::size_t completions = 0;  // successful calls
+    std::size_t reused = 0;       // chunk summaries taken from a ChunkMemo, not asked for
     std::size_t retries = 0;
     // Chunks split in smaller pieces because they did not fit a slot's context (measured
     // before sending, or a reply that said it was truncated or refused as too long).
@@ -85,8 +110,11 @@ class Summarizer {
           context_(std::move(context)) {}
 
     using ProgressFn = std::function<void(const std::vector<LevelProgress>&)>;
+    // `memo`, when given, supplies chunk summaries already done (a resumed job) and hears of
+    // every chunk summary finished.
     SummaryResult run(const SummarizeRequest& request, const std::string& request_id,
-                      CancelToken& cancel, const ProgressFn& progress = {}) const;
+                      CancelToken& cancel, const ProgressFn& progress = {},
+                      const ChunkMemo* memo = nullptr) const;
 
   private:
     struct ChunkOutcome;

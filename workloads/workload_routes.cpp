@@ -106,8 +106,8 @@ WorkloadRoutes::WorkloadRoutes(const PoolConfig& config, GroupSet& groups, Logge
       runner_(
           store_,
           [this](const SummarizeRequest& request, const std::string& id, CancelToken& cancel,
-                 const Summarizer::ProgressFn& progress) {
-              return run(request, id, cancel, {}, {}, "llama-pool-job", progress);
+                 const Summarizer::ProgressFn& progress, const ChunkMemo& memo) {
+              return run(request, id, cancel, {}, {}, "llama-pool-job", progress, &memo);
           },
           summary_reply, config.jobs_concurrency) {}
 
@@ -117,12 +117,27 @@ void WorkloadRoutes::start() {
         log_.info(kComponent, "jobs_loaded",
                   {{"jobs", loaded}, {"dir", store_options(config_).dir}});
     }
+    for (auto& job : store_.take_resumable()) {
+        SummarizeRequest request;
+        std::string error;
+        if (!request_from_json(job.request, request, error)) {
+            store_.finish(job.id, JobState::interrupted, {}, 503,
+                          fmt::format("the pool stopped while this job was queued or running "
+                                      "and it cannot be resumed: {}; submit it again",
+                                      error));
+            log_.warn(kComponent, "job_not_resumed", {{"job", job.id}, {"reason", error}});
+            continue;
+        }
+        log_.info(kComponent, "job_resumed",
+                  {{"job", job.id}, {"reused_chunks", job.saved.size()}});
+        runner_.resume(job.id, std::move(request), std::move(job.saved));
+    }
 }
 
 SummaryResult WorkloadRoutes::run(const SummarizeRequest& request, const std::string& request_id,
                                   CancelToken& cancel, IoWatch parent,
                                   std::function<bool()> parent_gone, const std::string& remote,
-                                  const Summarizer::ProgressFn& progress) {
+                                  const Summarizer::ProgressFn& progress, const ChunkMemo* memo) {
     const auto model = request.sampling.value("model", std::string());
     auto& group = groups_.route_model(model, "/completion");
     const auto worker_call = [&](const char* method, const std::string& target,
@@ -179,12 +194,13 @@ SummaryResult WorkloadRoutes::run(const SummarizeRequest& request, const std::st
                {"chars", count_chars(request.text)},
                {"max_chunk_chars", request.chunking.max_chars},
                {"overlap", request.chunking.overlap}});
-    auto result = summarizer.run(request, request_id, cancel, progress);
+    auto result = summarizer.run(request, request_id, cancel, progress, memo);
     log_.log(result.ok ? LogLevel::info : LogLevel::warn, kComponent, "summarize_finished",
              {{"request_id", request_id},
               {"ok", result.ok},
               {"levels", result.levels.size()},
               {"completions", result.completions},
+              {"reused_chunks", result.reused},
               {"retries", result.retries},
               {"split_chunks", result.splits},
               {"duration_ms", static_cast<long long>(result.seconds * 1000)},

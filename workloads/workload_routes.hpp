@@ -41,7 +41,8 @@ class WorkloadRoutes final : public RouteHandler {
     // client's connection, the server's shutdown).
     SummaryResult run(const SummarizeRequest& request, const std::string& request_id,
                       CancelToken& cancel, IoWatch parent, std::function<bool()> parent_gone,
-                      const std::string& remote, const Summarizer::ProgressFn& progress);
+                      const std::string& remote, const Summarizer::ProgressFn& progress,
+                      const ChunkMemo* memo = nullptr);
 
     const PoolConfig& config_;
     GroupSet& groups_;

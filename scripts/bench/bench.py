@@ -41,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BENCH_DIR = os.path.join(ROOT, "scripts", "bench")
 PROCESSES = []
 SECTIONS = ("overhead", "streaming", "scaling", "memory", "affinity", "summarize", "groups",
-            "fairness", "scrape")
+            "fairness", "scrape", "work")
 LOAD_AT_START = []
 
 
@@ -708,6 +708,10 @@ def render(results, args, wall_s):
     if "scrape" in results:
         L.append("\n#### 9. /metrics under a 20 Hz scrape while the pool serves (fake workers)\n\n"
                  + results["scrape"])
+    if "work" in results:
+        L.append("\n#### 10. Work that survives: a 256-input embeddings batch over 2 workers vs 1, "
+                 "and a summary job resumed after a SIGKILL (real llama-server, demo model, "
+                 "`--parallel 2`)\n\n" + results["work"])
     if "overhead" in results or "streaming" in results:
         L.append("\n#### The peers' configs, as run (@PORT@ and @UPSTREAM@ are filled in per run)\n")
         for name in ("nginx.conf.in", "haproxy.cfg.in"):
@@ -749,6 +753,15 @@ def bench_scrape(seconds, workers):
     import scrape_bench
     args = argparse.Namespace(llama_pool=POOL, fake=FAKE, workers=workers, hz=20, seconds=seconds)
     return scrape_bench.run(args)
+
+
+def bench_work(rounds, chars, inputs):
+    """Section 10, issue 23: scripts/bench/work_bench.py (embeddings fan-out, resumed job)."""
+    sys.path.insert(0, BENCH_DIR)
+    import work_bench
+    args = argparse.Namespace(llama_pool=POOL, llama_server=LLAMA_SERVER, model=MODEL,
+                              rounds=rounds, chars=chars, inputs=inputs)
+    return work_bench.run(args)
 
 
 def write_results(text):
@@ -830,6 +843,9 @@ def main():
     # The smoke run starts 4 workers, not 16: it checks the harness within its time limit.
     section("scrape", lambda: bench_scrape(1 if args.smoke else max(args.seconds, 10),
                                            4 if args.smoke else 16))
+    # The smoke run keeps the batch small: one worker's time grows faster than its inputs.
+    section("work", lambda: bench_work(1 if args.smoke else 5, 3000 if args.smoke else 20000,
+                                       8 if args.smoke else 256))
     text = render(results, args, time.time() - started)
     print(text)
     if args.write and not args.smoke:

@@ -247,6 +247,9 @@ class FakeServer {
         if (path == "/v1/chat/completions" || path == "/chat/completions") {
             return completion(ex, Shape::openai_chat);
         }
+        if (path == "/v1/embeddings" || path == "/embeddings" || path == "/embedding") {
+            return embeddings(ex);
+        }
         error(ex, 404, "File Not Found", "not_found_error");
     }
 
@@ -375,6 +378,76 @@ class FakeServer {
             return std::nullopt;
         }
         return body;
+    }
+
+    // An embedding that tells its input and its server apart: [digest of the text, its
+    // length, this worker's port]. The OpenAI shape for "input" (on any route, as
+    // llama-server), the native array for "content". Each input takes a slot for
+    // --latency-ms; the fault file's "fail" and "hold" apply to the whole request.
+    void embeddings(HttpExchange& ex) {
+        const auto body = parse(ex);
+        if (!body) {
+            return;
+        }
+        const bool oai = body->contains("input");
+        const auto input = oai ? (*body)["input"] : body->value("content", json());
+        std::vector<std::string> texts;
+        if (input.is_string()) {
+            texts.push_back(input.get<std::string>());
+        } else if (input.is_array() && !input.empty() && !input[0].is_number()) {
+            for (const auto& item : input) {
+                texts.push_back(item.is_string() ? item.get<std::string>() : item.dump());
+            }
+        } else if (input.is_array() && !input.empty()) {
+            texts.push_back(input.dump());  // one prompt of token ids
+        } else {
+            return error(ex, 400, "\"input\" or \"content\" must be provided",
+                         "invalid_request_error");
+        }
+        const auto fault = fault_from_file();
+        if (fault.kind == Fault::Kind::fail) {
+            return error(ex, fault.value, "injected failure (fault file)", "server_error");
+        }
+        while (fault.kind == Fault::Kind::hold && fault_from_file().kind == Fault::Kind::hold) {
+            if (ex.client_gone()) {
+                ex.abort();
+                return;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        ++served_;
+        json data = json::array();
+        long long tokens = 0;
+        for (std::size_t i = 0; i < texts.size(); ++i) {
+            slots_.acquire();
+            const bool in_time = sleep_watching(ex, std::chrono::milliseconds(opt_.latency_ms));
+            slots_.release();
+            if (!in_time) {
+                ex.abort();
+                return;
+            }
+            std::uint32_t digest = 2166136261u;
+            for (const char c : texts[i]) {
+                digest = (digest ^ static_cast<unsigned char>(c)) * 16777619u;
+            }
+            const json vector = {static_cast<double>(digest % 100000),
+                                 static_cast<double>(texts[i].size()),
+                                 static_cast<double>(opt_.port)};
+            tokens += static_cast<long long>(texts[i].size());
+            if (oai) {
+                data.push_back({{"embedding", vector}, {"index", i}, {"object", "embedding"}});
+            } else {
+                data.push_back({{"index", i}, {"embedding", json::array({vector})}});
+            }
+        }
+        if (!oai) {
+            return reply(ex, 200, data);
+        }
+        reply(ex, 200,
+              json{{"model", opt_.model},
+                   {"object", "list"},
+                   {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}},
+                   {"data", data}});
     }
 
     void completion(HttpExchange& ex, Shape shape) {

@@ -224,16 +224,93 @@ TEST_CASE("a job reports progress, finishes, and survives a restart of the pool"
         pool.process().signal(SIGTERM);
         REQUIRE(pool.process().wait_exit(20s));
     }
+    // The next start keeps the finished job and resumes the one the stop cut short.
+    std::ofstream(faults) << "";
     PoolProcess again(args);
     REQUIRE(again.wait_listening(20s));
     const auto done = get_json(again, "/v1/jobs/" + done_id);
     CHECK(done["state"] == "succeeded");
     CHECK(tag_order(done["result"]["summary"].get<std::string>()).size() == 150);
-    const auto cut = get_json(again, "/v1/jobs/" + running_id);
-    CHECK(cut["state"] == "interrupted");
-    CHECK(cut["error"]["message"].get<std::string>().find("submit it again") != std::string::npos);
+    CHECK_FALSE(done.contains("resumed"));
     const auto list = get_json(again, "/v1/jobs");
     CHECK(list["data"].size() == 2);
+    const auto cut = wait_for_job(again, running_id, 60s);
+    INFO(cut.dump());
+    CHECK(cut["state"] == "succeeded");
+    CHECK(cut["resumed"]["times"] == 1);
+    CHECK(tag_order(cut["result"]["summary"].get<std::string>()).size() == 400);
+}
+
+TEST_CASE("a job survives a SIGKILL of the pool with its finished chunks kept",
+          "[integration][jobs]") {
+    DataDir data;
+    TempDir dir;
+    const auto faults = dir.file("faults");
+    std::ofstream(faults) << "";
+    const auto args = fake_pool_args(2, {"--data-dir", data.path.string()},
+                                     {"--echo-tags", "--latency-ms", "20", "--fault-file", faults});
+    const json body = {{"type", "summarize"},
+                       {"text", tagged_text(200)},
+                       {"max_chunk_chars", 400},
+                       {"overlap", 0}};
+    std::string id;
+    std::size_t done_before = 0;
+    std::size_t total = 0;
+    {
+        PoolProcess pool(args);
+        REQUIRE(pool.wait_ready(2, 20s));
+        // Worker 1 holds what it gets: the job stays half done, worker 0 doing the rest.
+        std::ofstream(faults) << pool.status()["workers"][1]["port"].get<int>() << " hold\n";
+        const auto r = pool.client(10s).Post("/v1/jobs", body.dump(), "application/json");
+        REQUIRE(r);
+        REQUIRE(r->status == 202);
+        id = json::parse(r->body)["id"].get<std::string>();
+        json job;
+        REQUIRE(wait_until(
+            [&] {
+                job = get_json(pool, "/v1/jobs/" + id);
+                const auto& levels = job["progress"]["levels"];
+                return !levels.empty() && levels[0]["done"].get<std::size_t>() >= 5;
+            },
+            30s));
+        done_before = job["progress"]["levels"][0]["done"].get<std::size_t>();
+        total = job["progress"]["levels"][0]["total"].get<std::size_t>();
+        REQUIRE(done_before < total);
+        pool.process().signal(SIGKILL);
+        REQUIRE(pool.process().wait_exit(20s));
+    }
+    std::ofstream(faults) << "";
+    PoolProcess again(args);
+    REQUIRE(again.wait_listening(20s));
+    // Its progress continues from what was saved: never below what was seen before the kill.
+    std::size_t lowest = total;
+    json job;
+    const bool ended = wait_until(
+        [&] {
+            job = get_json(again, "/v1/jobs/" + id);
+            const auto& levels = job["progress"]["levels"];
+            if (!levels.empty()) {
+                lowest = std::min(lowest, levels[0]["done"].get<std::size_t>());
+            }
+            return job["state"] != "queued" && job["state"] != "running";
+        },
+        60s);
+    INFO(job.dump());
+    REQUIRE(ended);
+    CHECK(job["state"] == "succeeded");
+    CHECK(lowest >= done_before);
+    CHECK(job["resumed"]["times"] == 1);
+    const auto reused = job["resumed"]["reused_chunks"].get<std::size_t>();
+    CHECK(reused >= done_before);
+    CHECK(reused < total);
+    // Only the rest was asked for: the reused chunks are not among this run's completions.
+    std::size_t chunks = 0;
+    for (const auto& level : job["result"]["levels"]) {
+        chunks += level["chunks"].get<std::size_t>();
+    }
+    CHECK(job["result"]["completions"].get<std::size_t>() + reused == chunks);
+    CHECK(tag_order(job["result"]["summary"].get<std::string>()).size() == 200);
+    CHECK(again.log_lines_with("job_resumed").find(id) != std::string::npos);
 }
 
 TEST_CASE("DELETE cancels a running job and its calls on the workers", "[integration][jobs]") {

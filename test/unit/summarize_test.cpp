@@ -353,27 +353,27 @@ TEST_CASE("the job store bounds count and age and persists across restarts", "[j
         JobStore store(
             options, [&] { return now; }, log);
         CHECK(store.load() == 0);
-        done_id = *store.add(100, error);
-        running_id = *store.add(200, error);
-        queued_id = *store.add(300, error);
+        done_id = *store.add(100, json{{"text", "a"}}, error);
+        running_id = *store.add(200, json{{"text", "b"}}, error);
+        queued_id = *store.add(300, json{{"text", "c"}}, error);
         store.set_running(done_id);
         store.set_progress(done_id, {{1, 4, 4}, {2, 1, 1}});
         store.finish(done_id, JobState::succeeded, json{{"summary", "short"}}, 0, {});
         store.set_running(running_id);
         // Full of unfinished jobs but one: a fourth evicts the finished one.
         now += 1000;
-        const auto fourth = store.add(10, error);
+        const auto fourth = store.add(10, json{{"text", "d"}}, error);
         REQUIRE(fourth);
         CHECK_FALSE(store.get(done_id));
         CHECK_FALSE(std::filesystem::exists(dir.path / (done_id + ".json")));
         // Now every job is unfinished: a fifth is refused, with the reason.
-        CHECK_FALSE(store.add(10, error));
+        CHECK_FALSE(store.add(10, json{{"text", "e"}}, error));
         CHECK(error.find("jobs.max_jobs") != std::string::npos);
         store.finish(*fourth, JobState::succeeded, json{{"summary", "kept"}}, 0, {});
         done_id = *fourth;
     }
-    // A new process: the finished job is back with its result; the unfinished ones say they
-    // were interrupted.
+    // A new process: the finished job is back with its result; the unfinished ones are
+    // queued again with their saved requests, to be resumed.
     now += 1000;
     {
         JobStore store(
@@ -383,13 +383,20 @@ TEST_CASE("the job store bounds count and age and persists across restarts", "[j
         REQUIRE(done);
         CHECK(done->state == JobState::succeeded);
         CHECK(done->result["summary"] == "kept");
+        const auto resumable = store.take_resumable();
+        REQUIRE(resumable.size() == 2);
+        CHECK(resumable[0].id == running_id);  // in the order they were submitted
+        CHECK(resumable[0].request["text"] == "b");
+        CHECK(resumable[1].id == queued_id);
+        CHECK(store.take_resumable().empty());
         for (const auto& id : {running_id, queued_id}) {
             const auto job = store.get(id);
             REQUIRE(job);
-            CHECK(job->state == JobState::interrupted);
-            CHECK(job->error.find("submit it again") != std::string::npos);
+            CHECK(job->state == JobState::queued);
+            CHECK(job->resumes == 1);
+            store.finish(id, JobState::cancelled, {}, 499, "cancelled by DELETE");
         }
-        // Finished jobs expire after max_age.
+        // Finished jobs expire after max_age, their files with them.
         now += 61'000;
         CHECK_FALSE(store.get(done_id));
         CHECK(store.list().empty());
@@ -397,18 +404,24 @@ TEST_CASE("the job store bounds count and age and persists across restarts", "[j
     }
 }
 
-TEST_CASE("an unreadable job file is skipped, a leftover temporary removed", "[jobs]") {
+TEST_CASE("an unreadable job file reads interrupted, a leftover temporary is removed", "[jobs]") {
     TempDir dir;
     std::filesystem::create_directories(dir.path);
     {
         std::ofstream(dir.path / "job-000000000000000000000000.json") << "{not json";
         std::ofstream(dir.path / "job-000000000000000000000001.json.tmp") << "{}";
+        std::ofstream(dir.path / "not-a-job.json") << "{not json";
     }
     Logger log(LogFormat::text, LogLevel::error);
     JobStore store(
         {10, 60, dir.path.string()}, [] { return std::int64_t{5}; }, log);
-    CHECK(store.load() == 0);
+    CHECK(store.load() == 1);
     CHECK_FALSE(std::filesystem::exists(dir.path / "job-000000000000000000000001.json.tmp"));
+    const auto job = store.get("job-000000000000000000000000");
+    REQUIRE(job);
+    CHECK(job->state == JobState::interrupted);
+    CHECK(job->error.find("could not be read") != std::string::npos);
+    CHECK(store.take_resumable().empty());
 }
 
 TEST_CASE("the job runner runs, reports progress, cancels and interrupts", "[jobs]") {
@@ -420,7 +433,8 @@ TEST_CASE("the job runner runs, reports progress, cancels and interrupts", "[job
     std::condition_variable cv;
     bool release = false;
     const JobRunner::Work work = [&](const SummarizeRequest& request, const std::string&,
-                                     CancelToken& cancel, const Summarizer::ProgressFn& progress) {
+                                     CancelToken& cancel, const Summarizer::ProgressFn& progress,
+                                     const ChunkMemo&) {
         progress({{1, 2, 1}});
         std::unique_lock lock(mutex);
         // Blocks until released or cancelled, like a summary waiting on its workers.
