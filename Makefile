@@ -10,7 +10,8 @@ WORKERS    ?= 2
 TOOLCHAIN  := bash scripts/llama-toolchain.sh
 
 .PHONY: all deps deps-test deps-extra build bitnet-note test-bitnet test test-unit test-integration test-e2e run format \
-        check-format llama-server-path demo-model-path bench test-asan test-tsan fuzz clean
+        check-format llama-server-path demo-model-path bench test-asan test-tsan fuzz clean \
+        deps-docker docker-test
 
 all: build
 
@@ -22,6 +23,9 @@ deps-test:
 
 deps-extra:
 	@bash scripts/install-deps.sh --extra
+
+deps-docker:
+	@bash scripts/install-deps.sh --docker
 
 build: deps
 	@cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
@@ -79,6 +83,15 @@ test-tsan: deps-test
 	@cmake --build build-tsan -j$(JOBS) --target $(SANITIZER_TARGETS)
 	@TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 	 ctest --test-dir build-tsan --output-on-failure -j$(JOBS) -L "unit|integration" -E "$(SANITIZER_SKIP)"
+
+# The image built and run on a real Docker engine (test/deploy/docker_test.sh): it starts
+# Debian's dockerd when none runs and stops it after, makes the debian:12 base images with
+# debootstrap when no registry gives them, and keeps images and the layer cache in
+# ~/.cache/llama-pool/docker. Needs root (or a usable engine). About 25 minutes the first
+# time on 2 cores (llama.cpp is built inside the image), a few minutes after. CI runs it as
+# its own step; `make test` does not (it stays the quick loop).
+docker-test: deps-docker
+	@bash test/deploy/docker_test.sh "$$($(TOOLCHAIN) model-path)"
 
 # libFuzzer targets (test/fuzz), FUZZ_SECONDS each (default 30), clang build in build-fuzz.
 fuzz: deps-extra

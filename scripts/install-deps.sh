@@ -5,6 +5,8 @@
 #   install-deps.sh          what building and running need (make build, make run)
 #   install-deps.sh --test   plus what the tests, benchmarks and format check use
 #   install-deps.sh --extra  plus the optional tools (fuzzers, profilers)
+#   install-deps.sh --docker plus the test level, a Docker engine and debootstrap (make
+#                            docker-test, which CI runs)
 #   --list after the level prints the packages of that level and installs nothing.
 set -euo pipefail
 
@@ -20,7 +22,7 @@ packages=(
 )
 level="${1:-}"
 # What the tests run beside the pool: `make test`, `make bench` and `make check-format`.
-if [ "$level" = "--test" ] || [ "$level" = "--extra" ]; then
+if [ "$level" = "--test" ] || [ "$level" = "--extra" ] || [ "$level" = "--docker" ]; then
   packages+=(
     prometheus  # promtool checks /metrics and the alert rules in the tests
     wrk nginx haproxy  # the benchmark harness, smoke-run by the tests
@@ -33,6 +35,13 @@ fi
 # valgrind and perf for scripts/bench/profile.py.
 if [ "$level" = "--extra" ]; then
   packages+=(clang libclang-rt-14-dev valgrind linux-perf)
+fi
+
+# `make docker-test`: Debian's engine (dockerd is started by hand, there is no systemd; its
+# client is /usr/bin/docker) and debootstrap, which makes the debian:12 base images when no
+# registry can give them (scripts/docker-engine.sh).
+if [ "$level" = "--docker" ]; then
+  packages+=(docker.io debootstrap)
 fi
 
 if [ "${2:-${1:-}}" = "--list" ]; then
@@ -67,6 +76,8 @@ fi
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"
 echo "install-deps: installing ${missing[*]}" >&2
-$sudo apt-get update -qq >&2
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+# Another apt (a helper, unattended-upgrades) may hold the lock for a while: wait for it
+# rather than fail.
+$sudo apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
+DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >&2
 console_test_modules

@@ -9,9 +9,12 @@
 #                                    a larger random-weight model (e.g. 1024 8, closer to a
 #                                    real model's pace), built once and cached by its shape
 #   llama-toolchain.sh tool NAME     print another built tool (llama-quantize, ...)
+#   llama-toolchain.sh package FILE  fetch only the pinned node-llama-cpp package into FILE
+#                                    (the Docker image fetches in one stage, builds in another)
 #
 # Only the chosen path goes to stdout; progress goes to stderr and to a build log.
 # LLAMA_SERVER and MODEL, when they name existing files, win and nothing is built.
+# LLAMA_POOL_SOURCE_PACKAGE, a package made by `package`, is used instead of the registry.
 set -euo pipefail
 
 readonly NODE_LLAMA_CPP_VERSION="3.22.1"
@@ -36,9 +39,8 @@ readonly lock_file="$cache_root/.lock"
 log() { printf 'llama-toolchain: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-fetch_source() {
-  local src="$cache_dir/src"
-  [ -f "$src/CMakeLists.txt" ] && return 0
+# npm_pack FILE: the pinned node-llama-cpp package from the npm registry, saved as FILE.
+npm_pack() {
   command -v npm >/dev/null || die "npm is required to fetch node-llama-cpp@$NODE_LLAMA_CPP_VERSION (apt-get install npm)"
   local tmp
   tmp=$(mktemp -d)
@@ -48,11 +50,25 @@ fetch_source() {
   if ! (cd "$tmp" && npm pack --loglevel=error "node-llama-cpp@$NODE_LLAMA_CPP_VERSION" \
     >"$tmp/npm-pack.log" 2>&1); then
     sed 's/^/llama-toolchain: npm: /' "$tmp/npm-pack.log" >&2
+    rm -rf "$tmp"
     die "npm pack node-llama-cpp@$NODE_LLAMA_CPP_VERSION failed (npm's output above; behind a" \
       "TLS-inspecting proxy give npm its CA: NODE_EXTRA_CA_CERTS=FILE, or the Dockerfile's" \
       "EXTRA_CA_CERTS build argument)"
   fi
-  tar -xzf "$tmp/node-llama-cpp-$NODE_LLAMA_CPP_VERSION.tgz" -C "$tmp" package/llama/gitRelease.bundle
+  mkdir -p "$(dirname "$1")"
+  mv "$tmp/node-llama-cpp-$NODE_LLAMA_CPP_VERSION.tgz" "$1"
+  rm -rf "$tmp"
+}
+
+fetch_source() {
+  local src="$cache_dir/src"
+  [ -f "$src/CMakeLists.txt" ] && return 0
+  local tmp package
+  tmp=$(mktemp -d)
+  package=${LLAMA_POOL_SOURCE_PACKAGE:-$tmp/node-llama-cpp.tgz}
+  [ -n "${LLAMA_POOL_SOURCE_PACKAGE:-}" ] || npm_pack "$package"
+  tar -xzf "$package" -C "$tmp" package/llama/gitRelease.bundle ||
+    die "$package is not the node-llama-cpp package (no llama/gitRelease.bundle)"
   rm -rf "$src.tmp"
   git clone --quiet "$tmp/package/llama/gitRelease.bundle" "$src.tmp" 2>/dev/null ||
     die "could not clone the llama.cpp bundle shipped in node-llama-cpp"
@@ -157,6 +173,11 @@ case "${1:-}" in
     fi
     with_lock build_model
     ;;
+  package)
+    [ -n "${2:-}" ] || die "usage: $0 package FILE"
+    npm_pack "$2"
+    echo "$2"
+    ;;
   tool)
     [ -n "${2:-}" ] || die "usage: $0 tool NAME"
     with_lock build_tools
@@ -164,6 +185,6 @@ case "${1:-}" in
     echo "$bin_dir/$2"
     ;;
   *)
-    die "usage: $0 server-path | model-path | tool NAME"
+    die "usage: $0 server-path | model-path | tool NAME | package FILE"
     ;;
 esac

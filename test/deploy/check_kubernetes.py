@@ -7,17 +7,20 @@ front discovers the workers' headless Service by a dns:// upstream that names it
 manifests apply to any namespace (none set, none in a DNS name), that every container says
 how its image is pulled and runs as the image's numeric non-root user, that every claim a
 pod mounts is defined, and starts the real binary to make sure every probe path answers
-(not 404).
+(not 404). Every object of the core manifests is also validated against the Kubernetes API's
+own schemas with the npm package kubernetes-models (installed once into ~/.cache/llama-pool,
+offline after that).
 
 The optional manifests in inference-gateway/ (InferencePool, endpoint picker config) and
 autoscaling/ (HPA with its prometheus-adapter rule, KEDA ScaledObject) need CRDs and
-controllers no test here has, and no maintained schema validator for them is packaged in
+controllers no test here has, and no maintained schema validator for the CRDs is packaged in
 Debian, so their structure is checked here field by field against the API versions they
 name: selectors match the worker pods, ports match their container port, the engine config
 is the one the pods' label selects, and every metric they name is one the live binary
 exports as a gauge.
 """
 import glob
+import json
 import os
 import re
 import socket
@@ -258,6 +261,30 @@ try:
 finally:
     pool.terminate()
     pool.wait(10)
+
+# The Kubernetes API's schemas (types, required fields, enums), from a maintained npm package
+# that bundles them (generated from the Kubernetes release's OpenAPI spec); kept in the same
+# cache as the llama.cpp toolchain, so only the first run on a machine needs the registry.
+SCHEMAS_PACKAGE = "kubernetes-models@4.5.1"  # 5.x needs node 22; Debian and CI have 20
+cache = os.environ.get("LLAMA_POOL_CACHE") or os.path.expanduser("~/.cache/llama-pool")
+schemas = os.path.join(cache, "npm-" + SCHEMAS_PACKAGE.replace("@", "-"))
+if not os.path.isdir(os.path.join(schemas, "node_modules", "kubernetes-models")):
+    install = subprocess.run(["npm", "install", "--prefix", schemas, "--no-save", "--no-audit",
+                              "--no-fund", SCHEMAS_PACKAGE], capture_output=True, text=True)
+    check(f"npm installs {SCHEMAS_PACKAGE}", install.returncode == 0, install.stderr[-2000:])
+# The optional manifests' objects of core APIs (the HPA, the adapter's ConfigMap) are
+# validated too; the CRDs' (InferencePool, KEDA) have no schema here.
+core_apis = ("v1", "apps/v1", "autoscaling/v2")
+validated = docs + [d for objs in optional.values() for d in objs
+                    if d.get("apiVersion") in core_apis]
+validation = subprocess.run(
+    ["node", os.path.join(ROOT, "test", "deploy", "kubernetes_schema.mjs"),
+     os.path.join(schemas, "node_modules")], input=json.dumps(validated), capture_output=True,
+    text=True)
+for line in validation.stdout.splitlines():
+    check(line.split(" ", 1)[1], line.startswith("PASS "), line)
+check("schema validation ran on every object",
+      validation.stdout.count("\n") == len(validated), validation.stderr[-2000:])
 
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
