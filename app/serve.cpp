@@ -67,9 +67,13 @@ int serve(const PoolConfig& config, Logger& log, const sigset_t& signals,
              {"soft_limit", fds.after},
              {"max_connections", config.max_connections},
              {"enough", fds.after >= needed}});
+    std::vector<std::string> tenant_names;
+    for (const auto& t : config.tenants) {
+        tenant_names.push_back(t.name);
+    }
     std::vector<PoolMetrics::GroupSource> sources;
     for (const auto& g : groups.groups()) {
-        sources.push_back({g->metrics_label(), &g->registry(), &g->supervisor()});
+        sources.push_back({g->metrics_label(), &g->registry(), &g->supervisor(), tenant_names});
     }
     metrics.attach(std::move(sources));
     struct DetachGroups {

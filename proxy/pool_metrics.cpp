@@ -217,6 +217,8 @@ struct PoolMetrics::ScrapedGroup {
     std::size_t waiting = 0;
     std::vector<Worker> workers;
     std::vector<WorkerStatus> statuses;
+    std::vector<std::string> configured_tenants;
+    std::vector<FairQueue::TenantStats> tenants;
 };
 
 std::optional<double> reported_kv_cache_ratio(std::string_view exposition) {
@@ -262,6 +264,10 @@ std::vector<PoolMetrics::ScrapedGroup> PoolMetrics::scrape_groups() {
         ScrapedGroup s;
         s.group = g.group;
         s.waiting = g.registry->waiting();
+        s.configured_tenants = g.tenants;
+        if (!g.tenants.empty()) {
+            s.tenants = g.registry->queue_by_tenant();
+        }
         if (g.supervisor != nullptr) {
             s.statuses = g.supervisor->status();
         }
@@ -328,6 +334,38 @@ void add_engine_families(const std::vector<PoolMetrics::ScrapedGroup>& scraped,
     out.push_back(kv.take());
 }
 
+// Per configured tenant and group: requests waiting and running. Unconfigured tenants (one
+// per client address or key) are left out: their number has no bound.
+void add_tenant_families(const std::vector<PoolMetrics::ScrapedGroup>& scraped,
+                         std::vector<prometheus::MetricFamily>& out) {
+    CollectedFamily waiting("llama_pool_tenant_requests_waiting",
+                            "Requests of each configured tenant waiting for a worker slot.",
+                            CollectedFamily::Type::gauge);
+    CollectedFamily running("llama_pool_tenant_requests_running",
+                            "Requests of each configured tenant on workers.",
+                            CollectedFamily::Type::gauge);
+    bool any = false;
+    for (const auto& s : scraped) {
+        for (const auto& name : s.configured_tenants) {
+            any = true;
+            double w = 0;
+            double r = 0;
+            for (const auto& t : s.tenants) {
+                if (t.label == name) {
+                    w = static_cast<double>(t.waiting);
+                    r = t.running;
+                }
+            }
+            waiting.add({{"group", s.group}, {"tenant", name}}, w);
+            running.add({{"group", s.group}, {"tenant", name}}, r);
+        }
+    }
+    if (any) {
+        out.push_back(waiting.take());
+        out.push_back(running.take());
+    }
+}
+
 std::vector<prometheus::MetricFamily> pool_state_families(
     const std::vector<PoolMetrics::ScrapedGroup>& scraped) {
     std::vector<prometheus::MetricFamily> out;
@@ -344,6 +382,7 @@ std::vector<prometheus::MetricFamily> pool_state_families(
         queue.add({{"group", s.group}}, static_cast<double>(s.waiting));
     }
     out.push_back(queue.take());
+    add_tenant_families(scraped, out);
     auto per_backend = [&](std::string name, std::string help, CollectedFamily::Type type,
                            const auto& value) {
         CollectedFamily family(std::move(name), std::move(help), type);

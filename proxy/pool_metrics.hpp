@@ -43,6 +43,9 @@ class PoolMetrics {
         std::string group;
         BackendRegistry* registry = nullptr;
         Supervisor* supervisor = nullptr;
+        // The configured tenants (their names): only they get per-tenant queue series, so
+        // the series stay bounded however many clients come.
+        std::vector<std::string> tenants;
     };
     void attach(std::vector<GroupSource> groups);
     // Convenience for one unnamed group (tests).

@@ -84,6 +84,14 @@ TEST_CASE("a client that floods the queue does not starve another one", "[integr
                                     [](const auto& kv) { return kv.first != "batch"; });
     CHECK(other->first.rfind("key-", 0) == 0);
     CHECK(other->second["waiting"] == 1);
+    // Metrics label the configured tenant only: the stranger's series would be unbounded.
+    const auto metrics = client.Get("/metrics");
+    REQUIRE(metrics);
+    CHECK(metrics->body.find("llama_pool_tenant_requests_waiting{tenant=\"batch\"} 11") !=
+          std::string::npos);
+    CHECK(metrics->body.find("llama_pool_tenant_requests_running{tenant=\"batch\"} 1") !=
+          std::string::npos);
+    CHECK(metrics->body.find("tenant=\"key-") == std::string::npos);
 
     std::ofstream(faults) << "";  // release: the slot now serves the queue in its order
     for (auto& t : clients) {
