@@ -700,7 +700,7 @@ def render(results, args, wall_s):
         L.append("\n#### 7. Model groups: a cold start and a swap under the worker budget "
                  "(real llama-server, demo model, one worker per group)\n\n" + results["groups"])
     if "work" in results:
-        L.append("\n#### 8. Work that survives: a 256-input embeddings batch over 2 workers vs 1, "
+        L.append("\n#### 8. Work that survives: an embeddings batch over 2 workers vs 1, "
                  "and a summary job resumed after a SIGKILL (real llama-server, demo model, "
                  "`--parallel 2`)\n\n" + results["work"])
     if "overhead" in results or "streaming" in results:
