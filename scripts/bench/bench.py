@@ -709,7 +709,7 @@ def render(results, args, wall_s):
         L.append("\n#### 9. /metrics under a 20 Hz scrape while the pool serves (fake workers)\n\n"
                  + results["scrape"])
     if "work" in results:
-        L.append("\n#### 10. Work that survives: a 256-input embeddings batch over 2 workers vs 1, "
+        L.append("\n#### 10. Work that survives: an embeddings batch over 2 workers vs 1, "
                  "and a summary job resumed after a SIGKILL (real llama-server, demo model, "
                  "`--parallel 2`)\n\n" + results["work"])
     if "overhead" in results or "streaming" in results:
