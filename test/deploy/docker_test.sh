@@ -187,10 +187,12 @@ in_flight() { [ "$(metric_sum "$1" '^llama_pool_inflight_requests')" -gt 0 ]; }
 stop_during_requests() {
   local name="${prefix}-two" i inflight rc elapsed t0
   wait_for 180 http_ok "$url/health" || return 1
+  local streams=()
   for i in 1 2 3 4; do
     curl -sS -N -m 60 "$url/completion" -H 'Content-Type: application/json' \
       -d '{"prompt": "Tell a long story", "n_predict": 100000, "ignore_eos": true, "stream": true}' \
       >"$scratch/stream$i" 2>&1 &
+    streams+=($!)
   done
   wait_for 30 in_flight "$url"
   inflight=$(metric_sum "$url" '^llama_pool_inflight_requests')
@@ -198,7 +200,8 @@ stop_during_requests() {
   t0=$(date +%s%N)
   "$docker" stop "$name" >/dev/null
   elapsed=$((($(date +%s%N) - t0) / 1000000))
-  wait
+  # The streams only: a dockerd this script started is a child of this shell too.
+  wait "${streams[@]}"
   # Past its 10 s, docker stop sends SIGKILL, and the exit code reads 137: 0 means the pool
   # drained and stopped its workers within the default stop time.
   rc=$("$docker" inspect -f '{{.State.ExitCode}}' "$name")
