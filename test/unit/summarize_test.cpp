@@ -353,8 +353,12 @@ TEST_CASE("the job store bounds count and age and persists across restarts", "[j
         JobStore store(
             options, [&] { return now; }, log);
         CHECK(store.load() == 0);
+        // A millisecond apart: resumed jobs are ordered by submission time, which equal times
+        // would leave to the order of the files on disk.
         done_id = *store.add(100, json{{"text", "a"}}, error);
+        ++now;
         running_id = *store.add(200, json{{"text", "b"}}, error);
+        ++now;
         queued_id = *store.add(300, json{{"text", "c"}}, error);
         store.set_running(done_id);
         store.set_progress(done_id, {{1, 4, 4}, {2, 1, 1}});
