@@ -2,7 +2,7 @@
 """Fair admission and the stall watchdog (issue 19), measured.
 
 - flood: one real llama-server worker with one slot. Client A sends 16 completions at once;
-  0.3 s later client B sends one. B's wait is measured when B is its own tenant (its own API
+  once they queue, and 0.3 s later, client B sends one. B's wait is measured when B is its own tenant (its own API
   key: the fair queue) and when B shares A's key (one tenant: what a FIFO queue gives), with
   B alone on an idle pool for reference. Each case is repeated; median and max are reported.
 - stall: two fake workers with one slot each, stall_timeout 2 s, health probes every 0.2 s.
@@ -30,7 +30,9 @@ import threading
 import time
 
 FLOOD = 16
-N_PREDICT = 24
+# Long enough that the flood is still queued when B arrives, even on an idle machine (the
+# demo model makes about 700 tokens/s on 2 cores).
+N_PREDICT = 128
 
 
 def log(msg):
@@ -103,7 +105,9 @@ def flood_round(port, b_key):
                for _ in range(FLOOD)]
     for t in threads:
         t.start()
-    wait_for(lambda: status(port)["totals"]["queued"] == FLOOD - 1, 60, "the flood to queue")
+    # Waiting for all 15 to queue raced the worker on an idle machine: the first ones were
+    # done before the poll saw them. Queued at all is the condition; B comes 0.3 s later.
+    wait_for(lambda: status(port)["totals"]["queued"] >= 1, 60, "the flood to queue")
     time.sleep(0.3)
     b = threading.Thread(target=timed_completion, args=(port, b_key, small))
     b.start()
