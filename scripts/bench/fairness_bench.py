@@ -2,9 +2,9 @@
 """Fair admission and the stall watchdog (issue 19), measured.
 
 - flood: one real llama-server worker with one slot. Client A sends 16 completions at once;
-  once they queue, and 0.3 s later, client B sends one. B's wait is measured when B is its own tenant (its own API
-  key: the fair queue) and when B shares A's key (one tenant: what a FIFO queue gives), with
-  B alone on an idle pool for reference. Each case is repeated; median and max are reported.
+  0.3 s after they queue, client B sends one. B's wait is measured when B is its own tenant
+  (its own API key: the fair queue) and when B shares A's key (one tenant: what a FIFO queue
+  gives), with B alone on an idle pool for reference. Each case is repeated; median and max are reported.
 - stall: two fake workers with one slot each, stall_timeout 2 s, health probes every 0.2 s.
   One worker holds every completion without answering while its /health stays green. Two
   requests go out (one per worker); reported: when the stuck worker left rotation, when the
