@@ -1,6 +1,7 @@
 // The console's rings and sampler on a fake clock, its page, and the events route.
 #include "proxy/console/console.hpp"
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <condition_variable>
@@ -220,7 +221,9 @@ TEST_CASE("the events route sends the history, then a frame per tick, until stop
         std::unique_lock lock(m);
         return cv.wait_for(lock, seconds(10), done);
     };
-    std::thread stream([&] { CHECK(console.handle(ex, "/pool/events", "rid")); });
+    // Catch2's assertions are not thread-safe: the stream thread records, the test checks.
+    std::atomic<bool> handled{false};
+    std::thread stream([&] { handled = console.handle(ex, "/pool/events", "rid"); });
 
     REQUIRE(wait_for([&] { return writes == 1; }));
     CHECK(ex.response_status() == 200);
@@ -241,6 +244,7 @@ TEST_CASE("the events route sends the history, then a frame per tick, until stop
     console.stop();
     REQUIRE(wait_for([&] { return finished; }));
     stream.join();
+    CHECK(handled);
     CHECK(writes == 2);
     CHECK(console.open_streams() == 0);
 
