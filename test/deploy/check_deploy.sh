@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Deployment files, checked as far as this machine allows (no Docker engine runs here):
+# Deployment files, checked without a Docker engine (make docker-test runs the image):
 #   docker-compose config validates the compose files, which need MODELS_DIR, give up on a
 #   config error, set no CPU limit a small host cannot give, and drain within their stop time;
 #   the Dockerfile's COPY sources exist, llama.cpp is built before the sources are copied,
