@@ -32,20 +32,6 @@ const FieldSpec* find_workers_field(std::string_view name) {
     return nullptr;
 }
 
-bool read_string_list(const nlohmann::json& v, std::vector<std::string>& out) {
-    if (!v.is_array()) {
-        return false;
-    }
-    out.clear();
-    for (const auto& item : v) {
-        if (!item.is_string()) {
-            return false;
-        }
-        out.push_back(item.get<std::string>());
-    }
-    return true;
-}
-
 // One group object; `where` names it in errors ("groups[1] \"chat\"").
 GroupConfig parse_group(const nlohmann::json& body, const std::string& origin,
                         const std::string& where, std::vector<std::string>& errors) {
@@ -111,6 +97,20 @@ GroupConfig parse_group(const nlohmann::json& body, const std::string& origin,
 }
 
 }  // namespace
+
+bool read_string_list(const nlohmann::json& v, std::vector<std::string>& out) {
+    if (!v.is_array()) {
+        return false;
+    }
+    out.clear();
+    for (const auto& item : v) {
+        if (!item.is_string()) {
+            return false;
+        }
+        out.push_back(item.get<std::string>());
+    }
+    return true;
+}
 
 bool is_group_key(std::string_view key) {
     return std::find(kGroupKeys.begin(), kGroupKeys.end(), key) != kGroupKeys.end();

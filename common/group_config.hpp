@@ -34,6 +34,10 @@ std::vector<GroupConfig> parse_groups_json(const nlohmann::json& array, const st
 // "NAME=MODEL" from --group or LLAMA_POOL_GROUPS; false with `error`.
 bool parse_group_flag(const std::string& text, GroupConfig& out, std::string& error);
 
+// A JSON array of strings into `out`; false (out unspecified) for anything else. Shared by the
+// config file's array sections (groups, tenants).
+bool read_string_list(const nlohmann::json& v, std::vector<std::string>& out);
+
 // Group names and aliases: letters, digits, '.', '_', '-'; 1 to 64 characters.
 bool valid_group_name(std::string_view name);
 

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
 #include <map>
 
@@ -15,17 +16,8 @@ constexpr std::array<std::string_view, 6> kTenantKeys = {"name",   "keys",     "
                                                          "weight", "priority", "max_concurrency"};
 
 bool read_strings(const nlohmann::json& v, std::vector<std::string>& out) {
-    if (!v.is_array()) {
-        return false;
-    }
-    out.clear();
-    for (const auto& item : v) {
-        if (!item.is_string() || item.get<std::string>().empty()) {
-            return false;
-        }
-        out.push_back(item.get<std::string>());
-    }
-    return true;
+    return read_string_list(v, out) &&
+           std::none_of(out.begin(), out.end(), [](const auto& s) { return s.empty(); });
 }
 
 TenantConfig parse_tenant(const nlohmann::json& body, const std::string& origin,
