@@ -106,6 +106,11 @@ IoStatus wait_ready(int fd, short events, TimePoint deadline, const IoWatch& wat
 
 }  // namespace
 
+IoStatus wait_watch(const IoWatch& watch, TimePoint deadline) {
+    // poll() ignores a negative descriptor, so only the watched ones can end the wait early.
+    return wait_ready(-1, 0, deadline, watch);
+}
+
 IoStatus read_some(int fd, char* buf, std::size_t cap, std::size_t& n, TimePoint deadline,
                    const IoWatch& watch, ReadStart start) {
     n = 0;

@@ -111,6 +111,9 @@ class BackendRegistry final : public WorkerListener {
     BackendRegistry(RandomSource& random, const TimeSource& time, RegistryOptions options = {})
         : random_(random), time_(time), options_(options) {}
 
+    // The clock its queue runs on; the relay reads time from it too.
+    const TimeSource& time() const { return time_; }
+
     // Waits until a backend has a free slot, `deadline` passes, `cancelled()` turns true (the
     // client left; checked every few milliseconds) or the registry shuts down; refuses at
     // once when queue_max requests already wait. Backends in `avoid` are used only when no

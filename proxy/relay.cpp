@@ -2,12 +2,13 @@
 
 #include <fmt/format.h>
 
-#include <thread>
+#include <stdexcept>
 
 #include "common/backoff.hpp"
 #include "common/error_body.hpp"
 #include "common/http_client.hpp"
 #include "proxy/affinity.hpp"
+#include "proxy/reply_body.hpp"
 #include "proxy/sse_framer.hpp"
 #include "proxy/usage_scanner.hpp"
 #include "proxy/worker_dialect.hpp"
@@ -17,14 +18,6 @@ namespace llama_pool {
 namespace {
 
 constexpr const char* kComponent = "proxy";
-// How long a second opinion on a worker's 500 may wait for another worker's slot. Past it the
-// client gets the first 500 as it was: on a busy pool the wait would otherwise be a whole
-// generation (22 s measured on BitNet's fork) for an answer that is most often the same.
-constexpr auto kSecondOpinionWait = milliseconds(1000);
-
-bool retryable_status(int status) {
-    return status == 502 || status == 503 || status == 504;
-}
 
 void respond_error(Exchange& exchange, int status, std::string_view message,
                    const std::string& request_id, std::optional<int> retry_after = {}) {
@@ -37,14 +30,20 @@ void respond_error(Exchange& exchange, int status, std::string_view message,
     exchange.respond(status, std::move(headers), make_error_body(status, message));
 }
 
-// Brackets a request for the retry budget.
-struct BudgetScope {
-    RetryBudget& budget;
-    explicit BudgetScope(RetryBudget& b) : budget(b) { budget.request_started(); }
-    ~BudgetScope() { budget.request_finished(); }
-};
-
 }  // namespace
+
+Relay::Relay(const PoolConfig& config, BackendRegistry& registry, Logger& log, RandomSource& random,
+             PoolMetrics& metrics, std::string group)
+    : config_(config),
+      registry_(registry),
+      log_(log),
+      random_(random),
+      metrics_(metrics),
+      group_(std::move(group)),
+      tenants_(config.tenants, !config.api_keys.empty() || !config.api_key_file.empty()),
+      rules_{config.retry_attempts, from_seconds(config.retry_backoff_base),
+             from_seconds(config.retry_backoff_cap), milliseconds(1000)},
+      budget_(config.retry_budget_ratio, config.retry_budget_min) {}
 
 std::optional<Duration> client_deadline(const Headers& headers) {
     const auto value = headers.get("X-Request-Timeout");
@@ -75,14 +74,6 @@ std::uint64_t Relay::affinity_key_for(const HttpRequest& request) const {
         return 0;
     }
     return affinity_key(prompt_text(body), static_cast<std::size_t>(config_.affinity_prefix_chars));
-}
-
-void Relay::refuse(Exchange& exchange, RelayOutcome& outcome, const std::string& reason,
-                   const std::string& message, const std::string& request_id) {
-    outcome.status = 503;
-    outcome.rejected = reason;
-    const auto retry_after = service_rate_.retry_after_seconds(registry_.waiting(), Clock::now());
-    respond_error(exchange, 503, message, request_id, retry_after);
 }
 
 Headers upstream_request_headers(const HttpRequest& request, const std::string& request_id,
@@ -145,499 +136,453 @@ namespace {
 // worker that dies while sending it is retried instead of cutting the client's reply.
 constexpr std::size_t kMaxBufferedReply = 8 * 1024 * 1024;
 
-// One attempt's verdict on its worker, for the circuit breaker: exactly one report per
-// attempt, whatever path ends it. An attempt that ends without one (its client left) gives
-// back the half-open trial slot it may hold.
-class AttemptVerdict {
-  public:
-    AttemptVerdict(BackendRegistry& registry, std::string id)
-        : registry_(registry), id_(std::move(id)) {}
-    ~AttemptVerdict() {
-        if (!reported_) {
-            registry_.report_abandoned(id_);
-        }
-    }
-    AttemptVerdict(const AttemptVerdict&) = delete;
-    AttemptVerdict& operator=(const AttemptVerdict&) = delete;
-
-    void report(bool success) {
-        if (!reported_) {
-            reported_ = true;
-            registry_.report(id_, success);
-        }
-    }
-    // The verdict is left to someone else (a 500 waiting for a second opinion).
-    void hand_over() { reported_ = true; }
-
-  private:
-    BackendRegistry& registry_;
-    std::string id_;
-    bool reported_ = false;
-};
-
-// What was read of a response body before committing to it.
-struct Prefetch {
-    IoStatus io = IoStatus::ok;  // not ok: the worker failed before anything was committed
+// One attempt on one worker: the connection, the response head and what was read of the
+// body before anything reached the client.
+struct Attempt {
+    HttpClientConnection conn;
+    HttpResponseHead head;
+    IoStatus io = IoStatus::ok;
     std::string error;
+    bool connected = true;
+    bool event_stream = false;  // Content-Type text/event-stream
+    bool events = false;        // ... without a length: passed event by event
+    std::optional<std::size_t> length;
+    SseFramer framer;
     std::string bytes;  // what goes to the client right after the head
     bool done = false;  // `bytes` is the whole body
 };
 
+// A worker's 500, kept while another worker is asked for a second opinion.
+struct KeptReply {
+    int status = 0;
+    Headers headers;
+    std::string body;
+};
+
 }  // namespace
+
+// One forward(): carries out RelayPlan's decisions. Lives on the stack of forward().
+class Relay::Run {
+  public:
+    Run(Relay& relay, Exchange& exchange, const std::string& target, const std::string& request_id,
+        const std::set<std::string>& avoid)
+        : relay_(relay),
+          exchange_(exchange),
+          request_(exchange.request()),
+          target_(target),
+          request_id_(request_id),
+          tenant_(relay.tenants_.identify(request_.headers, exchange.remote_address())),
+          tried_(avoid) {
+        outcome_.tenant = tenant_.label;
+    }
+    ~Run() {
+        if (second_opinion_for_) {
+            relay_.registry_.report_abandoned(*second_opinion_for_);
+        }
+    }
+    Run(const Run&) = delete;
+    Run& operator=(const Run&) = delete;
+
+    RelayOutcome run();
+
+  private:
+    TimePoint now() const { return relay_.registry_.time().now(); }
+    RelayDeadlines make_deadlines() const;
+    bool refused_early(const RelayDeadlines& deadlines);
+    BackendRegistry::AcquireResult take_slot(std::uint64_t affinity);
+    void send(Backend& backend, Attempt& at, TimePoint total_deadline);
+    void prefetch(Backend& backend, Attempt& at, TimePoint total_deadline);
+    AttemptReport report_for(const Attempt& at, std::optional<bool>& body_is_json) const;
+    void account(const Decision& d, Backend& backend, Attempt& at);
+    RelayOutcome commit(const Decision& d, Lease lease, Attempt at);
+    enum class Wait { waited, client_gone, woken };
+    Wait back_off(Duration delay);
+    RelayOutcome answer();
+    RelayOutcome gone(bool client_left);
+    void refuse(std::string_view reason, const std::string& message);
+
+    Relay& relay_;
+    Exchange& exchange_;
+    const HttpRequest& request_;
+    const std::string& target_;
+    const std::string& request_id_;
+    const TenantTicket tenant_;
+    RelayOutcome outcome_;
+    std::unique_ptr<RelayPlan> plan_;
+    std::set<std::string> tried_;
+    std::string last_error_ = "no worker available";
+    std::optional<KeptReply> first_500_;
+    std::optional<std::string> second_opinion_for_;  // the worker whose 500 awaits a verdict
+};
 
 RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                             const std::string& request_id, const std::set<std::string>& avoid) {
-    const auto& request = exchange.request();
-    RelayOutcome outcome;
-    BudgetScope budget_scope(budget_);
-    const auto started = Clock::now();
-    const auto tenant = tenants_.identify(request.headers, exchange.remote_address());
-    outcome.tenant = tenant.label;
-    auto total_deadline = started + from_seconds(config_.total_timeout);
-    auto queue_deadline = started + from_seconds(config_.queue_timeout);
-    if (const auto own = client_deadline(request.headers)) {
-        total_deadline = std::min(total_deadline, started + *own);
-        queue_deadline = std::min(queue_deadline, started + *own);
-        // Refuse now what cannot start in time, instead of after the client gave up. Only
-        // the waiters the fair queue serves first count: another tenant's flood does not.
-        const auto waiting = registry_.waiting_ahead_of(tenant);
-        if (waiting > 0 && service_rate_.expected_wait(waiting, started) > *own) {
-            refuse(exchange, outcome, "deadline",
-                   fmt::format("{} requests are queued ahead; this one cannot start within its "
-                               "X-Request-Timeout of {:.1f} s",
-                               waiting, to_seconds(*own)),
-                   request_id);
-            return outcome;
-        }
+    Run run(*this, exchange, target, request_id, avoid);
+    return run.run();
+}
+
+RelayDeadlines Relay::Run::make_deadlines() const {
+    RelayDeadlines d;
+    d.started = now();
+    d.total = d.started + from_seconds(relay_.config_.total_timeout);
+    d.queue = d.started + from_seconds(relay_.config_.queue_timeout);
+    if (const auto own = client_deadline(request_.headers)) {
+        d.total = std::min(d.total, d.started + *own);
+        d.queue = std::min(d.queue, d.started + *own);
+        d.client_set = true;
     }
-    const auto affinity = affinity_key_for(request);
-    const ExponentialBackoff backoff(from_seconds(config_.retry_backoff_base),
-                                     from_seconds(config_.retry_backoff_cap));
-    std::set<std::string> tried = avoid;
-    std::string last_error = "no worker available";
-    int last_status = 503;
-    bool holding_retry = false;
-    struct RetrySlot {
-        RetryBudget& budget;
-        bool& held;
-        ~RetrySlot() {
-            if (held) {
-                budget.retry_finished();
-            }
-        }
-    } retry_slot{budget_, holding_retry};
-    // llama-server answers 500 both when it fails and when the request is bad (malformed
-    // JSON, a field of the wrong type; older forks also a missing field). A 500 to a body
-    // that is not JSON, or whose message comes from reading the request, is the client's;
-    // any other 500 gets a second opinion from another worker, if one has a slot free within
-    // kSecondOpinionWait: served there, the first worker was at fault; a 500 there too, the
-    // request was. Without one the client gets the first 500 unchanged.
+    return d;
+}
+
+void Relay::Run::refuse(std::string_view reason, const std::string& message) {
+    outcome_.status = 503;
+    outcome_.rejected = std::string(reason);
+    const auto retry_after =
+        relay_.service_rate_.retry_after_seconds(relay_.registry_.waiting(), now());
+    respond_error(exchange_, 503, message, request_id_, retry_after);
+}
+
+// Refuses now what cannot start in time, instead of after the client gave up. Only the
+// waiters the fair queue serves first count: another tenant's flood does not.
+bool Relay::Run::refused_early(const RelayDeadlines& deadlines) {
+    const auto own = client_deadline(request_.headers);
+    if (!own) {
+        return false;
+    }
+    const auto waiting = relay_.registry_.waiting_ahead_of(tenant_);
+    if (!cannot_start_in_time(
+            waiting, relay_.service_rate_.expected_wait(waiting, deadlines.started), *own)) {
+        return false;
+    }
+    refuse("deadline", fmt::format("{} requests are queued ahead; this one cannot start within "
+                                   "its X-Request-Timeout of {:.1f} s",
+                                   waiting, to_seconds(*own)));
+    return true;
+}
+
+RelayOutcome Relay::Run::run() {
+    const auto deadlines = make_deadlines();
+    if (refused_early(deadlines)) {
+        return outcome_;
+    }
+    plan_ = std::make_unique<RelayPlan>(relay_.rules_, deadlines, relay_.budget_, relay_.random_);
+    const auto affinity = relay_.affinity_key_for(request_);
     std::optional<bool> body_is_json;
-    auto request_is_json = [&] {
-        if (!body_is_json) {
-            body_is_json = request.body.empty() || nlohmann::json::accept(request.body);
-        }
-        return *body_is_json;
-    };
-    std::optional<std::string> second_opinion_for;  // the worker whose 500 awaits one
-    TimePoint second_opinion_started{};
-    struct KeptReply {
-        int status = 0;
-        Headers headers;
-        std::string body;
-    };
-    std::optional<KeptReply> first_500;  // answered as is when no second opinion comes
-    struct PendingVerdict {
-        BackendRegistry& registry;
-        std::optional<std::string>& id;
-        ~PendingVerdict() {
-            if (id) {
-                registry.report_abandoned(*id);
-            }
-        }
-    } pending_verdict{registry_, second_opinion_for};
-    // Whether one more attempt may follow; says why not in outcome.retry_refused.
-    auto may_retry = [&]() -> bool {
-        if (outcome.attempts >= config_.retry_attempts) {
-            outcome.retry_refused = "attempts";
-            return false;
-        }
-        if (Clock::now() >= total_deadline) {
-            outcome.retry_refused = "deadline";
-            return false;
-        }
-        if (!holding_retry && !budget_.try_start_retry(registry_.configured_capacity())) {
-            outcome.retry_refused = "budget";
-            return false;
-        }
-        holding_retry = true;
-        return true;
-    };
-
     while (true) {
-        const auto queued_at = Clock::now();
-        auto acquire_deadline = std::min(queue_deadline, total_deadline);
-        if (second_opinion_for) {
-            acquire_deadline =
-                std::min(acquire_deadline, second_opinion_started + kSecondOpinionWait);
+        auto acquired = take_slot(affinity);
+        const auto granted =
+            acquired.status == BackendRegistry::AcquireStatus::ok && acquired.lease.has_value();
+        const auto slot =
+            acquired.status == BackendRegistry::AcquireStatus::cancelled    ? SlotResult::cancelled
+            : acquired.status == BackendRegistry::AcquireStatus::queue_full ? SlotResult::queue_full
+            : granted                                                       ? SlotResult::granted
+                                                                            : SlotResult::no_slot;
+        const bool same_as_500 =
+            granted && second_opinion_for_ && acquired.lease->backend().id == *second_opinion_for_;
+        if (plan_->on_slot(slot, same_as_500) == Next::give_up) {
+            acquired.lease.reset();
+            return answer();
         }
-        auto acquired = registry_.acquire(
-            acquire_deadline, tried, [&] { return exchange.client_gone(); }, affinity, tenant);
-        const auto waited = to_seconds(Clock::now() - queued_at);
-        outcome.queue_seconds += waited;
-        metrics_.queue_wait(group_, waited);
-        if (acquired.status == BackendRegistry::AcquireStatus::cancelled) {
-            outcome.client_gone = true;
-            exchange.abort();
-            return outcome;
-        }
-        if (acquired.status == BackendRegistry::AcquireStatus::queue_full) {
-            refuse(exchange, outcome, "queue_full",
-                   fmt::format("the pool's queue is full ({} requests waiting)", config_.queue_max),
-                   request_id);
-            return outcome;
-        }
-        if (!acquired.lease) {
-            break;
-        }
-        if (second_opinion_for && acquired.lease->backend().id == *second_opinion_for) {
-            // Only the worker that answered 500 had a slot: asking it again proves nothing.
-            break;
-        }
-        ++outcome.attempts;
         Backend& backend = acquired.lease->backend();
-        outcome.worker = backend.id;
-        tried.insert(backend.id);
-        AttemptVerdict verdict(registry_, backend.id);
-
-        const auto headers = upstream_request_headers(request, request_id, backend.api_key,
-                                                      exchange.remote_address());
-        const auto host_header = host_header_for(backend.pool.host(), backend.pool.port());
-        HttpClientConnection conn;
-        HttpResponseHead head;
-        IoStatus io = IoStatus::ok;
-        std::string error;
-        bool connected = true;
-        // A pooled connection may have been closed by the worker's keep-alive timer just as
-        // we sent on it; that costs nothing to retry on a fresh connection, once.
-        for (int fresh_try = 0; fresh_try < 2; ++fresh_try) {
-            bool reused = false;
-            conn = backend.pool.take(Clock::now() + from_seconds(config_.connect_timeout), reused,
-                                     error, fresh_try == 0);
-            if (!conn.connected()) {
-                connected = false;
-                io = IoStatus::error;
-                error = "connect: " + error;
+        outcome_.attempts = plan_->attempts();
+        outcome_.worker = backend.id;
+        tried_.insert(backend.id);
+        Attempt at;
+        send(backend, at, deadlines.total);
+        if (at.io == IoStatus::ok) {
+            prefetch(backend, at, deadlines.total);
+        }
+        if (at.io == IoStatus::peer_gone || at.io == IoStatus::woken) {
+            // Closing the worker connection (at.conn goes out of scope) cancels the generation.
+            relay_.registry_.report_abandoned(backend.id);
+            return gone(at.io == IoStatus::peer_gone);
+        }
+        const auto decision = plan_->on_attempt(report_for(at, body_is_json), now());
+        account(decision, backend, at);
+        switch (decision.next) {
+            case Next::commit:
+                return commit(decision, std::move(*acquired.lease), std::move(at));
+            case Next::give_up:
+                outcome_.retry_refused = plan_->retry_refused();
+                return answer();
+            case Next::second_opinion:
+            case Next::retry:
+                outcome_.retry_reasons.push_back(*decision.retry);
+                relay_.metrics_.retry(to_string(*decision.retry));
                 break;
-            }
-            const auto head_deadline =
-                std::min(total_deadline, Clock::now() + from_seconds(config_.response_timeout));
-            io = conn.send_request(request.method, target, host_header, headers, request.body,
-                                   head_deadline, exchange.watch());
-            if (io == IoStatus::ok) {
-                io = conn.read_head(head, request.method == "HEAD", head_deadline, error,
-                                    exchange.watch());
-            }
-            const bool stale_reuse = reused && (io == IoStatus::eof || io == IoStatus::error) &&
-                                     error != "incomplete response head";
-            if (!stale_reuse) {
-                break;
-            }
+            case Next::attempt:
+                throw std::logic_error("RelayPlan::on_attempt answered attempt");
         }
-        if (io == IoStatus::peer_gone || io == IoStatus::woken) {
-            // Closing the worker connection (conn goes out of scope) cancels the generation.
-            outcome.client_gone = io == IoStatus::peer_gone;
-            exchange.abort();
-            return outcome;
-        }
-        const auto drain_for_reuse = [&] {
-            // The small error body, so that the connection can be reused.
-            std::string discard;
-            bool done = false;
-            const auto drain_deadline = Clock::now() + seconds(2);
-            while (!done && discard.size() < 64 * 1024 &&
-                   conn.read_body(discard, done, drain_deadline, error) == IoStatus::ok) {
-            }
-            if (done) {
-                backend.pool.give_back(std::move(conn));
-            }
-        };
-        const auto content_type = head.headers.get("Content-Type").value_or("");
-        const auto framing = response_framing(head, request.method == "HEAD");
-        std::optional<std::size_t> length;
-        if (framing.framing.kind == BodyFraming::Kind::length ||
-            framing.framing.kind == BodyFraming::Kind::none) {
-            length = framing.framing.length;
-        }
-        // An event stream goes out event by event; anything else is read whole first when
-        // it is not too big.
-        const bool events = content_type.rfind("text/event-stream", 0) == 0 && !length;
-        SseFramer framer;
-        Prefetch pre;
-        int retry_status = 0;
-        const auto failed_attempt = [&](IoStatus failed_io, const std::string& why) {
-            last_error =
-                fmt::format("worker {}: {} ({})", backend.id,
-                            why.empty() ? to_string(failed_io) : why, to_string(failed_io));
-            last_status = failed_io == IoStatus::timeout ? 504 : 502;
-            // Nothing listens there: mark it down before reporting the failure, since the
-            // report hands free slots to waiting requests and a dead worker has free slots.
-            if (why.find("Connection refused") != std::string::npos) {
-                registry_.report_refused(backend.id);
-            }
-            verdict.report(false);
-            metrics_.upstream(
-                group_, backend.id,
-                to_string(to_outcome(classify_attempt_failure(failed_io, connected))));
-            log_.warn(kComponent, "upstream_failed",
-                      {{"request_id", request_id},
-                       {"worker", backend.id},
-                       {"attempt", outcome.attempts},
-                       {"error", last_error}});
-            io = failed_io;
-        };
-        // A status worth another worker: what the client gets if no retry succeeds.
-        const auto retry_after_status = [&](int client_status) {
-            drain_for_reuse();
-            retry_status = head.status;
-            last_error = fmt::format("worker {} answered {}", backend.id, head.status);
-            last_status = client_status;
-            metrics_.upstream(group_, backend.id, to_string(AttemptOutcome::status_5xx_retried));
-            log_.warn(kComponent, "upstream_retryable_status",
-                      {{"request_id", request_id},
-                       {"worker", backend.id},
-                       {"attempt", outcome.attempts},
-                       {"status", head.status}});
-        };
-        if (io != IoStatus::ok) {
-            failed_attempt(io, error);
-        } else if (retryable_status(head.status) && outcome.attempts < config_.retry_attempts) {
-            retry_after_status(head.status);
-            verdict.report(false);
-        } else {
-            // Read the start of the body before anything reaches the client: a failure until
-            // then is retried like one before the head.
-            const bool buffer_whole = !events && !(length && *length > kMaxBufferedReply);
-            while (events || buffer_whole) {
-                std::string piece;
-                const auto idle_deadline = std::min(
-                    total_deadline, Clock::now() + from_seconds(config_.stream_idle_timeout));
-                pre.io =
-                    conn.read_body(piece, pre.done, idle_deadline, pre.error, exchange.watch());
-                if (pre.io != IoStatus::ok) {
-                    break;
-                }
-                backend.received.fetch_add(piece.size(), std::memory_order_relaxed);
-                if (events) {
-                    framer.feed(piece);
-                    pre.bytes = framer.take();
-                    if (pre.done) {
-                        pre.bytes += framer.pending();
-                    }
-                    if (!pre.bytes.empty() || pre.done) {
-                        break;
-                    }
-                } else {
-                    pre.bytes += piece;
-                    if (pre.done || pre.bytes.size() > kMaxBufferedReply) {
-                        break;
-                    }
-                }
-            }
-            if (pre.io == IoStatus::peer_gone || pre.io == IoStatus::woken) {
-                outcome.client_gone = pre.io == IoStatus::peer_gone;
-                exchange.abort();
-                return outcome;
-            }
-            if (pre.io != IoStatus::ok) {
-                failed_attempt(pre.io,
-                               pre.error.empty() ? std::string("response cut off") : pre.error);
-            }
-        }
-        bool request_mistake = false;
-        if (io == IoStatus::ok && retry_status == 0 && head.status == 500 && !second_opinion_for &&
-            request_is_json() && pre.done && !events) {
-            if (classify_worker_500(pre.bytes) == Worker500::request_mistake) {
-                request_mistake = true;
-                metrics_.second_opinion(SecondOpinion::skipped, 0);
-            } else if (may_retry()) {
-                first_500 = KeptReply{head.status, head.headers, pre.bytes};
-                backend.pool.give_back(std::move(conn));
-                retry_status = 500;
-                last_error = fmt::format("worker {} answered 500", backend.id);
-                metrics_.upstream(group_, backend.id,
-                                  to_string(AttemptOutcome::status_5xx_retried));
-                log_.warn(kComponent, "upstream_500_second_opinion",
-                          {{"request_id", request_id},
-                           {"worker", backend.id},
-                           {"attempt", outcome.attempts}});
-                second_opinion_for = backend.id;
-                second_opinion_started = Clock::now();
-                verdict.hand_over();
-            }
-        }
-        if (io == IoStatus::ok && retry_status == 0) {
-            // Commit: from here on the client sees this worker's response, and no retry.
-            // A 5xx counts against the worker even when it is passed through, unless it is
-            // the request's own 500.
-            bool worker_fault = head.status >= 500;
-            if (head.status == 500 &&
-                (second_opinion_for || !request_is_json() || request_mistake)) {
-                worker_fault = false;
-            }
-            if (second_opinion_for) {
-                // Served elsewhere: the earlier 500 was that worker's fault.
-                registry_.report(*second_opinion_for, head.status == 500);
-                second_opinion_for.reset();
-                first_500.reset();
-                metrics_.second_opinion(head.status == 500 ? SecondOpinion::failed_elsewhere
-                                                           : SecondOpinion::served_elsewhere,
-                                        to_seconds(Clock::now() - second_opinion_started));
-            }
-            outcome.status = head.status;
-            if (pre.done && !length && !events) {
-                length = pre.bytes.size();  // a stream stays chunked, as the worker sent it
-            }
-            UsageScanner usage;
-            const auto upstream_outcome = [&](AttemptOutcome what) {
-                metrics_.upstream(group_, outcome.worker, to_string(what));
-            };
-            // Once the worker has sent all of its reply its slot is free: hand the slot on
-            // before the client sees the end. Otherwise a client that sends its next request
-            // at once can find this worker still full and be sent to another one, where prefix
-            // affinity loses the prompt cache. `backend` may not outlive the lease, so nothing
-            // below uses it once this has run.
-            const auto release_worker = [&] {
-                verdict.report(!worker_fault);
-                upstream_outcome(head.status >= 500 ? AttemptOutcome::status_5xx
-                                                    : AttemptOutcome::ok);
-                backend.pool.give_back(std::move(conn));
-                acquired.lease.reset();
-            };
-            if (pre.done) {
-                release_worker();
-            }
-            if (!exchange.begin(head.status, client_response_headers(head.headers, request_id),
-                                length)) {
-                outcome.client_gone = true;
-                return outcome;
-            }
-            outcome.first_byte_seconds = to_seconds(Clock::now() - started);
-            usage.feed(pre.bytes);
-            if (!pre.bytes.empty() && !exchange.write(pre.bytes)) {
-                outcome.client_gone = true;
-                exchange.abort();
-                return outcome;
-            }
-            bool done = pre.done;
-            std::string piece;
-            while (!done) {
-                piece.clear();
-                const auto idle_deadline = std::min(
-                    total_deadline, Clock::now() + from_seconds(config_.stream_idle_timeout));
-                io = conn.read_body(piece, done, idle_deadline, error, exchange.watch());
-                if (io != IoStatus::ok) {
-                    break;
-                }
-                // Before release_worker(): `backend` is valid while the lease is held.
-                backend.received.fetch_add(piece.size(), std::memory_order_relaxed);
-                if (events) {
-                    framer.feed(piece);
-                    piece = framer.take();
-                    if (done) {
-                        piece += framer.pending();
-                    }
-                }
-                usage.feed(piece);
-                if (done) {
-                    release_worker();
-                }
-                if (!piece.empty() && !exchange.write(piece)) {
-                    outcome.client_gone = true;
-                    exchange.abort();
-                    return outcome;
-                }
-            }
-            if (io == IoStatus::peer_gone || io == IoStatus::woken) {
-                outcome.client_gone = io == IoStatus::peer_gone;
-                exchange.abort();
-                return outcome;
-            }
-            service_rate_.on_completion(Clock::now());
-            if (const auto counts =
-                    usage.finish(events || content_type.rfind("text/event-stream", 0) == 0);
-                counts.found) {
-                metrics_.tokens(group_, outcome.worker, counts.predicted, counts.prompt);
-                outcome.tokens_predicted = counts.predicted;
-            }
-            if (io != IoStatus::ok) {
-                // The worker broke mid-response. A stream ends with what was produced and an
-                // error event that says so; any other body can only be cut.
-                outcome.upstream_broke = true;
-                verdict.report(false);
-                upstream_outcome(AttemptOutcome::broke_mid_response);
-                const auto why = error.empty() ? std::string(to_string(io)) : error;
-                log_.warn(kComponent, "upstream_broke_mid_response",
-                          {{"request_id", request_id}, {"worker", backend.id}, {"error", why}});
-                if (events) {
-                    const int status = io == IoStatus::timeout ? 504 : 502;
-                    exchange.write(sse_error_event(
-                        status, fmt::format("worker {} failed after the stream had started: {}",
-                                            backend.id, why)));
-                    exchange.finish();
-                } else {
-                    exchange.abort();
-                }
-                return outcome;
-            }
-            exchange.finish();
-            return outcome;
-        }
-        // Whether, and when, to try again.
-        if (retry_status != 500 && !may_retry()) {
-            break;
-        }
-        outcome.retry_reasons.push_back(
-            retry_status != 0 ? retry_reason_for_status(retry_status)
-                              : to_retry_reason(classify_attempt_failure(io, connected)));
-        metrics_.retry(to_string(outcome.retry_reasons.back()));
         acquired.lease.reset();  // free the slot while we back off
-        // A second opinion goes to another worker at once: backing off helps a worker recover,
-        // and the one that answered 500 is not asked again.
-        const auto wait =
-            retry_status == 500 ? Duration::zero() : backoff.delay(outcome.attempts - 1, random_);
-        const auto until = std::min(total_deadline, Clock::now() + wait);
-        while (Clock::now() < until) {
-            if (exchange.client_gone()) {
-                outcome.client_gone = true;
-                exchange.abort();
-                return outcome;
+        if (decision.next == Next::retry) {
+            if (const auto waited = back_off(decision.delay); waited != Wait::waited) {
+                return gone(waited == Wait::client_gone);
             }
-            std::this_thread::sleep_for(std::min<Duration>(milliseconds(10), until - Clock::now()));
+            plan_->on_backoff_over();
         }
     }
-    if (outcome.attempts == 0) {
-        const bool deadline_first =
-            queue_deadline > total_deadline || client_deadline(request.headers).has_value();
-        refuse(exchange, outcome, deadline_first ? "deadline" : "queue_timeout",
-               fmt::format("no worker slot became free within {:.1f} s",
-                           to_seconds(std::min(queue_deadline, total_deadline) - started)),
-               request_id);
-        return outcome;
+}
+
+BackendRegistry::AcquireResult Relay::Run::take_slot(std::uint64_t affinity) {
+    const auto queued_at = now();
+    auto acquired = relay_.registry_.acquire(
+        plan_->slot_deadline(), tried_, [this] { return exchange_.client_gone(); }, affinity,
+        tenant_);
+    const auto waited = to_seconds(now() - queued_at);
+    outcome_.queue_seconds += waited;
+    relay_.metrics_.queue_wait(relay_.group_, waited);
+    return acquired;
+}
+
+// Connects, sends the request and reads the response head. A pooled connection may have been
+// closed by the worker's keep-alive timer just as we sent on it; that costs nothing to retry
+// on a fresh connection, once.
+void Relay::Run::send(Backend& backend, Attempt& at, TimePoint total_deadline) {
+    const auto& config = relay_.config_;
+    const auto headers = upstream_request_headers(request_, request_id_, backend.api_key,
+                                                  exchange_.remote_address());
+    const auto host_header = host_header_for(backend.pool.host(), backend.pool.port());
+    for (int fresh_try = 0; fresh_try < 2; ++fresh_try) {
+        bool reused = false;
+        at.conn = backend.pool.take(now() + from_seconds(config.connect_timeout), reused, at.error,
+                                    fresh_try == 0);
+        if (!at.conn.connected()) {
+            at.connected = false;
+            at.io = IoStatus::error;
+            at.error = "connect: " + at.error;
+            return;
+        }
+        const auto head_deadline =
+            std::min(total_deadline, now() + from_seconds(config.response_timeout));
+        at.io = at.conn.send_request(request_.method, target_, host_header, headers, request_.body,
+                                     head_deadline, exchange_.watch());
+        if (at.io == IoStatus::ok) {
+            at.io = at.conn.read_head(at.head, request_.method == "HEAD", head_deadline, at.error,
+                                      exchange_.watch());
+        }
+        const bool stale_reuse = reused && (at.io == IoStatus::eof || at.io == IoStatus::error) &&
+                                 at.error != "incomplete response head";
+        if (!stale_reuse) {
+            return;
+        }
     }
-    if (first_500) {
-        // No other worker gave a verdict in time: the client gets the worker's own answer.
-        metrics_.second_opinion(SecondOpinion::no_worker_free,
-                                to_seconds(Clock::now() - second_opinion_started));
-        outcome.status = first_500->status;
-        exchange.respond(first_500->status, client_response_headers(first_500->headers, request_id),
-                         std::move(first_500->body));
-        return outcome;
+}
+
+// Reads the start of the body before anything reaches the client: a failure until then is
+// retried like one before the head. An event stream is read up to its first whole event; any
+// other body whole, when it is not too big.
+void Relay::Run::prefetch(Backend& backend, Attempt& at, TimePoint total_deadline) {
+    const auto content_type = at.head.headers.get("Content-Type").value_or("");
+    const auto framing = response_framing(at.head, request_.method == "HEAD");
+    if (framing.framing.kind == BodyFraming::Kind::length ||
+        framing.framing.kind == BodyFraming::Kind::none) {
+        at.length = framing.framing.length;
     }
-    outcome.status = last_status == 504 ? 504 : 503;
-    respond_error(exchange, outcome.status, last_error, request_id,
-                  service_rate_.retry_after_seconds(registry_.waiting(), Clock::now()));
-    return outcome;
+    at.event_stream = content_type.rfind("text/event-stream", 0) == 0;
+    at.events = at.event_stream && !at.length;
+    if (plan_->retries_status(at.head.status)) {
+        return;  // not passed on: drained in account() when retried
+    }
+    const bool buffer_whole = !at.events && !(at.length && *at.length > kMaxBufferedReply);
+    while (at.events || buffer_whole) {
+        std::string piece;
+        const auto idle_deadline =
+            std::min(total_deadline, now() + from_seconds(relay_.config_.stream_idle_timeout));
+        at.io = at.conn.read_body(piece, at.done, idle_deadline, at.error, exchange_.watch());
+        if (at.io != IoStatus::ok) {
+            if (at.error.empty() && at.io != IoStatus::peer_gone && at.io != IoStatus::woken) {
+                at.error = "response cut off";
+            }
+            return;
+        }
+        backend.received.fetch_add(piece.size(), std::memory_order_relaxed);
+        if (at.events) {
+            at.framer.feed(piece);
+            at.bytes = at.framer.take();
+            if (at.done) {
+                at.bytes += at.framer.pending();
+            }
+            if (!at.bytes.empty() || at.done) {
+                return;
+            }
+        } else {
+            at.bytes += piece;
+            if (at.done || at.bytes.size() > kMaxBufferedReply) {
+                return;
+            }
+        }
+    }
+}
+
+AttemptReport Relay::Run::report_for(const Attempt& at, std::optional<bool>& body_is_json) const {
+    AttemptReport report;
+    report.io = at.io;
+    report.connected = at.connected;
+    report.status = at.head.status;
+    report.whole_reply = at.done && !at.events;
+    report.pool_slots = relay_.registry_.configured_capacity();
+    if (at.io == IoStatus::ok && at.head.status == 500) {
+        if (!body_is_json) {
+            body_is_json = request_.body.empty() || nlohmann::json::accept(request_.body);
+        }
+        report.request_is_json = *body_is_json;
+        report.blames_request = report.whole_reply && report.request_is_json &&
+                                classify_worker_500(at.bytes) == Worker500::request_mistake;
+    }
+    return report;
+}
+
+// What an attempt's decision means for the worker, the metrics and the log.
+void Relay::Run::account(const Decision& d, Backend& backend, Attempt& at) {
+    auto& registry = relay_.registry_;
+    if (at.io != IoStatus::ok) {
+        last_error_ = fmt::format("worker {}: {} ({})", backend.id,
+                                  at.error.empty() ? to_string(at.io) : at.error, to_string(at.io));
+        // Nothing listens there: mark it down before reporting the failure, since the report
+        // hands free slots to waiting requests and a dead worker has free slots.
+        if (at.error.find("Connection refused") != std::string::npos) {
+            registry.report_refused(backend.id);
+        }
+        registry.report(backend.id, false);
+        relay_.metrics_.upstream(relay_.group_, backend.id, to_string(d.outcome));
+        relay_.log_.warn(kComponent, "upstream_failed",
+                         {{"request_id", request_id_},
+                          {"worker", backend.id},
+                          {"attempt", plan_->attempts()},
+                          {"error", last_error_}});
+        return;
+    }
+    if (d.next == Next::second_opinion) {
+        first_500_ = KeptReply{at.head.status, at.head.headers, at.bytes};
+        backend.pool.give_back(std::move(at.conn));
+        last_error_ = fmt::format("worker {} answered 500", backend.id);
+        relay_.metrics_.upstream(relay_.group_, backend.id, to_string(d.outcome));
+        relay_.log_.warn(
+            kComponent, "upstream_500_second_opinion",
+            {{"request_id", request_id_}, {"worker", backend.id}, {"attempt", plan_->attempts()}});
+        second_opinion_for_ = backend.id;  // its verdict waits for the other worker's answer
+        return;
+    }
+    if (d.outcome == AttemptOutcome::status_5xx_retried) {
+        // A status worth another worker. Its small error body is read so that the connection
+        // can be reused.
+        std::string discard;
+        bool done = false;
+        const auto drain_deadline = now() + seconds(2);
+        while (!done && discard.size() < 64 * 1024 &&
+               at.conn.read_body(discard, done, drain_deadline, at.error) == IoStatus::ok) {
+        }
+        if (done) {
+            backend.pool.give_back(std::move(at.conn));
+        }
+        last_error_ = fmt::format("worker {} answered {}", backend.id, at.head.status);
+        registry.report(backend.id, false);
+        relay_.metrics_.upstream(relay_.group_, backend.id, to_string(d.outcome));
+        relay_.log_.warn(kComponent, "upstream_retryable_status",
+                         {{"request_id", request_id_},
+                          {"worker", backend.id},
+                          {"attempt", plan_->attempts()},
+                          {"status", at.head.status}});
+        return;
+    }
+    if (d.second_opinion == SecondOpinion::skipped) {
+        relay_.metrics_.second_opinion(SecondOpinion::skipped, 0);
+    } else if (d.second_opinion && second_opinion_for_) {
+        registry.report(*second_opinion_for_, !d.earlier_worker_fault);
+        relay_.metrics_.second_opinion(*d.second_opinion, to_seconds(d.second_opinion_took));
+        second_opinion_for_.reset();
+        first_500_.reset();
+    }
+}
+
+RelayOutcome Relay::Run::commit(const Decision& d, Lease lease, Attempt at) {
+    outcome_.status = at.head.status;
+    outcome_.retry_refused = plan_->retry_refused();
+    auto length = at.length;
+    if (at.done && !length && !at.events) {
+        length = at.bytes.size();  // a stream stays chunked, as the worker sent it
+    }
+    const auto head = client_response_headers(at.head.headers, request_id_);
+    ReplyBody body(relay_,
+                   ReplyBody::Start{std::move(lease), std::move(at.conn), at.events,
+                                    at.event_stream, std::move(at.framer), d.blame, d.outcome,
+                                    plan_->deadlines().total, request_id_},
+                   std::move(outcome_));
+    std::string first;
+    body.on_piece(at.bytes, at.done, first, true);  // a whole body frees the worker at once
+    if (!exchange_.begin(at.head.status, head, length)) {
+        body.client_gone();
+        return body.outcome();
+    }
+    body.outcome().first_byte_seconds = to_seconds(now() - plan_->deadlines().started);
+    if (!first.empty() && !exchange_.write(first)) {
+        body.client_gone();
+        exchange_.abort();
+        return body.outcome();
+    }
+    return relay_body_blocking(exchange_, body);
+}
+
+// Waits `delay` before the next attempt, or until the client leaves or the server stops.
+Relay::Run::Wait Relay::Run::back_off(Duration delay) {
+    const auto until = now() + delay;
+    const auto watch = exchange_.watch();
+    while (true) {
+        if (exchange_.client_gone()) {
+            return Wait::client_gone;
+        }
+        const auto left = until - now();
+        if (left <= Duration::zero()) {
+            return Wait::waited;
+        }
+        const auto io = wait_watch(watch, Clock::now() + left);
+        if (io == IoStatus::peer_gone) {
+            return Wait::client_gone;
+        }
+        if (io == IoStatus::woken) {
+            return exchange_.client_gone() ? Wait::client_gone : Wait::woken;
+        }
+    }
+}
+
+RelayOutcome Relay::Run::gone(bool client_left) {
+    outcome_.client_gone = client_left;
+    exchange_.abort();
+    return outcome_;
+}
+
+RelayOutcome Relay::Run::answer() {
+    outcome_.retry_refused = plan_->retry_refused();
+    const auto& d = plan_->deadlines();
+    switch (plan_->answer()) {
+        case Answer::client_gone:
+            return gone(true);
+        case Answer::queue_full:
+            refuse("queue_full", fmt::format("the pool's queue is full ({} requests waiting)",
+                                             relay_.config_.queue_max));
+            return outcome_;
+        case Answer::deadline:
+        case Answer::queue_timeout:
+            refuse(to_string(plan_->answer()),
+                   fmt::format("no worker slot became free within {:.1f} s",
+                               to_seconds(std::min(d.queue, d.total) - d.started)));
+            return outcome_;
+        case Answer::first_500:
+            // No other worker gave a verdict in time: the client gets the worker's own answer.
+            relay_.metrics_.second_opinion(SecondOpinion::no_worker_free,
+                                           to_seconds(now() - plan_->second_opinion_since()));
+            outcome_.status = first_500_->status;
+            exchange_.respond(first_500_->status,
+                              client_response_headers(first_500_->headers, request_id_),
+                              std::move(first_500_->body));
+            return outcome_;
+        case Answer::upstream_error:
+            break;
+    }
+    outcome_.status = plan_->final_status();
+    respond_error(exchange_, outcome_.status, last_error_, request_id_,
+                  relay_.service_rate_.retry_after_seconds(relay_.registry_.waiting(), now()));
+    return outcome_;
 }
 
 }  // namespace llama_pool

@@ -9,6 +9,7 @@
 #include "common/random.hpp"
 #include "proxy/backend_registry.hpp"
 #include "proxy/pool_metrics.hpp"
+#include "proxy/relay_plan.hpp"
 #include "proxy/relay_reasons.hpp"
 #include "proxy/retry_budget.hpp"
 #include "proxy/service_rate.hpp"
@@ -27,32 +28,26 @@ struct RelayOutcome {
     bool client_gone = false;
     bool upstream_broke = false;  // the worker failed after the response had started
     std::string rejected;         // why the pool refused it: queue_full, queue_timeout, deadline
-    std::vector<RetryReason> retry_reasons;  // one per retry
-    std::string retry_refused;               // why no further retry: budget, attempts, deadline
-    double first_byte_seconds = -1;          // when the response head went out; -1 when it did not
-    long long tokens_predicted = 0;          // generated tokens the reply reported (usage, timings)
-    std::string cache;        // hit, miss, bypass; empty when the response cache had no say
-    std::string idempotency;  // executed, attached, replayed, conflict; empty without a key
+    std::vector<RetryReason> retry_reasons;           // one per retry
+    RetryRefusal retry_refused = RetryRefusal::none;  // why no further retry
+    double first_byte_seconds = -1;  // when the response head went out; -1 when it did not
+    long long tokens_predicted = 0;  // generated tokens the reply reported (usage, timings)
+    std::string cache;               // hit, miss, bypass; empty when the response cache had no say
+    std::string idempotency;         // executed, attached, replayed, conflict; empty without a key
 };
 
 // Forwards one client request to a worker and the worker's response back, faithfully:
 // status, end-to-end headers and body bytes as they come (SSE events pass one by one).
 // Until the response head is forwarded, failures are retried on another worker; after it,
-// never (a retried generation would corrupt what the client already has).
+// never (a retried generation would corrupt what the client already has). The decisions are
+// RelayPlan's (proxy/relay_plan.hpp); this class is the I/O around them.
 class Relay {
   public:
     // `group`: the model group it serves, as its metric series are labelled ("" for the one
-    // group of a pool without groups); also scopes the group's cached replies.
+    // group of a pool without groups); also scopes the group's cached replies. Time is read
+    // from the registry's TimeSource, so that the relay and its queue share one clock.
     Relay(const PoolConfig& config, BackendRegistry& registry, Logger& log, RandomSource& random,
-          PoolMetrics& metrics, std::string group = {})
-        : config_(config),
-          registry_(registry),
-          log_(log),
-          random_(random),
-          metrics_(metrics),
-          group_(std::move(group)),
-          tenants_(config.tenants, !config.api_keys.empty() || !config.api_key_file.empty()),
-          budget_(config.retry_budget_ratio, config.retry_budget_min) {}
+          PoolMetrics& metrics, std::string group = {});
 
     // `avoid`: workers to use only when no other one has a free slot (a caller retrying
     // work that failed there).
@@ -63,8 +58,10 @@ class Relay {
     const std::string& group() const { return group_; }
 
   private:
-    void refuse(Exchange& exchange, RelayOutcome& outcome, const std::string& reason,
-                const std::string& message, const std::string& request_id);
+    class Run;  // one forward(): proxy/relay.cpp
+    friend class Run;
+    friend class ReplyBody;
+
     std::uint64_t affinity_key_for(const HttpRequest& request) const;
 
     const PoolConfig& config_;
@@ -74,6 +71,7 @@ class Relay {
     PoolMetrics& metrics_;
     const std::string group_;
     const TenantDirectory tenants_;
+    const RelayRules rules_;
     RetryBudget budget_;
     ServiceRate service_rate_;
 };
