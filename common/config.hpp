@@ -65,6 +65,8 @@ struct PoolConfig {
     int affinity_prefix_chars = 256;
     int queue_max = 256;         // requests waiting for a slot; beyond it, 503 at once
     double priority_aging = 30;  // a waiter's priority class rises by one per this; 0: never
+    // requests that take no generation slot (/tokenize, /props, ...) in flight to one worker
+    int light_connections = 8;
     // tenants of the admission queue; clients none names are each their own tenant
     std::vector<TenantConfig> tenants;
     int retry_attempts = 3;  // attempts per request, the first included

@@ -130,6 +130,10 @@ std::span<const FieldSpec> config_fields() {
         {"proxy.priority_aging", "--priority-aging", "",
          "a queued request's priority class rises by one per this wait (0 = strict classes)",
          &P::priority_aging, 0, 86400, "seconds"},
+        {"proxy.light_connections", "--light-connections", "",
+         "requests that take no generation slot (/tokenize, /detokenize, /apply-template, ...) "
+         "in flight to one worker at once; they wait for one another, never for a slot",
+         &P::light_connections, 1, 1024},
         {"proxy.retry_attempts", "--retry-attempts", "",
          "attempts per request before the response starts (1 = no retry)", &P::retry_attempts, 1,
          10},

@@ -24,7 +24,7 @@ BalancerPolicy parse_balancer_policy(std::string_view name) {
 
 Lease::~Lease() {
     if (registry_ != nullptr && backend_) {
-        registry_->release(backend_->id, entry_serial_, tenant_id_);
+        registry_->release(backend_->id, entry_serial_, tenant_id_, kind_);
     }
 }
 
@@ -92,6 +92,73 @@ BackendRegistry::AcquireResult BackendRegistry::acquire(TimePoint deadline,
     // Our place may have been the one blocking others with different avoid sets.
     dispatch_locked();
     return result;
+}
+
+BackendRegistry::AcquireResult BackendRegistry::acquire_light(
+    TimePoint deadline, const std::set<std::string>& avoid,
+    const std::function<bool()>& cancelled) {
+    std::unique_lock lock(mutex_);
+    AcquireResult result;
+    last_active_ = time_.now();
+    bool counted = false;
+    while (!shutdown_) {
+        if (auto picked = pick_light_locked(avoid); picked.backend) {
+            result.status = AcquireStatus::ok;
+            result.lease.emplace(this, std::move(picked.backend), picked.serial, std::string(),
+                                 LeaseKind::light);
+            break;
+        }
+        if (!counted) {
+            // Counted as waiting, so that a group scaled to zero starts a worker for it.
+            counted = true;
+            ++light_waiting_;
+            if (activity_hook_) {
+                activity_hook_();
+            }
+        }
+        const auto now = Clock::now();
+        if (now >= deadline) {
+            result.status = AcquireStatus::timeout;
+            break;
+        }
+        light_cv_.wait_until(lock, std::min(deadline, now + kCancelCheck));
+        if (cancelled && cancelled()) {
+            result.status = AcquireStatus::cancelled;
+            break;
+        }
+    }
+    if (counted) {
+        --light_waiting_;
+    }
+    if (shutdown_ && !result.lease) {
+        result.status = AcquireStatus::shutdown;
+    }
+    return result;
+}
+
+BackendRegistry::Picked BackendRegistry::pick_light_locked(const std::set<std::string>& avoid) {
+    const auto now = time_.now();
+    Entry* best = nullptr;
+    bool best_untried = false;
+    for (auto& [id, e] : entries_) {
+        if (!e.available || e.light_inflight >= options_.light_per_worker ||
+            e.breaker.state(now) == BreakerState::open || now < e.down_until) {
+            continue;
+        }
+        // Least loaded among those not tried yet, then among the others.
+        const bool untried = avoid.count(id) == 0;
+        const auto load = std::pair(e.light_inflight, e.inflight);
+        if (best == nullptr || (untried && !best_untried) ||
+            (untried == best_untried && load < std::pair(best->light_inflight, best->inflight))) {
+            best = &e;
+            best_untried = untried;
+        }
+    }
+    if (best == nullptr) {
+        return {};
+    }
+    ++best->light_inflight;
+    return {best->backend, best->serial};
 }
 
 std::optional<std::size_t> BackendRegistry::choose_locked(const std::vector<Entry*>& candidates,
@@ -264,17 +331,25 @@ void BackendRegistry::dispatch_locked() {
 }
 
 void BackendRegistry::release(const std::string& id, std::uint64_t serial,
-                              const std::string& tenant_id) {
+                              const std::string& tenant_id, LeaseKind kind) {
     std::lock_guard lock(mutex_);
     // A lease taken on an entry that has since been removed (and maybe added again under the
     // same id) counts on nothing any more.
-    if (auto it = entries_.find(id);
-        it != entries_.end() && it->second.serial == serial && it->second.inflight > 0) {
-        --it->second.inflight;
-    }
-    fair_.finished(tenant_id);
+    auto it = entries_.find(id);
+    const bool counted = it != entries_.end() && it->second.serial == serial;
     last_active_ = time_.now();
-    dispatch_locked();
+    if (kind == LeaseKind::light) {
+        if (counted && it->second.light_inflight > 0) {
+            --it->second.light_inflight;
+        }
+        light_cv_.notify_all();  // few, and each may avoid different workers
+    } else {
+        if (counted && it->second.inflight > 0) {
+            --it->second.inflight;
+        }
+        fair_.finished(tenant_id);
+        dispatch_locked();
+    }
     if (activity_hook_ && inflight_total_locked() == 0) {
         activity_hook_();
     }
@@ -283,7 +358,7 @@ void BackendRegistry::release(const std::string& id, std::uint64_t serial,
 int BackendRegistry::inflight_total_locked() const {
     int total = 0;
     for (const auto& [id, e] : entries_) {
-        total += e.inflight;
+        total += e.inflight + e.light_inflight;
     }
     return total;
 }
@@ -311,8 +386,9 @@ void BackendRegistry::worker_ready(const WorkerEndpoint& endpoint) {
         if (e.backend) {
             e.opened_by_earlier_processes += e.backend->pool.connections_opened();
         }
-        e.backend =
-            std::make_shared<Backend>(endpoint, static_cast<std::size_t>(endpoint.capacity) + 1);
+        e.backend = std::make_shared<Backend>(
+            endpoint, static_cast<std::size_t>(endpoint.capacity) +
+                          static_cast<std::size_t>(options_.light_per_worker));
         e.host = endpoint.host;
         e.port = endpoint.port;
         e.breaker = CircuitBreaker(options_.breaker);  // a new process starts with a clean record
@@ -322,6 +398,7 @@ void BackendRegistry::worker_ready(const WorkerEndpoint& endpoint) {
     e.down_until = {};
     e.available = true;
     dispatch_locked();
+    light_cv_.notify_all();
 }
 
 void BackendRegistry::worker_unavailable(const std::string& id) {
@@ -348,7 +425,7 @@ std::uint64_t BackendRegistry::worker_progress(const std::string& id) const {
 int BackendRegistry::worker_inflight(const std::string& id) const {
     std::lock_guard lock(mutex_);
     const auto it = entries_.find(id);
-    return it == entries_.end() ? 0 : it->second.inflight;
+    return it == entries_.end() ? 0 : it->second.inflight + it->second.light_inflight;
 }
 
 void BackendRegistry::shutdown() {
@@ -357,6 +434,7 @@ void BackendRegistry::shutdown() {
     for (auto& [ticket, w] : waiters_) {
         w->cv.notify_one();
     }
+    light_cv_.notify_all();
 }
 
 std::vector<BackendSnapshot> BackendRegistry::snapshot() {
@@ -374,7 +452,7 @@ std::vector<BackendSnapshot> BackendRegistry::snapshot() {
 
 std::size_t BackendRegistry::waiting() const {
     std::lock_guard lock(mutex_);
-    return fair_.size();
+    return fair_.size() + light_waiting_;
 }
 
 std::size_t BackendRegistry::waiting_ahead_of(const TenantTicket& tenant) const {

@@ -38,24 +38,30 @@ struct Backend {
 
 class BackendRegistry;
 
+// Whether a request takes one of a worker's generation slots or only a connection to it.
+enum class LeaseKind { slot, light };
+
 // The right to send one request to one backend. Releases its slot when destroyed, which
-// hands the slot to the oldest waiting request. Tied to the registry entry it was taken on
+// hands the slot to the oldest waiting request (a light lease: its connection, to a waiting
+// light request). Tied to the registry entry it was taken on
 // (by its serial), not to the id: an entry removed and added again under the same id is a
 // new entry, whose count the old leases must not touch. Counts for its tenant's
 // concurrency too, until it is released.
 class Lease {
   public:
     Lease(BackendRegistry* registry, std::shared_ptr<Backend> backend, std::uint64_t entry_serial,
-          std::string tenant_id)
+          std::string tenant_id, LeaseKind kind = LeaseKind::slot)
         : registry_(registry),
           backend_(std::move(backend)),
           entry_serial_(entry_serial),
-          tenant_id_(std::move(tenant_id)) {}
+          tenant_id_(std::move(tenant_id)),
+          kind_(kind) {}
     Lease(Lease&& other) noexcept
         : registry_(std::exchange(other.registry_, nullptr)),
           backend_(std::move(other.backend_)),
           entry_serial_(other.entry_serial_),
-          tenant_id_(std::move(other.tenant_id_)) {}
+          tenant_id_(std::move(other.tenant_id_)),
+          kind_(other.kind_) {}
     Lease& operator=(Lease&&) = delete;
     Lease(const Lease&) = delete;
     ~Lease();
@@ -67,6 +73,7 @@ class Lease {
     std::shared_ptr<Backend> backend_;
     std::uint64_t entry_serial_;
     std::string tenant_id_;
+    LeaseKind kind_;
 };
 
 enum class BalancerPolicy { least_loaded, round_robin, prefix_affinity };
@@ -78,6 +85,8 @@ struct RegistryOptions {
     BreakerConfig breaker;
     // A waiter's priority class rises by one per this much waiting (0: strict classes).
     Duration priority_aging = seconds(30);
+    // Light requests (no generation slot) in flight to one backend at once.
+    int light_per_worker = 8;
 };
 
 struct BackendSnapshot {
@@ -124,6 +133,13 @@ class BackendRegistry final : public WorkerListener {
                           const std::function<bool()>& cancelled, std::uint64_t affinity_key = 0,
                           const TenantTicket& tenant = {});
 
+    // For a request that takes no generation slot (/tokenize, /props, ...): waits only for a
+    // connection to a ready backend, at most `light_per_worker` each, never behind queued
+    // generations. Backends in `avoid` only when no other one can take it; ejected ones not
+    // at all (a light request is no breaker trial).
+    AcquireResult acquire_light(TimePoint deadline, const std::set<std::string>& avoid,
+                                const std::function<bool()>& cancelled);
+
     struct BreakerChange {
         BreakerState before = BreakerState::closed;
         BreakerState after = BreakerState::closed;
@@ -156,7 +172,7 @@ class BackendRegistry final : public WorkerListener {
     void set_activity_hook(std::function<void()> hook) { activity_hook_ = std::move(hook); }
     // When a request last entered or left this registry (start: construction).
     TimePoint last_active() const;
-    // Requests in flight on every backend together.
+    // Requests in flight on every backend together, light ones included.
     int inflight_total() const;
 
     void shutdown();
@@ -177,6 +193,7 @@ class BackendRegistry final : public WorkerListener {
         std::uint16_t port = 0;
         int capacity = 0;
         int inflight = 0;
+        int light_inflight = 0;
         bool available = false;
         std::uint64_t opened_by_earlier_processes = 0;  // keeps the counter monotonic
         double weight = 1;
@@ -195,7 +212,9 @@ class BackendRegistry final : public WorkerListener {
         std::shared_ptr<Backend> backend;
         std::uint64_t serial = 0;
     };
-    void release(const std::string& id, std::uint64_t serial, const std::string& tenant_id);
+    void release(const std::string& id, std::uint64_t serial, const std::string& tenant_id,
+                 LeaseKind kind);
+    Picked pick_light_locked(const std::set<std::string>& avoid);
     Picked pick_locked(const std::set<std::string>& avoid, std::uint64_t affinity_key);
     std::optional<std::size_t> choose_locked(const std::vector<Entry*>& candidates,
                                              const std::set<std::string>& avoid,
@@ -212,6 +231,8 @@ class BackendRegistry final : public WorkerListener {
     std::map<std::string, Entry> entries_;
     FairQueue fair_{options_.priority_aging};
     std::map<FairQueue::Ticket, Waiter*> waiters_;  // exactly the tickets in fair_
+    std::condition_variable light_cv_;              // a light connection came free
+    std::size_t light_waiting_ = 0;
     bool shutdown_ = false;
     std::function<void()> activity_hook_;
     TimePoint last_active_ = time_.now();

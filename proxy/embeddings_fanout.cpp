@@ -113,7 +113,7 @@ bool EmbeddingsFanout::serve(Exchange& exchange, ModelGroup& group, const std::s
         outcome.queue_seconds = std::max(outcome.queue_seconds, run.outcome.queue_seconds);
         outcome.retry_reasons.insert(outcome.retry_reasons.end(), run.outcome.retry_reasons.begin(),
                                      run.outcome.retry_reasons.end());
-        if (outcome.rejected.empty()) {
+        if (outcome.rejected == RejectReason::none) {
             outcome.rejected = run.outcome.rejected;
         }
         workers += (workers.empty() ? "" : ",") + run.outcome.worker;
@@ -136,7 +136,7 @@ bool EmbeddingsFanout::serve(Exchange& exchange, ModelGroup& group, const std::s
                    {"slice", merged.slice + 1},
                    {"worker", runs[merged.slice].outcome.worker}});
         outcome.status = 502;
-        outcome.rejected.clear();
+        outcome.rejected = RejectReason::none;
         respond_json(exchange, 502, make_error_body(502, merged.message), request_id);
     } else {
         outcome.status = 200;

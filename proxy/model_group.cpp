@@ -7,6 +7,7 @@ RegistryOptions registry_options(const PoolConfig& config) {
     options.policy = parse_balancer_policy(config.balancer);
     options.queue_max = static_cast<std::size_t>(config.queue_max);
     options.priority_aging = from_seconds(config.priority_aging);
+    options.light_per_worker = config.light_connections;
     options.breaker.consecutive_failures = config.breaker_failures;
     options.breaker.failure_ratio = config.breaker_failure_ratio;
     options.breaker.window = from_seconds(config.breaker_window);

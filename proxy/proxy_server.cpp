@@ -132,8 +132,8 @@ void ProxyServer::handle(Exchange& exchange) {
     if (outcome.client_gone) {
         metrics_.client_disconnect();
     }
-    if (!outcome.rejected.empty()) {
-        metrics_.rejected(outcome.rejected);
+    if (outcome.rejected != RejectReason::none) {
+        metrics_.rejected(to_string(outcome.rejected));
     }
     // Probes and scrapes would drown the access log; they are logged at debug.
     const bool quiet = route == "/health" || route == "/metrics";
@@ -158,7 +158,7 @@ void ProxyServer::handle(Exchange& exchange) {
               {"duration_ms", static_cast<long long>(seconds * 1000)},
               {"client_gone", outcome.client_gone},
               {"upstream_broke", outcome.upstream_broke},
-              {"rejected", outcome.rejected},
+              {"rejected", to_string(outcome.rejected)},
               {"cache", outcome.cache},
               {"idempotency", outcome.idempotency},
               {"retries", retries}});
@@ -174,7 +174,7 @@ void ProxyServer::serve(Exchange& exchange, const std::string& path, const std::
             if (!key || !constant_time_equals(*key, config_.metrics_key)) {
                 respond_json(exchange, 401, make_error_body(401, "Invalid API Key"), request_id);
                 outcome.status = 401;
-                outcome.rejected = "auth";
+                outcome.rejected = RejectReason::auth;
                 return;
             }
         }
@@ -203,7 +203,7 @@ void ProxyServer::serve(Exchange& exchange, const std::string& path, const std::
             if (!key) {
                 respond_json(exchange, 401, make_error_body(401, "Invalid API Key"), request_id);
                 outcome.status = 401;
-                outcome.rejected = "auth";
+                outcome.rejected = RejectReason::auth;
                 return;
             }
         }
@@ -220,7 +220,7 @@ void ProxyServer::serve(Exchange& exchange, const std::string& path, const std::
                 exchange.respond(429, std::move(headers),
                                  make_error_body(429, "rate limit exceeded, retry later"));
                 outcome.status = 429;
-                outcome.rejected = "rate_limit";
+                outcome.rejected = RejectReason::rate_limit;
                 return;
             }
         }

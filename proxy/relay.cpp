@@ -9,6 +9,7 @@
 #include "common/http_client.hpp"
 #include "proxy/affinity.hpp"
 #include "proxy/reply_body.hpp"
+#include "proxy/slot_use.hpp"
 #include "proxy/sse_framer.hpp"
 #include "proxy/usage_scanner.hpp"
 #include "proxy/worker_dialect.hpp"
@@ -172,6 +173,8 @@ class Relay::Run {
           target_(target),
           request_id_(request_id),
           tenant_(relay.tenants_.identify(request_.headers, exchange.remote_address())),
+          light_(slot_use(request_.method, std::string_view(target).substr(0, target.find('?'))) ==
+                 SlotUse::light),
           tried_(avoid) {
         outcome_.tenant = tenant_.label;
     }
@@ -199,7 +202,7 @@ class Relay::Run {
     Wait back_off(Duration delay);
     RelayOutcome answer();
     RelayOutcome gone(bool client_left);
-    void refuse(std::string_view reason, const std::string& message);
+    void refuse(RejectReason reason, const std::string& message);
 
     Relay& relay_;
     Exchange& exchange_;
@@ -207,6 +210,7 @@ class Relay::Run {
     const std::string& target_;
     const std::string& request_id_;
     const TenantTicket tenant_;
+    const bool light_;  // takes no generation slot: waits only for a connection (slot_use.hpp)
     RelayOutcome outcome_;
     std::unique_ptr<RelayPlan> plan_;
     std::set<std::string> tried_;
@@ -234,9 +238,9 @@ RelayDeadlines Relay::Run::make_deadlines() const {
     return d;
 }
 
-void Relay::Run::refuse(std::string_view reason, const std::string& message) {
+void Relay::Run::refuse(RejectReason reason, const std::string& message) {
     outcome_.status = 503;
-    outcome_.rejected = std::string(reason);
+    outcome_.rejected = reason;
     const auto retry_after =
         relay_.service_rate_.retry_after_seconds(relay_.registry_.waiting(), now());
     respond_error(exchange_, 503, message, request_id_, retry_after);
@@ -246,7 +250,7 @@ void Relay::Run::refuse(std::string_view reason, const std::string& message) {
 // waiters the fair queue serves first count: another tenant's flood does not.
 bool Relay::Run::refused_early(const RelayDeadlines& deadlines) {
     const auto own = client_deadline(request_.headers);
-    if (!own) {
+    if (!own || light_) {
         return false;
     }
     const auto waiting = relay_.registry_.waiting_ahead_of(tenant_);
@@ -254,9 +258,10 @@ bool Relay::Run::refused_early(const RelayDeadlines& deadlines) {
             waiting, relay_.service_rate_.expected_wait(waiting, deadlines.started), *own)) {
         return false;
     }
-    refuse("deadline", fmt::format("{} requests are queued ahead; this one cannot start within "
-                                   "its X-Request-Timeout of {:.1f} s",
-                                   waiting, to_seconds(*own)));
+    refuse(RejectReason::deadline,
+           fmt::format("{} requests are queued ahead; this one cannot start within "
+                       "its X-Request-Timeout of {:.1f} s",
+                       waiting, to_seconds(*own)));
     return true;
 }
 
@@ -325,9 +330,10 @@ RelayOutcome Relay::Run::run() {
 
 BackendRegistry::AcquireResult Relay::Run::take_slot(std::uint64_t affinity) {
     const auto queued_at = now();
-    auto acquired = relay_.registry_.acquire(
-        plan_->slot_deadline(), tried_, [this] { return exchange_.client_gone(); }, affinity,
-        tenant_);
+    const auto gone = [this] { return exchange_.client_gone(); };
+    auto acquired =
+        light_ ? relay_.registry_.acquire_light(plan_->slot_deadline(), tried_, gone)
+               : relay_.registry_.acquire(plan_->slot_deadline(), tried_, gone, affinity, tenant_);
     const auto waited = to_seconds(now() - queued_at);
     outcome_.queue_seconds += waited;
     relay_.metrics_.queue_wait(relay_.group_, waited);
@@ -558,12 +564,14 @@ RelayOutcome Relay::Run::answer() {
         case Answer::client_gone:
             return gone(true);
         case Answer::queue_full:
-            refuse("queue_full", fmt::format("the pool's queue is full ({} requests waiting)",
-                                             relay_.config_.queue_max));
+            refuse(RejectReason::queue_full,
+                   fmt::format("the pool's queue is full ({} requests waiting)",
+                               relay_.config_.queue_max));
             return outcome_;
         case Answer::deadline:
         case Answer::queue_timeout:
-            refuse(to_string(plan_->answer()),
+            refuse(plan_->answer() == Answer::deadline ? RejectReason::deadline
+                                                       : RejectReason::queue_timeout,
                    fmt::format("no worker slot became free within {:.1f} s",
                                to_seconds(std::min(d.queue, d.total) - d.started)));
             return outcome_;

@@ -26,9 +26,9 @@ struct RelayOutcome {
     double queue_seconds = 0;
     std::string tenant;  // who it was queued as (a label: never a key)
     bool client_gone = false;
-    bool upstream_broke = false;  // the worker failed after the response had started
-    std::string rejected;         // why the pool refused it: queue_full, queue_timeout, deadline
-    std::vector<RetryReason> retry_reasons;           // one per retry
+    bool upstream_broke = false;                 // the worker failed after the response had started
+    RejectReason rejected = RejectReason::none;  // why the pool answered it itself
+    std::vector<RetryReason> retry_reasons;      // one per retry
     RetryRefusal retry_refused = RetryRefusal::none;  // why no further retry
     double first_byte_seconds = -1;  // when the response head went out; -1 when it did not
     long long tokens_predicted = 0;  // generated tokens the reply reported (usage, timings)

@@ -86,6 +86,28 @@ std::string_view to_string(RetryReason reason) {
     return "unknown";
 }
 
+std::string_view to_string(RejectReason reason) {
+    switch (reason) {
+        case RejectReason::none:
+            return "";
+        case RejectReason::auth:
+            return "auth";
+        case RejectReason::rate_limit:
+            return "rate_limit";
+        case RejectReason::queue_full:
+            return "queue_full";
+        case RejectReason::queue_timeout:
+            return "queue_timeout";
+        case RejectReason::deadline:
+            return "deadline";
+        case RejectReason::idempotency_key_invalid:
+            return "idempotency_key_invalid";
+        case RejectReason::idempotency_conflict:
+            return "idempotency_conflict";
+    }
+    return "";
+}
+
 std::string_view to_string(SecondOpinion result) {
     switch (result) {
         case SecondOpinion::skipped:

@@ -47,6 +47,20 @@ RetryReason to_retry_reason(AttemptFailure failure);
 RetryReason retry_reason_for_status(int status);
 std::string_view to_string(RetryReason reason);
 
+// Why the pool answered a request itself instead of relaying it: the `reason` label of the
+// rejected-requests metric and the access log's `rejected`.
+enum class RejectReason {
+    none,
+    auth,                     // no valid API key
+    rate_limit,               // the client's token bucket was empty
+    queue_full,               // queue_max requests were already waiting
+    queue_timeout,            // no slot within queue_timeout
+    deadline,                 // no slot within the client's (or the total) deadline
+    idempotency_key_invalid,  // an empty or oversized Idempotency-Key
+    idempotency_conflict,     // the key was used with another body
+};
+std::string_view to_string(RejectReason reason);
+
 // What became of a worker's 500: the `result` label of the second-opinions metric.
 enum class SecondOpinion {
     skipped,           // the 500 came from reading the request: passed on, nobody blamed

@@ -134,7 +134,7 @@ RelayOutcome ReplyReuse::coalesce(Exchange& exchange, const std::string& target,
                                   kMaxIdempotencyKeyBytes),
                       request_id);
         outcome.status = 400;
-        outcome.rejected = "idempotency_key_invalid";
+        outcome.rejected = RejectReason::idempotency_key_invalid;
         return outcome;
     }
     // Keys are the client's own names: scoped to its credential, or to its address when it
@@ -169,7 +169,7 @@ RelayOutcome ReplyReuse::coalesce(Exchange& exchange, const std::string& target,
                               "path or body); use a new key for a new request",
                               request_id);
                 outcome.status = 422;
-                outcome.rejected = "idempotency_conflict";
+                outcome.rejected = RejectReason::idempotency_conflict;
                 outcome.idempotency = "conflict";
                 return outcome;
             case Coalescer::Role::replay:
@@ -195,7 +195,7 @@ RelayOutcome ReplyReuse::coalesce(Exchange& exchange, const std::string& target,
                                   "retry with the same key to get its reply",
                                   request_id);
                     outcome.status = 504;
-                    outcome.rejected = "deadline";
+                    outcome.rejected = RejectReason::deadline;
                     return outcome;
                 }
                 const auto reply = ticket.flight->reply();

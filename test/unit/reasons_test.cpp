@@ -67,3 +67,18 @@ TEST_CASE("every reason has a name of its own", "[reasons]") {
     CHECK(names(retries).size() == std::size(retries));
     CHECK(names(retries).count("unknown") == 0);
 }
+
+TEST_CASE("every rejection reason has its own label", "[reasons]") {
+    const RejectReason all[] = {RejectReason::auth,
+                                RejectReason::rate_limit,
+                                RejectReason::queue_full,
+                                RejectReason::queue_timeout,
+                                RejectReason::deadline,
+                                RejectReason::idempotency_key_invalid,
+                                RejectReason::idempotency_conflict};
+    const auto labels = names(all);
+    CHECK(labels.size() == std::size(all));
+    CHECK(labels.count("") == 0);
+    CHECK(to_string(RejectReason::none).empty());  // no label: nothing was rejected
+    CHECK(to_string(RejectReason::queue_full) == "queue_full");
+}
