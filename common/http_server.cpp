@@ -294,6 +294,11 @@ void HttpServer::spawn_thread_locked() {
 void HttpServer::thread_main(std::uint64_t self) {
     const auto idle_ms = static_cast<int>(std::min<long long>(
         std::max<long long>(1, options_.idle_thread_timeout.count()), 3'600'000));
+    // When this thread last served a connection. Pump steps are not counted: they take
+    // microseconds, and under steady streams every waiting thread is woken in turn (epoll
+    // wakes its waiters in order), so none would ever see a whole idle timeout pass and the
+    // threads a burst of connections started would stay for good.
+    auto served_at = Clock::now();
     std::unique_lock lock(mutex_);
     while (!stopping_) {
         std::vector<std::thread> retired;
@@ -308,7 +313,9 @@ void HttpServer::thread_main(std::uint64_t self) {
         auto conn = n == 1 ? on_event(event.data.u64, event.events) : nullptr;
         lock.lock();
         --waiting_threads_;
-        if (n == 0 && !stopping_ &&
+        const bool idle =
+            n == 0 || (!conn && Clock::now() - served_at >= options_.idle_thread_timeout);
+        if (idle && !stopping_ &&
             waiting_threads_ >= std::max<std::size_t>(1, options_.spare_threads)) {
             // Enough threads wait without this one; another thread joins it.
             const auto it = threads_.find(self);
@@ -325,6 +332,7 @@ void HttpServer::thread_main(std::uint64_t self) {
         }
         lock.unlock();
         serve(std::move(conn));
+        served_at = Clock::now();
         lock.lock();
     }
 }

@@ -239,7 +239,9 @@ int main(int argc, char** argv) {
     double producer0 = 0;
     std::uint64_t events = 0;
     bool measuring = false;
+    std::size_t peak_threads = 0;
     for (auto at = start; at < start + warmup + from_seconds(o.seconds); at += tick) {
+        peak_threads = std::max(peak_threads, server.thread_count());
         if (!measuring && at >= start + warmup) {
             measuring = true;
             cpu0 = process_cpu_seconds();
@@ -271,9 +273,10 @@ int main(int argc, char** argv) {
     server.stop();
     fmt::print(
         "mode={} streams={} rate={} seconds={} events={} process_threads={} server_threads={} "
+        "server_threads_peak={} "
         "rss_mb={:.1f} server_cpu_s={:.2f} producer_cpu_s={:.2f} cpu_us_per_event={:.1f} "
         "client_bytes={}\n",
-        o.mode, o.streams, o.rate, o.seconds, events, threads, server_threads,
+        o.mode, o.streams, o.rate, o.seconds, events, threads, server_threads, peak_threads,
         static_cast<double>(rss_kb) / 1024, cpu - producer, producer,
         events ? (cpu - producer) * 1e6 / static_cast<double>(events) : 0.0, client_bytes);
     return 0;

@@ -67,7 +67,10 @@ class SocketPump final : public BodyPump {
   public:
     SocketPump(Fd source, std::shared_ptr<Probe> probe, Script script)
         : source_(std::move(source)), probe_(std::move(probe)), script_(std::move(script)) {}
-    ~SocketPump() override { probe_->destroyed.set(); }
+    ~SocketPump() override {
+        source_.reset();  // closed before the test hears of it
+        probe_->destroyed.set();
+    }
 
     int source_fd() const override { return source_.get(); }
     Step pull(std::string& out) override {
