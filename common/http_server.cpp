@@ -821,7 +821,18 @@ void HttpServer::start_pump(ConnectionPtr conn, HttpExchange& exchange) {
         pump->source_registered = epoll_control(epoll_.get(), EPOLL_CTL_ADD, pump->source_fd,
                                                 EPOLLONESHOT, pump->id | kSourceTag);
     }
-    if (!pump->source_registered || !pump_flush(*pump) || !pump_rearm(*pump, PumpWake::timer)) {
+    if (!pump->source_registered) {
+        end_pump(*pump, true);
+        return;
+    }
+    // One pull before any event: bytes the source already holds in its own buffer (a worker
+    // connection reads some body with the response head) make the descriptor readable no more.
+    pump_pull(*pump, false);
+    if (!pump_flush(*pump)) {
+        end_pump(*pump, true);
+    } else if (pump->end != BodyPump::Step::more && pump->pending.empty()) {
+        end_pump(*pump, false);
+    } else if (!pump_rearm(*pump, PumpWake::timer)) {
         end_pump(*pump, true);
     }
 }

@@ -10,6 +10,7 @@
 #include <map>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include "common/http_client.hpp"
 #include "common/http_server.hpp"
@@ -59,6 +60,8 @@ struct Script {
     milliseconds stall{0};  // 0: no deadline
     std::string timeout_bytes;
     BodyPump::Step timeout_step = BodyPump::Step::finished;
+    std::string preloaded;  // held by the pump from the start, as a worker connection holds
+                            // body bytes it read with the response head
 };
 
 // Relays what the test writes to the other end of its socketpair; the end of it (the test
@@ -75,6 +78,7 @@ class SocketPump final : public BodyPump {
     int source_fd() const override { return source_.get(); }
     Step pull(std::string& out) override {
         const Call call(*probe_);
+        out += std::exchange(script_.preloaded, {});
         char buf[16384];
         const auto n = ::recv(source_.get(), buf, sizeof buf, MSG_DONTWAIT);
         if (n > 0) {
@@ -175,9 +179,12 @@ HttpServerOptions test_options() {
 // /slow/...: as /stream/ with a small server send buffer; anything else: a plain answer. It
 // runs on server threads, so it asserts nothing itself (Catch2 is not thread-safe): a failure
 // shows as a stream the test never sees registered.
-HttpHandler pump_handler(Streams& streams, Script script = {}) {
-    return [&streams, script](HttpExchange& ex) {
+HttpHandler pump_handler(Streams& streams, Script script = {}, Event* gate = nullptr) {
+    return [&streams, script, gate](HttpExchange& ex) {
         const auto& target = ex.request().target;
+        if (gate != nullptr) {
+            gate->wait(10s);  // holds this server thread until the test opens the gate
+        }
         std::optional<std::size_t> length;
         if (target.rfind("/length/", 0) == 0) {
             length = std::stoul(target.substr(8));
@@ -607,4 +614,68 @@ TEST_CASE("stop ends running pumps with on_client_gone and joins every thread", 
         read_rest(c, done, status);
         CHECK_FALSE(done);  // cut, not ended
     }
+}
+
+TEST_CASE("threads a burst started retire while pumped streams keep them waking", "[http_pump]") {
+    constexpr int kStreams = 12;
+    auto o = test_options();  // threads retire after 100 ms without serving, 2 spare
+    Streams streams;
+    Event gate;
+    Started s(o, pump_handler(streams, {}, &gate));
+    // Twelve requests held in the handler at once: twelve busy threads, and more started.
+    std::vector<Fd> clients;
+    for (int i = 0; i < kStreams; ++i) {
+        std::string error;
+        clients.push_back(connect_tcp("127.0.0.1", s.server.port(), Clock::now() + 5s, error));
+        REQUIRE(clients.back().valid());
+        const auto request = "GET /stream/" + std::to_string(i) + " HTTP/1.1\r\nHost: x\r\n\r\n";
+        REQUIRE(write_all(clients.back().get(), request, Clock::now() + 5s) == IoStatus::ok);
+    }
+    REQUIRE(eventually([&] { return s.server.active_requests() == kStreams; }));
+    CHECK(s.server.thread_count() > kStreams);
+    gate.set();
+    REQUIRE(streams.wait_count(kStreams));
+    // An event on every stream each millisecond: every waiting thread is woken far more often
+    // than its idle timeout, yet the surplus must go.
+    std::atomic<bool> stop{false};
+    std::thread producer([&] {
+        while (!stop) {
+            for (int i = 0; i < kStreams; ++i) {
+                write_all(streams.writer("/stream/" + std::to_string(i)), "data: x\n\n",
+                          Clock::now() + 5s);
+            }
+            std::this_thread::sleep_for(1ms);  // pacing, not ordering
+        }
+    });
+    std::thread reader([&] {
+        char buf[16384];
+        while (!stop) {
+            for (const auto& c : clients) {
+                [[maybe_unused]] const auto n = ::recv(c.get(), buf, sizeof buf, MSG_DONTWAIT);
+            }
+            std::this_thread::sleep_for(1ms);
+        }
+    });
+    CHECK(eventually([&] { return s.server.thread_count() <= o.spare_threads + 2; }));
+    CHECK(s.server.pumps() == kStreams);
+    stop = true;
+    producer.join();
+    reader.join();
+}
+
+TEST_CASE("bytes a pump holds before its source is readable are sent at once", "[http_pump]") {
+    Script script;
+    script.preloaded = "data: already read\n\n";
+    Streams streams;
+    Started s(test_options(), pump_handler(streams, script));
+    HttpResponseHead head;
+    auto c = open_stream(s.server, "/stream/pre", head);
+    REQUIRE(streams.wait_count(1));
+    // The source stays silent: only a pull right after the hand-off can find these bytes.
+    bool done = false;
+    IoStatus status{};
+    CHECK(read_body_bytes(c, script.preloaded.size(), done, status) == script.preloaded);
+    streams.close("/stream/pre");
+    CHECK(read_rest(c, done, status).empty());
+    CHECK(done);
 }
