@@ -1,13 +1,46 @@
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 
+#include "common/clock.hpp"
 #include "common/http_message.hpp"
 #include "common/socket.hpp"
 
 namespace llama_pool {
+
+// The rest of a response body, produced from a non-blocking source (a worker connection)
+// without holding a thread: the server waits for the source and for the client in its
+// event loop and calls these from whichever server thread wakes. Calls on one pump never
+// overlap. The pump is destroyed (on a server thread, or on the thread calling the server's
+// stop()) after its last call. source_fd() must stay open, and the same, until then: the
+// server removes it from its epoll set before destroying the pump, so a pump that hands its
+// worker connection back to a pool does so in its destructor, not in pull().
+class BodyPump {
+  public:
+    enum class Step { more, finished, aborted };
+    virtual ~BodyPump() = default;
+    // Readable when more of the body may be available.
+    virtual int source_fd() const = 0;
+    // Reads what is available without blocking and appends bytes for the client to `out`.
+    // more: wait for the source again; finished: send `out`, then end the body cleanly;
+    // aborted: send `out`, then cut the connection (the client sees a truncated response).
+    // Called once right after the hand-off, then whenever source_fd() is readable, so it must
+    // leave nothing it could give now in a buffer of its own (read until the source would
+    // block). May find nothing to read (a wake-up can be spurious): it then returns more.
+    virtual Step pull(std::string& out) = 0;
+    // When the source counts as stalled if it has not become readable (re-read after each pull).
+    // TimePoint::max() for none. Watched only while the source is: a client too slow to take
+    // the bytes already pulled pauses the source and its deadline alike.
+    virtual TimePoint deadline() const = 0;
+    // The deadline passed with the source silent: append any last bytes, say how to end.
+    virtual Step on_timeout(std::string& out) = 0;
+    // The client hung up, a write to it failed or timed out, or the server is stopping. Also
+    // called after finished/aborted if the last bytes could not be delivered. No call follows.
+    virtual void on_client_gone() = 0;
+};
 
 // One request and the means to answer it. The HTTP server's connections implement it, and
 // so do in-process callers (summarization chunks, the response cache's recorder, coalesced
@@ -36,6 +69,12 @@ class Exchange {
     // Watch set for blocking operations done on behalf of this exchange; a blocking call
     // returns early when either fd signals (see IoWatch).
     virtual IoWatch watch() const = 0;
+    // Hands the rest of the body to the server's event loop; called after begin() (the head
+    // is sent or queued). True when the exchange takes over: the handler must then return
+    // without touching the exchange again, and the server does the writes (and the end of the
+    // body) as the pump produces bytes. False when this exchange cannot (in-process exchanges,
+    // or the head could not be sent): the caller keeps relaying blocking.
+    virtual bool hand_off(std::unique_ptr<BodyPump> /*pump*/) { return false; }
 };
 
 }  // namespace llama_pool

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
@@ -36,7 +37,10 @@ constexpr std::uint64_t kListenerKey = 0;
 constexpr std::uint64_t kIdleWakeKey = 1;
 constexpr std::uint64_t kStopKey = 2;
 constexpr std::uint64_t kTimerKey = 3;
-constexpr std::uint64_t kFirstConnectionKey = 4;
+constexpr std::uint64_t kHardWakeKey = 4;
+constexpr std::uint64_t kFirstConnectionKey = 5;
+// A pump's source is registered under its connection's key with this bit set.
+constexpr std::uint64_t kSourceTag = std::uint64_t{1} << 63;
 
 bool epoll_control(int epoll_fd, int op, int fd, std::uint32_t events, std::uint64_t key) {
     epoll_event event{};
@@ -93,10 +97,10 @@ bool HttpExchange::begin(int status, Headers headers, std::optional<std::size_t>
     const bool bodiless = request_.method == "HEAD" || status == 204 || status == 304;
     if (content_length) {
         headers.add("Content-Length", std::to_string(*content_length));
-        length_left_ = bodiless ? 0 : *content_length;
+        encoder_.length_left = bodiless ? 0 : *content_length;
     } else if (request_.version_minor >= 1 && !bodiless) {
         headers.add("Transfer-Encoding", "chunked");
-        chunked_ = true;
+        encoder_.chunked = true;
     } else {
         close_after_ = true;  // HTTP/1.0 has no chunked coding: the close ends the body
     }
@@ -112,29 +116,43 @@ bool HttpExchange::begin(int status, Headers headers, std::optional<std::size_t>
     return send(head);
 }
 
-bool HttpExchange::write(std::string_view data) {
-    if (!head_sent_ || finished_) {
-        return false;
-    }
-    std::string out = std::move(pending_head_);
-    pending_head_.clear();
-    if (chunked_) {
+void BodyEncoder::encode(std::string_view data, std::string& out) {
+    if (chunked) {
         if (!data.empty()) {
             out += fmt::format("{:x}\r\n", data.size());
             out += data;
             out += "\r\n";
         }
-    } else if (length_left_) {
-        const auto n = std::min(*length_left_, data.size());
+    } else if (length_left) {
+        const auto n = std::min(*length_left, data.size());
         out += data.substr(0, n);
-        *length_left_ -= n;
+        *length_left -= n;
     } else {
         out += data;
     }
+}
+
+bool BodyEncoder::end(std::string& out) const {
+    if (chunked) {
+        out += "0\r\n\r\n";
+    }
+    return !length_left || *length_left == 0;
+}
+
+bool HttpExchange::write(std::string_view data) {
+    if (!head_sent_ || finished_ || pump_) {
+        return false;
+    }
+    std::string out = std::move(pending_head_);
+    pending_head_.clear();
+    encoder_.encode(data, out);
     return out.empty() || send(out);
 }
 
 bool HttpExchange::finish() {
+    if (pump_) {
+        return false;  // the server ends a handed-off body
+    }
     if (!head_sent_ || finished_) {
         return !broken_;
     }
@@ -142,14 +160,20 @@ bool HttpExchange::finish() {
         return false;
     }
     finished_ = true;
-    if (chunked_) {
-        return send("0\r\n\r\n");
-    }
-    if (length_left_ && *length_left_ > 0) {
+    std::string last;
+    if (!encoder_.end(last)) {
         broken_ = true;  // the promised length was not delivered; only closing is honest
         return false;
     }
-    return !broken_;
+    return last.empty() ? !broken_ : send(last);
+}
+
+bool HttpExchange::hand_off(std::unique_ptr<BodyPump> pump) {
+    if (!pump || pump_ || !head_sent_ || finished_ || broken_) {
+        return false;
+    }
+    pump_ = std::move(pump);
+    return true;
 }
 
 bool HttpExchange::write_raw(std::string_view bytes) {
@@ -170,6 +194,41 @@ struct HttpServer::Connection {
     bool registered = false;  // known to epoll (re-armed with EPOLL_CTL_MOD from then on)
     TimePoint idle_deadline;  // the next request's first byte must arrive by then
     std::multimap<TimePoint, std::uint64_t>::iterator deadline_entry;  // while parked
+};
+
+// A handed-off body (Exchange::hand_off) and the connection it goes to. Threads find it in
+// pumps_ (under mutex_) by either of its epoll keys: the connection's id for the client socket,
+// that id with kSourceTag for the source. Both registrations are one-shot yet both can fire at
+// once, so two threads may wake for one pump: `mutex` serialises their steps. A step never
+// blocks (a non-blocking pull and a non-blocking write), so a second thread waits for it
+// microseconds at most; that was simpler, and no slower, than handing events between threads.
+// Each wake re-arms the registration it consumed, and a step re-arms the other one only when
+// what it waits for changed. A wake that finds `ended` set does nothing, and no descriptor is
+// touched after `ended`, so a closed descriptor's number, reused by a new connection, is never
+// re-armed by mistake. Lock order: Pump::mutex, then HttpServer::mutex_.
+struct HttpServer::Pump {
+    std::mutex mutex;
+    // Set before the pump is published in pumps_, constant after:
+    std::uint64_t id = 0;
+    int client_fd = -1;
+    int source_fd = -1;
+    // Guarded by mutex:
+    ConnectionPtr conn;
+    std::unique_ptr<BodyPump> body;
+    BodyEncoder encoder;
+    bool close_after = false;
+    std::string pending;                        // encoded bytes the client has not taken yet
+    std::string piece;                          // what one pull() produced, before encoding
+    BodyPump::Step end = BodyPump::Step::more;  // how the body ends once `pending` is sent
+    bool ended = false;
+    bool source_registered = false;
+    std::uint32_t source_events = 0;  // interest last armed; 0 while paused or done
+    std::uint32_t client_events = 0;
+    bool paused = false;                          // the client is behind: the source is not read
+    TimePoint write_deadline = TimePoint::max();  // the client must take a byte by then
+    // Guarded by the server's mutex_:
+    bool has_deadline = false;
+    std::multimap<TimePoint, std::uint64_t>::iterator deadline_entry;
 };
 
 HttpServer::HttpServer(HttpServerOptions options, HttpHandler handler)
@@ -202,6 +261,7 @@ bool HttpServer::start(std::string& error) {
         !epoll_control(epoll_.get(), EPOLL_CTL_ADD, listener_.get(), once, kListenerKey) ||
         !epoll_control(epoll_.get(), EPOLL_CTL_ADD, idle_wake_.fd(), once, kIdleWakeKey) ||
         !epoll_control(epoll_.get(), EPOLL_CTL_ADD, timer_.get(), once, kTimerKey) ||
+        !epoll_control(epoll_.get(), EPOLL_CTL_ADD, hard_wake_.fd(), once, kHardWakeKey) ||
         !epoll_control(epoll_.get(), EPOLL_CTL_ADD, stop_wake_.fd(), EPOLLIN, kStopKey)) {
         error = std::string("epoll: ") + std::strerror(errno);
         listener_.reset();
@@ -234,6 +294,11 @@ void HttpServer::spawn_thread_locked() {
 void HttpServer::thread_main(std::uint64_t self) {
     const auto idle_ms = static_cast<int>(std::min<long long>(
         std::max<long long>(1, options_.idle_thread_timeout.count()), 3'600'000));
+    // When this thread last served a connection. Pump steps are not counted: they take
+    // microseconds, and under steady streams every waiting thread is woken in turn (epoll
+    // wakes its waiters in order), so none would ever see a whole idle timeout pass and the
+    // threads a burst of connections started would stay for good.
+    auto served_at = Clock::now();
     std::unique_lock lock(mutex_);
     while (!stopping_) {
         std::vector<std::thread> retired;
@@ -245,10 +310,12 @@ void HttpServer::thread_main(std::uint64_t self) {
         }
         epoll_event event{};
         const int n = ::epoll_wait(epoll_.get(), &event, 1, idle_ms);
-        auto conn = n == 1 ? on_event(event.data.u64) : nullptr;
+        auto conn = n == 1 ? on_event(event.data.u64, event.events) : nullptr;
         lock.lock();
         --waiting_threads_;
-        if (n == 0 && !stopping_ &&
+        const bool idle =
+            n == 0 || (!conn && Clock::now() - served_at >= options_.idle_thread_timeout);
+        if (idle && !stopping_ &&
             waiting_threads_ >= std::max<std::size_t>(1, options_.spare_threads)) {
             // Enough threads wait without this one; another thread joins it.
             const auto it = threads_.find(self);
@@ -265,11 +332,12 @@ void HttpServer::thread_main(std::uint64_t self) {
         }
         lock.unlock();
         serve(std::move(conn));
+        served_at = Clock::now();
         lock.lock();
     }
 }
 
-HttpServer::ConnectionPtr HttpServer::on_event(std::uint64_t key) {
+HttpServer::ConnectionPtr HttpServer::on_event(std::uint64_t key, std::uint32_t events) {
     switch (key) {
         case kListenerKey:
             return accept_one();
@@ -279,20 +347,35 @@ HttpServer::ConnectionPtr HttpServer::on_event(std::uint64_t key) {
         case kTimerKey:
             on_timer();
             return nullptr;
+        case kHardWakeKey:
+            end_all_pumps();  // not re-armed: abort() is final
+            return nullptr;
         case kStopKey:
             return nullptr;
         default:
             break;
     }
-    std::lock_guard lock(mutex_);
-    const auto it = parked_.find(key);
-    if (it == parked_.end()) {
-        return nullptr;  // closed meanwhile (deadline, stop_accepting)
+    PumpPtr pump;
+    {
+        std::lock_guard lock(mutex_);
+        const auto it = (key & kSourceTag) != 0 ? parked_.end() : parked_.find(key);
+        if (it != parked_.end()) {
+            auto conn = std::move(it->second);
+            parked_.erase(it);
+            deadlines_.erase(conn->deadline_entry);
+            return conn;
+        }
+        const auto p = pumps_.find(key & ~kSourceTag);
+        if (p == pumps_.end()) {
+            return nullptr;  // closed meanwhile (deadline, stop_accepting, pump ended)
+        }
+        pump = p->second;
     }
-    auto conn = std::move(it->second);
-    parked_.erase(it);
-    deadlines_.erase(conn->deadline_entry);
-    return conn;
+    std::lock_guard step(pump->mutex);
+    if (!pump->ended) {
+        pump_step(*pump, (key & kSourceTag) != 0 ? PumpWake::source : PumpWake::client, events);
+    }
+    return nullptr;
 }
 
 HttpServer::ConnectionPtr HttpServer::accept_one() {
@@ -403,6 +486,7 @@ void HttpServer::on_timer() {
     std::uint64_t expirations = 0;
     [[maybe_unused]] const auto rc = ::read(timer_.get(), &expirations, sizeof expirations);
     std::vector<ConnectionPtr> expired;
+    std::vector<PumpPtr> due;
     {
         std::lock_guard lock(mutex_);
         const auto now = Clock::now();
@@ -412,6 +496,14 @@ void HttpServer::on_timer() {
             expired.push_back(std::move(it->second));
             parked_.erase(it);
         }
+        while (!pump_deadlines_.empty() && pump_deadlines_.begin()->first <= now) {
+            const auto it = pumps_.find(pump_deadlines_.begin()->second);
+            pump_deadlines_.erase(pump_deadlines_.begin());
+            if (it != pumps_.end()) {
+                it->second->has_deadline = false;
+                due.push_back(it->second);
+            }
+        }
         timer_at_ = TimePoint::min();  // set it again whatever it was
         arm_timer_locked();
         epoll_control(epoll_.get(), EPOLL_CTL_MOD, timer_.get(), EPOLLIN | EPOLLONESHOT, kTimerKey);
@@ -419,10 +511,19 @@ void HttpServer::on_timer() {
     for (auto& conn : expired) {
         close_connection(std::move(conn), true);
     }
+    for (auto& pump : due) {
+        std::lock_guard step(pump->mutex);
+        if (!pump->ended) {
+            pump_step(*pump, PumpWake::timer, 0);
+        }
+    }
 }
 
 void HttpServer::arm_timer_locked() {
-    const auto next = deadlines_.empty() ? TimePoint::max() : deadlines_.begin()->first;
+    auto next = deadlines_.empty() ? TimePoint::max() : deadlines_.begin()->first;
+    if (!pump_deadlines_.empty()) {
+        next = std::min(next, pump_deadlines_.begin()->first);
+    }
     if (next != timer_at_) {
         set_timer(timer_.get(), next);
         timer_at_ = next;
@@ -441,9 +542,12 @@ bool HttpServer::park(ConnectionPtr& conn) {
     conn->registered = true;
     auto& slot = parked_[id];
     slot = std::move(conn);
-    // Armed last, with the connection already findable: a thread may see it at once.
+    // Armed last, with the connection already findable: a thread may see it at once. A
+    // connection with the next request already read (pipelined after a pumped body) waits
+    // for writability too, which it has, so that a thread takes it at once.
+    const std::uint32_t ready = slot->buffer.empty() ? 0u : std::uint32_t{EPOLLOUT};
     if (!epoll_control(epoll_.get(), registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd,
-                       EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, id)) {
+                       EPOLLIN | EPOLLRDHUP | EPOLLONESHOT | ready, id)) {
         conn = std::move(slot);
         conn->registered = registered;
         deadlines_.erase(conn->deadline_entry);
@@ -658,18 +762,19 @@ void HttpServer::serve(ConnectionPtr conn) {
                 exchange.abort();
             }
         }
+        if (exchange.pump_) {
+            // The rest of the body comes from the pump: the connection waits in epoll with it
+            // and this thread goes back to the pool. The request stays active until the end.
+            start_pump(std::move(conn), exchange);
+            return;
+        }
         if (!exchange.responded()) {
             Headers headers;
             headers.add("Content-Type", "application/json; charset=utf-8");
             exchange.respond(500, headers, make_error_body(500, "handler sent no response"));
         }
         const bool reusable = exchange.finish() && !exchange.close_after_;
-        if (--active_requests_ == 0) {
-            // drain() tests the count under the lock: taking it here means drain() either
-            // sees zero or already waits for this notification.
-            { const std::lock_guard lock(mutex_); }
-            idle_cv_.notify_all();
-        }
+        request_done();
         if (!reusable || !accepting_) {
             break;
         }
@@ -677,6 +782,263 @@ void HttpServer::serve(ConnectionPtr conn) {
         start = ReadStart::wait_first;
     }
     close_connection(std::move(conn), false);
+}
+
+namespace {
+
+// Whether a pump's source has something to read (or an end or error to report) right now.
+bool source_readable(int fd) {
+    pollfd p{fd, POLLIN, 0};
+    return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR)) != 0;
+}
+
+}  // namespace
+
+void HttpServer::start_pump(ConnectionPtr conn, HttpExchange& exchange) {
+    auto pump = std::make_shared<Pump>();
+    // Held until both registrations are armed: a thread woken meanwhile waits for it.
+    std::lock_guard step(pump->mutex);
+    pump->id = conn->id;
+    pump->client_fd = conn->fd.get();
+    pump->source_fd = exchange.pump_->source_fd();
+    pump->body = std::move(exchange.pump_);
+    pump->encoder = exchange.encoder_;
+    pump->close_after = exchange.close_after_;
+    pump->pending = std::move(exchange.pending_head_);
+    pump->conn = std::move(conn);
+    ++pump_count_;
+    bool admitted = false;
+    if (!exchange.broken_ && pump->source_fd >= 0) {
+        std::lock_guard lock(mutex_);
+        // abort() sets aborted_ before it wakes end_all_pumps(), which takes this lock: a
+        // pump is either seen there or refused here.
+        if (!aborted_ && !stopping_) {
+            pumps_.emplace(pump->id, pump);
+            admitted = true;
+        }
+    }
+    if (admitted) {
+        pump->source_registered = epoll_control(epoll_.get(), EPOLL_CTL_ADD, pump->source_fd,
+                                                EPOLLONESHOT, pump->id | kSourceTag);
+    }
+    if (!pump->source_registered) {
+        end_pump(*pump, true);
+        return;
+    }
+    // One pull before any event: bytes the source already holds in its own buffer (a worker
+    // connection reads some body with the response head) make the descriptor readable no more.
+    pump_pull(*pump, false);
+    if (!pump_flush(*pump)) {
+        end_pump(*pump, true);
+    } else if (pump->end != BodyPump::Step::more && pump->pending.empty()) {
+        end_pump(*pump, false);
+    } else if (!pump_rearm(*pump, PumpWake::timer)) {
+        end_pump(*pump, true);
+    }
+}
+
+void HttpServer::pump_step(Pump& pump, PumpWake wake, std::uint32_t events) {
+    if (wake == PumpWake::client && (events & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)) != 0) {
+        end_pump(pump, true);  // the client hung up: stop the generation behind it now
+        return;
+    }
+    const auto now = Clock::now();
+    if (wake == PumpWake::timer && !pump.pending.empty() && now >= pump.write_deadline) {
+        end_pump(pump, true);  // the client took nothing for write_timeout
+        return;
+    }
+    // The source is read only while the client keeps up (the bound is checked here, not only
+    // when arming: a wake armed before the client fell behind may still come).
+    if (pump.end == BodyPump::Step::more && pump.pending.size() < options_.pump_buffer_bytes) {
+        if (wake == PumpWake::source) {
+            pump_pull(pump, false);
+        } else if (wake == PumpWake::timer && now >= pump.body->deadline()) {
+            // Past its deadline, a source with bytes waiting is not stalled, only not read
+            // yet (the client had paused it): read it rather than time it out.
+            pump_pull(pump, !source_readable(pump.source_fd));
+        }
+    }
+    if (!pump_flush(pump)) {
+        end_pump(pump, true);
+        return;
+    }
+    if (pump.end != BodyPump::Step::more && pump.pending.empty()) {
+        end_pump(pump, false);
+        return;
+    }
+    if (!pump_rearm(pump, wake)) {
+        end_pump(pump, true);
+    }
+}
+
+void HttpServer::pump_pull(Pump& pump, bool timed_out) {
+    pump.piece.clear();
+    auto step = BodyPump::Step::aborted;
+    try {
+        step = timed_out ? pump.body->on_timeout(pump.piece) : pump.body->pull(pump.piece);
+    } catch (const std::exception&) {
+        // As for a handler that throws mid-body: the client sees a truncated response.
+    }
+    pump.encoder.encode(pump.piece, pump.pending);
+    if (timed_out && step == BodyPump::Step::more && pump.body->deadline() <= Clock::now()) {
+        step = BodyPump::Step::aborted;  // "wait more" with no later deadline would spin
+    }
+    if (pump.piece.capacity() > 64 * 1024) {
+        std::string().swap(pump.piece);  // a huge piece is not kept for the whole stream
+    }
+    if (step == BodyPump::Step::more) {
+        return;
+    }
+    // The source is done: unwatched at once, while its descriptor is still open (it closes
+    // with the pump), so that the removal cannot hit a reused descriptor number.
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, pump.source_fd, nullptr);
+    pump.source_registered = false;
+    pump.source_events = 0;
+    if (step == BodyPump::Step::finished && !pump.encoder.end(pump.pending)) {
+        step = BodyPump::Step::aborted;  // short of its Content-Length: only a cut is honest
+    }
+    pump.end = step;
+}
+
+bool HttpServer::pump_flush(Pump& pump) {
+    std::size_t sent = 0;
+    while (sent < pump.pending.size()) {
+        const auto rc = ::send(pump.client_fd, pump.pending.data() + sent,
+                               pump.pending.size() - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (rc > 0) {
+            sent += static_cast<std::size_t>(rc);
+        } else if (rc < 0 && errno == EINTR) {
+            continue;
+        } else if (rc < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            break;
+        } else {
+            return false;
+        }
+    }
+    pump.pending.erase(0, sent);
+    if (pump.pending.empty()) {
+        pump.write_deadline = TimePoint::max();
+    } else if (sent > 0 || pump.write_deadline == TimePoint::max()) {
+        pump.write_deadline = Clock::now() + options_.write_timeout;
+    }
+    return true;
+}
+
+bool HttpServer::pump_rearm(Pump& pump, PumpWake wake) {
+    const bool polling =
+        pump.end == BodyPump::Step::more && pump.pending.size() < options_.pump_buffer_bytes;
+    if (pump.source_registered) {
+        const std::uint32_t want = polling ? std::uint32_t{EPOLLIN} : 0u;
+        if (wake == PumpWake::source ? want != 0 : want != pump.source_events) {
+            epoll_control(epoll_.get(), EPOLL_CTL_MOD, pump.source_fd, want | EPOLLONESHOT,
+                          pump.id | kSourceTag);
+        }
+        pump.source_events = want;
+    }
+    const bool paused = pump.end == BodyPump::Step::more && !polling;
+    if (paused != pump.paused) {
+        pump.paused = paused;
+        paused ? ++paused_pumps_ : --paused_pumps_;
+    }
+    // Hang-up is watched all along, so that a client leaving a silent stream is seen at once;
+    // input (a pipelined request) is left in the socket for after the body.
+    const std::uint32_t client = EPOLLRDHUP | (pump.pending.empty() ? 0u : std::uint32_t{EPOLLOUT});
+    if (wake == PumpWake::client || client != pump.client_events) {
+        auto& conn = *pump.conn;
+        if (!epoll_control(epoll_.get(), conn.registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD,
+                           pump.client_fd, client | EPOLLONESHOT, pump.id)) {
+            return false;
+        }
+        conn.registered = true;
+        pump.client_events = client;
+    }
+    auto deadline = polling ? pump.body->deadline() : TimePoint::max();
+    if (!pump.pending.empty()) {
+        deadline = std::min(deadline, pump.write_deadline);
+    }
+    std::lock_guard lock(mutex_);
+    if (pump.has_deadline) {
+        if (pump.deadline_entry->first == deadline) {
+            return true;
+        }
+        pump_deadlines_.erase(pump.deadline_entry);
+        pump.has_deadline = false;
+    }
+    if (deadline != TimePoint::max()) {
+        pump.deadline_entry = pump_deadlines_.emplace(deadline, pump.id);
+        pump.has_deadline = true;
+        if (deadline < timer_at_) {
+            arm_timer_locked();
+        }
+    }
+    return true;
+}
+
+void HttpServer::end_pump(Pump& pump, bool client_gone) {
+    pump.ended = true;
+    if (client_gone) {
+        try {
+            pump.body->on_client_gone();
+        } catch (const std::exception&) {
+            // Nothing to tell anyone: the pump is being dropped either way.
+        }
+    }
+    if (pump.source_registered) {
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, pump.source_fd, nullptr);
+        pump.source_registered = false;
+    }
+    pump.body.reset();  // closes the source: for the relay, the worker connection
+    {
+        std::lock_guard lock(mutex_);
+        pumps_.erase(pump.id);
+        if (pump.has_deadline) {
+            pump_deadlines_.erase(pump.deadline_entry);
+            pump.has_deadline = false;
+        }
+    }
+    if (pump.paused) {
+        pump.paused = false;
+        --paused_pumps_;
+    }
+    --pump_count_;
+    auto conn = std::move(pump.conn);
+    const bool reusable = !client_gone && pump.end == BodyPump::Step::finished &&
+                          !pump.close_after && accepting_ && !aborted_;
+    request_done();
+    if (reusable) {
+        // As after any response: the next request is served when it comes, by whichever
+        // thread wakes for it.
+        conn->idle_deadline = Clock::now() + options_.keep_alive_timeout;
+        if (park(conn)) {
+            return;
+        }
+    }
+    close_connection(std::move(conn), false);
+}
+
+void HttpServer::end_all_pumps() {
+    std::vector<PumpPtr> all;
+    {
+        std::lock_guard lock(mutex_);
+        for (const auto& [id, pump] : pumps_) {
+            all.push_back(pump);
+        }
+    }
+    for (const auto& pump : all) {
+        std::lock_guard step(pump->mutex);
+        if (!pump->ended) {
+            end_pump(*pump, true);
+        }
+    }
+}
+
+void HttpServer::request_done() {
+    if (--active_requests_ == 0) {
+        // drain() tests the count under the lock: taking it here means drain() either
+        // sees zero or already waits for this notification.
+        { const std::lock_guard lock(mutex_); }
+        idle_cv_.notify_all();
+    }
 }
 
 void HttpServer::stop_accepting() {
@@ -727,6 +1089,8 @@ void HttpServer::stop() {
             t.join();
         }
     }
+    // No thread is left to take the hard wake-up: pumps still running end here.
+    end_all_pumps();
     std::vector<ConnectionPtr> idle;
     {
         std::lock_guard lock(mutex_);

@@ -41,6 +41,20 @@ struct HttpServerOptions {
     // A thread idle this long exits, unless it would leave fewer than `spare_threads` idle.
     milliseconds idle_thread_timeout{10'000};
     std::size_t spare_threads = 4;
+    // Bytes of a handed-off body (BodyPump) the client has not taken yet, over which its source
+    // is no longer read: a slow reader cannot make the server buffer a whole generation.
+    std::size_t pump_buffer_bytes = 64 * 1024;
+};
+
+// How a response body goes on the wire: chunks, a Content-Length's worth (bytes beyond it are
+// dropped), or plain bytes ended by the close (HTTP/1.0).
+struct BodyEncoder {
+    bool chunked = false;
+    std::optional<std::size_t> length_left;
+    void encode(std::string_view data, std::string& out);
+    // Appends the end of the body (the last chunk). False when the body is short of its
+    // Content-Length: only closing the connection is honest then.
+    bool end(std::string& out) const;
 };
 
 // One request on one connection, handed to the handler. The handler answers either with
@@ -57,6 +71,8 @@ class HttpExchange final : public Exchange {
     bool begin(int status, Headers headers, std::optional<std::size_t> content_length) override;
     bool write(std::string_view data) override;
     bool finish() override;
+    // The server takes the pump once the handler returns (see BodyPump).
+    bool hand_off(std::unique_ptr<BodyPump> pump) override;
     // The connection is closed after it, so the client sees a truncated response.
     void abort() override { broken_ = true; }
     // Raw bytes on the wire, for test doubles that must misbehave on purpose.
@@ -90,12 +106,12 @@ class HttpExchange final : public Exchange {
     HttpRequest request_;
     bool head_sent_ = false;
     int status_ = 0;
-    bool chunked_ = false;
     bool finished_ = false;
     bool broken_ = false;
     bool close_after_ = false;
-    std::optional<std::size_t> length_left_;
+    BodyEncoder encoder_;
     std::string pending_head_;
+    std::unique_ptr<BodyPump> pump_;
 };
 
 using HttpHandler = std::function<void(HttpExchange&)>;
@@ -109,6 +125,12 @@ using HttpHandler = std::function<void(HttpExchange&)>;
 // no hand-off between threads. Every thread is owned by the server and joined by stop() (idle
 // ones that retire are joined by another thread). Lifecycle: start() once, then optionally
 // stop_accepting() and drain(), then stop(); the destructor calls stop().
+//
+// A handler may hand the rest of a streamed body to the server (Exchange::hand_off): the
+// connection then holds no thread either. Its pump's source and the client socket wait in the
+// same epoll set, a woken thread takes one non-blocking step (pull, encode, write) and goes
+// back to waiting, and a client slower than the source pauses the source (see Pump in the
+// .cpp). A pump counts as an active request until its body has ended.
 class HttpServer {
   public:
     HttpServer(HttpServerOptions options, HttpHandler handler);
@@ -134,7 +156,12 @@ class HttpServer {
     std::size_t open_connections() const { return open_connections_.load(); }
     // Connections refused at accept time: over max_connections, or out of descriptors.
     std::uint64_t refused_connections() const { return refused_connections_.load(); }
+    // Requests being served, pumped bodies included.
     std::size_t active_requests() const { return active_requests_.load(); }
+    // Pumped bodies in flight, and those of them whose source is paused because their client
+    // has not taken the bytes already pulled.
+    std::size_t pumps() const { return pump_count_.load(); }
+    std::size_t paused_pumps() const { return paused_pumps_.load(); }
     // Threads alive now, and threads ever started: what connections cost.
     std::size_t thread_count() const;
     std::uint64_t threads_started() const { return threads_started_.load(); }
@@ -142,10 +169,13 @@ class HttpServer {
   private:
     struct Connection;  // one client connection: socket, unread bytes, idle deadline
     using ConnectionPtr = std::unique_ptr<Connection>;
+    struct Pump;  // a handed-off body: the pump, its connection, bytes the client has not taken
+    using PumpPtr = std::shared_ptr<Pump>;
+    enum class PumpWake { source, client, timer };
 
     void thread_main(std::uint64_t self);
     void spawn_thread_locked();
-    ConnectionPtr on_event(std::uint64_t key);
+    ConnectionPtr on_event(std::uint64_t key, std::uint32_t events);
     ConnectionPtr accept_one();
     void on_stop_accepting();
     void on_timer();
@@ -160,6 +190,16 @@ class HttpServer {
     // A 503 to a connection the server will not serve, and the count of them.
     void refuse(int fd, std::string_view message);
     void shed_pending_connection();
+    void request_done();
+    void start_pump(ConnectionPtr conn, HttpExchange& exchange);
+    void on_pump_event(std::uint64_t key, std::uint32_t events);
+    // Called with the pump's mutex held and the pump not ended.
+    void pump_step(Pump& pump, PumpWake wake, std::uint32_t events);
+    void pump_pull(Pump& pump, bool timed_out);
+    bool pump_flush(Pump& pump);
+    bool pump_rearm(Pump& pump, PumpWake wake);
+    void end_pump(Pump& pump, bool client_gone);
+    void end_all_pumps();
 
     HttpServerOptions options_;
     HttpHandler handler_;
@@ -178,11 +218,13 @@ class HttpServer {
     std::condition_variable idle_cv_;  // drain(): active_requests_ reached 0
     // Guarded by mutex_:
     std::map<std::uint64_t, std::thread> threads_;
-    std::vector<std::thread> retired_;                   // exited idle threads, to be joined
-    std::map<std::uint64_t, ConnectionPtr> parked_;      // idle, armed in epoll
-    std::multimap<TimePoint, std::uint64_t> deadlines_;  // of parked connections
-    TimePoint timer_at_ = TimePoint::max();              // what timer_ is set to
-    std::size_t waiting_threads_ = 0;                    // in (or entering) epoll_wait
+    std::vector<std::thread> retired_;                        // exited idle threads, to be joined
+    std::map<std::uint64_t, ConnectionPtr> parked_;           // idle, armed in epoll
+    std::multimap<TimePoint, std::uint64_t> deadlines_;       // of parked connections
+    std::map<std::uint64_t, PumpPtr> pumps_;                  // by their connection's id
+    std::multimap<TimePoint, std::uint64_t> pump_deadlines_;  // source stall or client write
+    TimePoint timer_at_ = TimePoint::max();                   // what timer_ is set to
+    std::size_t waiting_threads_ = 0;                         // in (or entering) epoll_wait
     std::uint64_t next_thread_id_ = 0;
     bool stopping_ = false;
     bool stopped_ = false;
@@ -191,6 +233,8 @@ class HttpServer {
     std::atomic<std::size_t> open_connections_{0};
     std::atomic<std::uint64_t> refused_connections_{0};
     std::atomic<std::size_t> active_requests_{0};
+    std::atomic<std::size_t> pump_count_{0};
+    std::atomic<std::size_t> paused_pumps_{0};
     std::atomic<std::uint64_t> threads_started_{0};
     std::atomic<bool> accepting_{false};
     std::atomic<bool> aborted_{false};
