@@ -168,6 +168,11 @@ IoStatus HttpClientConnection::read_body(std::string& out, bool& done, TimePoint
     return IoStatus::ok;
 }
 
+IoStatus HttpClientConnection::read_body_now(std::string& out, bool& done, std::string& error) {
+    drained_ = false;  // try the socket before waiting, and with this deadline do not wait
+    return read_body(out, done, Clock::now(), error);
+}
+
 bool HttpClientConnection::stale() const {
     return !fd_.valid() || peer_closed(fd_.get());
 }

@@ -37,6 +37,10 @@ class HttpClientConnection {
     IoStatus read_body(std::string& out, bool& done, TimePoint deadline, std::string& error,
                        const IoWatch& watch = {});
 
+    // read_body() without waiting, for a socket the caller knows to be readable (an event
+    // loop): IoStatus::timeout when no further piece can be decoded from what has arrived.
+    IoStatus read_body_now(std::string& out, bool& done, std::string& error);
+
     // True when the last response was read completely and both sides allow keep-alive.
     bool reusable() const { return reusable_; }
     // An idle pooled connection the server closed (or sent garbage on) must not be reused.

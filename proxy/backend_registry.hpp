@@ -67,6 +67,7 @@ class Lease {
     ~Lease();
 
     Backend& backend() const { return *backend_; }
+    const std::shared_ptr<Backend>& shared_backend() const { return backend_; }
 
   private:
     BackendRegistry* registry_;

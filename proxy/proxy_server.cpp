@@ -118,9 +118,23 @@ void ProxyServer::handle(Exchange& exchange) {
         outcome.status = 400;
     } else {
         path = target.substr(0, target.find('?'));
-        serve(exchange, path, target, request_id, outcome);
+        auto record_later = std::make_shared<RequestRecord>(
+            RequestRecord{path, request.method, request_id, started});
+        const OutcomeSink sink = [this, record_later](const RelayOutcome& final_outcome) {
+            record(*record_later, final_outcome);
+        };
+        serve(exchange, path, target, request_id, outcome, sink);
+        if (outcome.handed_off) {
+            return;  // the sink records it when its body ends
+        }
     }
-    const auto seconds = to_seconds(Clock::now() - started);
+    record({path, request.method, request_id, started}, outcome);
+}
+
+void ProxyServer::record(const RequestRecord& request, const RelayOutcome& outcome) {
+    const auto& path = request.path;
+    const auto& request_id = request.request_id;
+    const auto seconds = to_seconds(Clock::now() - request.started);
     const auto route = route_label(path);
     // A client that left got no status; 499 is the conventional label for that.
     const int status = outcome.client_gone ? 499 : outcome.status;
@@ -165,7 +179,8 @@ void ProxyServer::handle(Exchange& exchange) {
 }
 
 void ProxyServer::serve(Exchange& exchange, const std::string& path, const std::string& target,
-                        const std::string& request_id, RelayOutcome& outcome) {
+                        const std::string& request_id, RelayOutcome& outcome,
+                        const OutcomeSink& sink) {
     const auto& request = exchange.request();
     if (path == "/metrics") {
         // Its own key when one is set; a scraper should not need a client key.
@@ -237,7 +252,7 @@ void ProxyServer::serve(Exchange& exchange, const std::string& path, const std::
         outcome.group = group.metrics_label();
         return;
     }
-    outcome = reuse_.forward(exchange, target, request_id, group.relay());
+    outcome = reuse_.forward(exchange, target, request_id, group.relay(), sink);
     outcome.group = group.metrics_label();
 }
 

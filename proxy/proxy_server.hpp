@@ -45,8 +45,17 @@ class ProxyServer {
 
   private:
     void handle(Exchange& exchange);
+    // What the access log and the request metrics need of a request, kept by value: a streamed
+    // body handed to the event loop ends after its handler returned.
+    struct RequestRecord {
+        std::string path;
+        std::string method;
+        std::string request_id;
+        TimePoint started;
+    };
     void serve(Exchange& exchange, const std::string& path, const std::string& target,
-               const std::string& request_id, RelayOutcome& outcome);
+               const std::string& request_id, RelayOutcome& outcome, const OutcomeSink& sink);
+    void record(const RequestRecord& request, const RelayOutcome& outcome);
 
     const PoolConfig& config_;
     GroupSet& groups_;

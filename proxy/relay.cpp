@@ -8,6 +8,7 @@
 #include "common/error_body.hpp"
 #include "common/http_client.hpp"
 #include "proxy/affinity.hpp"
+#include "proxy/relay_pump.hpp"
 #include "proxy/reply_body.hpp"
 #include "proxy/slot_use.hpp"
 #include "proxy/sse_framer.hpp"
@@ -166,7 +167,7 @@ struct KeptReply {
 class Relay::Run {
   public:
     Run(Relay& relay, Exchange& exchange, const std::string& target, const std::string& request_id,
-        const std::set<std::string>& avoid)
+        const std::set<std::string>& avoid, const OutcomeSink& sink)
         : relay_(relay),
           exchange_(exchange),
           request_(exchange.request()),
@@ -175,8 +176,10 @@ class Relay::Run {
           tenant_(relay.tenants_.identify(request_.headers, exchange.remote_address())),
           light_(slot_use(request_.method, std::string_view(target).substr(0, target.find('?'))) ==
                  SlotUse::light),
+          sink_(sink),
           tried_(avoid) {
         outcome_.tenant = tenant_.label;
+        outcome_.group = relay.group_;
     }
     ~Run() {
         if (second_opinion_for_) {
@@ -198,6 +201,7 @@ class Relay::Run {
     AttemptReport report_for(const Attempt& at, std::optional<bool>& body_is_json) const;
     void account(const Decision& d, Backend& backend, Attempt& at);
     RelayOutcome commit(const Decision& d, Lease lease, Attempt at);
+    bool hand_off(const std::shared_ptr<ReplyBody>& body);
     enum class Wait { waited, client_gone, woken };
     Wait back_off(Duration delay);
     RelayOutcome answer();
@@ -211,6 +215,7 @@ class Relay::Run {
     const std::string& request_id_;
     const TenantTicket tenant_;
     const bool light_;  // takes no generation slot: waits only for a connection (slot_use.hpp)
+    const OutcomeSink& sink_;  // set: the body may be handed to the server's event loop
     RelayOutcome outcome_;
     std::unique_ptr<RelayPlan> plan_;
     std::set<std::string> tried_;
@@ -220,8 +225,9 @@ class Relay::Run {
 };
 
 RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
-                            const std::string& request_id, const std::set<std::string>& avoid) {
-    Run run(*this, exchange, target, request_id, avoid);
+                            const std::string& request_id, const std::set<std::string>& avoid,
+                            const OutcomeSink& sink) {
+    Run run(*this, exchange, target, request_id, avoid, sink);
     return run.run();
 }
 
@@ -509,24 +515,44 @@ RelayOutcome Relay::Run::commit(const Decision& d, Lease lease, Attempt at) {
         length = at.bytes.size();  // a stream stays chunked, as the worker sent it
     }
     const auto head = client_response_headers(at.head.headers, request_id_);
-    ReplyBody body(relay_,
-                   ReplyBody::Start{std::move(lease), std::move(at.conn), at.events,
-                                    at.event_stream, std::move(at.framer), d.blame, d.outcome,
-                                    plan_->deadlines().total, request_id_},
-                   std::move(outcome_));
+    auto body = std::make_shared<ReplyBody>(
+        relay_,
+        ReplyBody::Start{std::move(lease), std::move(at.conn), at.events, at.event_stream,
+                         std::move(at.framer), d.blame, d.outcome, plan_->deadlines().total,
+                         request_id_},
+        std::move(outcome_));
     std::string first;
-    body.on_piece(at.bytes, at.done, first, true);  // a whole body frees the worker at once
+    body->on_piece(at.bytes, at.done, first, true);  // a whole body frees the worker at once
     if (!exchange_.begin(at.head.status, head, length)) {
-        body.client_gone();
-        return body.outcome();
+        body->client_gone();
+        return body->outcome();
     }
-    body.outcome().first_byte_seconds = to_seconds(now() - plan_->deadlines().started);
+    body->outcome().first_byte_seconds = to_seconds(now() - plan_->deadlines().started);
     if (!first.empty() && !exchange_.write(first)) {
-        body.client_gone();
+        body->client_gone();
         exchange_.abort();
-        return body.outcome();
+        return body->outcome();
     }
-    return relay_body_blocking(exchange_, body);
+    if (!body->released() && sink_ && hand_off(body)) {
+        RelayOutcome pending = body->outcome();
+        pending.handed_off = true;
+        return pending;
+    }
+    return relay_body_blocking(exchange_, *body);
+}
+
+// Hands the rest of a streamed body to the server's event loop, so that no thread waits for
+// the worker between two tokens. False when the exchange cannot take it (an in-process one).
+bool Relay::Run::hand_off(const std::shared_ptr<ReplyBody>& body) {
+    body->keep_connection();  // the event loop watches its fd until the pump is gone
+    auto pump = std::make_unique<RelayPump>(body, sink_);
+    auto* const taken = pump.get();
+    if (!exchange_.hand_off(std::move(pump))) {
+        return false;  // the refused pump is gone without a word; the body is still ours
+    }
+    // Safe: the server calls the pump only after this handler has returned.
+    taken->taken(std::move(plan_));
+    return true;
 }
 
 // Waits `delay` before the next attempt, or until the client leaves or the server stops.

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <functional>
 #include <set>
 #include <string>
 
@@ -34,7 +35,13 @@ struct RelayOutcome {
     long long tokens_predicted = 0;  // generated tokens the reply reported (usage, timings)
     std::string cache;               // hit, miss, bypass; empty when the response cache had no say
     std::string idempotency;         // executed, attached, replayed, conflict; empty without a key
+    // The body went on in the server's event loop: this outcome is not the final one, which
+    // goes to the OutcomeSink when the body ends.
+    bool handed_off = false;
 };
+
+// Receives the final outcome of a request whose body was handed to the server's event loop.
+using OutcomeSink = std::function<void(const RelayOutcome&)>;
 
 // Forwards one client request to a worker and the worker's response back, faithfully:
 // status, end-to-end headers and body bytes as they come (SSE events pass one by one).
@@ -51,8 +58,11 @@ class Relay {
 
     // `avoid`: workers to use only when no other one has a free slot (a caller retrying
     // work that failed there).
+    // `sink`: when set, a streamed body may go on without this thread (Exchange::hand_off); the
+    // returned outcome then says handed_off, and `sink` gets the final one.
     RelayOutcome forward(Exchange& exchange, const std::string& target,
-                         const std::string& request_id, const std::set<std::string>& avoid = {});
+                         const std::string& request_id, const std::set<std::string>& avoid = {},
+                         const OutcomeSink& sink = {});
 
     const ServiceRate& service_rate() const { return service_rate_; }
     const std::string& group() const { return group_; }
@@ -61,6 +71,7 @@ class Relay {
     class Run;  // one forward(): proxy/relay.cpp
     friend class Run;
     friend class ReplyBody;
+    friend class RelayPump;
 
     std::uint64_t affinity_key_for(const HttpRequest& request) const;
 

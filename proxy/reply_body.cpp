@@ -7,7 +7,8 @@ namespace llama_pool {
 ReplyBody::ReplyBody(Relay& relay, Start start, RelayOutcome outcome)
     : relay_(relay),
       lease_(std::move(start.lease)),
-      worker_(lease_->backend().id),
+      backend_(lease_->shared_backend()),
+      worker_(backend_->id),
       conn_(std::move(start.conn)),
       events_(start.events),
       event_stream_(start.event_stream),
@@ -22,12 +23,14 @@ ReplyBody::~ReplyBody() {
     if (!reported_) {
         relay_.registry_.report_abandoned(worker_);
     }
+    if (released()) {
+        backend_->pool.give_back(std::move(conn_));  // only if the worker's reply was whole
+    }
 }
 
 void ReplyBody::on_piece(std::string_view piece, bool done, std::string& out, bool prefetched) {
     if (!prefetched) {
-        // Before release_worker(): the backend is the lease's.
-        lease_->backend().received.fetch_add(piece.size(), std::memory_order_relaxed);
+        backend_->received.fetch_add(piece.size(), std::memory_order_relaxed);
     }
     const auto before = out.size();
     if (events_ && !prefetched) {
@@ -52,7 +55,9 @@ void ReplyBody::release_worker() {
     reported_ = true;
     relay_.registry_.report(worker_, blame_ != Blame::worker_fault);
     relay_.metrics_.upstream(relay_.group_, worker_, to_string(ok_outcome_));
-    lease_->backend().pool.give_back(std::move(conn_));
+    if (!keep_connection_) {
+        backend_->pool.give_back(std::move(conn_));
+    }
     lease_.reset();
 }
 

@@ -54,6 +54,10 @@ class ReplyBody {
     std::optional<std::string> broken(IoStatus io, const std::string& error);
     void client_gone() { outcome_.client_gone = true; }
 
+    // For an event loop that watches the connection's fd: the connection is handed back to the
+    // worker's pool when this is destroyed, not as soon as the body is complete.
+    void keep_connection() { keep_connection_ = true; }
+
     HttpClientConnection& connection() { return conn_; }
     bool released() const { return !lease_; }
     RelayOutcome& outcome() { return outcome_; }
@@ -63,6 +67,7 @@ class ReplyBody {
 
     Relay& relay_;
     std::optional<Lease> lease_;
+    std::shared_ptr<Backend> backend_;  // outlives the lease: the connection goes back to it
     std::string worker_;
     HttpClientConnection conn_;
     bool events_;
@@ -74,6 +79,7 @@ class ReplyBody {
     std::string request_id_;
     UsageScanner usage_;
     bool reported_ = false;
+    bool keep_connection_ = false;
     RelayOutcome outcome_;
 };
 

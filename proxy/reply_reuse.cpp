@@ -106,11 +106,12 @@ ReuseSnapshot ReplyReuse::snapshot() {
 }
 
 RelayOutcome ReplyReuse::forward(Exchange& exchange, const std::string& target,
-                                 const std::string& request_id, Relay& relay) {
+                                 const std::string& request_id, Relay& relay,
+                                 const OutcomeSink& sink) {
     const auto& request = exchange.request();
     const bool keyed = coalescer_ && request.headers.has("Idempotency-Key");
     if (!cache_ && !keyed) {
-        return relay.forward(exchange, target, request_id);
+        return relay.forward(exchange, target, request_id, {}, sink);
     }
     const auto traits = read_request_traits(request, target);
     if (keyed && traits.coalescable()) {
@@ -119,7 +120,7 @@ RelayOutcome ReplyReuse::forward(Exchange& exchange, const std::string& target,
     if (cache_ && traits.cacheable()) {
         return serve_fresh(exchange, target, request_id, traits, false, {}, relay);
     }
-    return relay.forward(exchange, target, request_id);
+    return relay.forward(exchange, target, request_id, {}, sink);
 }
 
 RelayOutcome ReplyReuse::coalesce(Exchange& exchange, const std::string& target,

@@ -31,8 +31,10 @@ class ReplyReuse {
 
     // `relay`: the relay of the group that serves the request; cache and Idempotency-Key
     // entries are the group's own, so one group's reply never answers another's request.
+    // `sink`: see Relay::forward; only a request that neither cache nor key touches can be
+    // handed to the event loop (the others are recorded as they pass).
     RelayOutcome forward(Exchange& exchange, const std::string& target,
-                         const std::string& request_id, Relay& relay);
+                         const std::string& request_id, Relay& relay, const OutcomeSink& sink = {});
 
     ReuseSnapshot snapshot();
 
