@@ -174,6 +174,9 @@ HttpHandler make_handler(Sources& sources, bool pump) {
 }
 
 int parse(int argc, char** argv, Options& o) {
+    if (argc % 2 == 0) {
+        return 1;  // options come in pairs (--help included)
+    }
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string key = argv[i];
         const std::string value = argv[i + 1];
