@@ -39,6 +39,7 @@ struct HttpServerOptions {
     // and a connection idle longer than this holds no thread.
     milliseconds keep_alive_linger{5};
     // A thread idle this long exits, unless it would leave fewer than `spare_threads` idle.
+    // Taking only pump steps (BodyPump), which last microseconds, counts as idle.
     milliseconds idle_thread_timeout{10'000};
     std::size_t spare_threads = 4;
     // Bytes of a handed-off body (BodyPump) the client has not taken yet, over which its source
@@ -192,7 +193,6 @@ class HttpServer {
     void shed_pending_connection();
     void request_done();
     void start_pump(ConnectionPtr conn, HttpExchange& exchange);
-    void on_pump_event(std::uint64_t key, std::uint32_t events);
     // Called with the pump's mutex held and the pump not ended.
     void pump_step(Pump& pump, PumpWake wake, std::uint32_t events);
     void pump_pull(Pump& pump, bool timed_out);

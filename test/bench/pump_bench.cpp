@@ -5,8 +5,8 @@
 // The clients run in a forked process, single-threaded on epoll, so their cost is not counted.
 // The sources are socketpairs written by this process, standing in for worker connections.
 //
-//   build/pump-bench --mode pump --streams 1000 --rate 5 --seconds 20
-//   build/pump-bench --mode blocking --streams 1000 --rate 5 --seconds 20
+//   build/test/pump-bench --mode pump --streams 1000 --rate 5 --seconds 20
+//   build/test/pump-bench --mode blocking --streams 1000 --rate 5 --seconds 20
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/epoll.h>
@@ -174,6 +174,9 @@ HttpHandler make_handler(Sources& sources, bool pump) {
 }
 
 int parse(int argc, char** argv, Options& o) {
+    if (argc % 2 == 0) {
+        return 1;  // options come in pairs (--help included)
+    }
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string key = argv[i];
         const std::string value = argv[i + 1];
