@@ -63,8 +63,13 @@ IoStatus HttpClientConnection::read_head(HttpResponseHead& head, bool request_wa
         }
         if (parsed.status == ParseStatus::complete) {
             buffer_.erase(0, parsed.consumed);
-            if (head.status == 100) {
-                continue;  // interim response; the real one follows
+            const auto kind = response_kind(head.status);
+            if (kind == ResponseKind::interim) {
+                continue;  // 100, 102, 103...: the final response follows
+            }
+            if (kind == ResponseKind::unrequested_switch) {
+                error = "upstream: 101 Switching Protocols, never asked for";
+                return IoStatus::error;
             }
             break;
         }
@@ -86,6 +91,12 @@ IoStatus HttpClientConnection::read_head(HttpResponseHead& head, bool request_wa
     keep_alive_ = head.version_minor >= 1
                       ? !(connection && header_has_token(*connection, "close"))
                       : (connection && header_has_token(*connection, "keep-alive"));
+    // Content-Length beside chunked coding (RFC 9112 §6.3) is read as chunked and the length
+    // dropped, but such a reply may be a response-splitting attempt: the connection is not
+    // reused, so nothing a differently-framing reader would see as a next reply is read.
+    if (framing_.kind == BodyFraming::Kind::chunked && head.headers.has("Content-Length")) {
+        keep_alive_ = false;
+    }
     body_done_ = framing_.kind == BodyFraming::Kind::none;
     reusable_ = body_done_ && keep_alive_;
     return IoStatus::ok;

@@ -495,6 +495,13 @@ FramingResult framing_from_headers(const Headers& headers, bool is_request) {
 
 }  // namespace
 
+ResponseKind response_kind(int status) {
+    if (status == 101) {
+        return ResponseKind::unrequested_switch;
+    }
+    return status >= 100 && status < 200 ? ResponseKind::interim : ResponseKind::final_response;
+}
+
 FramingResult request_framing(const HttpRequest& request) {
     // HTTP/1.0 has no transfer codings: such a message's framing is faulty, Content-Length
     // or not (RFC 9112 §6.1, a MUST), so it is refused and the connection closed.

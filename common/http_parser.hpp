@@ -35,6 +35,13 @@ ParseResult parse_request_head(std::string_view buffer, const HeadLimits& limits
 ParseResult parse_response_head(std::string_view buffer, const HeadLimits& limits,
                                 HttpResponseHead& out);
 
+// What a client makes of a response head by its status (RFC 9110 §15.2): any 1xx is interim,
+// asked for or not, and is read past to the final response; 101 would switch the connection
+// to another protocol, which the pool never asks a worker for (it forwards no Upgrade), so it
+// ends the exchange as a broken reply.
+enum class ResponseKind { final_response, interim, unrequested_switch };
+ResponseKind response_kind(int status);
+
 struct BodyFraming {
     enum class Kind { none, length, chunked, until_close };
     Kind kind = Kind::none;

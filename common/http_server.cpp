@@ -95,7 +95,11 @@ bool HttpExchange::begin(int status, Headers headers, std::optional<std::size_t>
     headers.remove("Transfer-Encoding");
     headers.remove("Connection");
     const bool bodiless = request_.method == "HEAD" || status == 204 || status == 304;
-    if (content_length) {
+    // RFC 9110 §8.6 and RFC 9112 §6.1: a 1xx or 204 carries neither Content-Length nor
+    // Transfer-Encoding; its end is known without them, so the connection stays usable.
+    if (status == 204 || (status >= 100 && status < 200)) {
+        length_left_ = 0;
+    } else if (content_length) {
         headers.add("Content-Length", std::to_string(*content_length));
         encoder_.length_left = bodiless ? 0 : *content_length;
     } else if (request_.version_minor >= 1 && !bodiless) {

@@ -48,9 +48,10 @@ struct Options {
     // (an invalid status line), "PORT truncate [N]" (a reply cut off inside its JSON; a
     // stream after N whole events), "PORT stall N" (streams stop after N events until the
     // client leaves), "PORT hold" (completions keep their slot and wait, until the line
-    // changes: a gate that orders events in tests without sleeps) or "PORT ok". Lets a test break
-    // one worker of a pool whose workers all get the same arguments, or toggle faults on a running
-    // upstream.
+    // changes: a gate that orders events in tests without sleeps), "PORT interim CODE" (an
+    // interim CODE response, then an oddly framed 200; a 101 ends there) or "PORT ok". Lets a test
+    // break one worker of a pool whose workers all get the same arguments, or toggle faults on a
+    // running upstream.
     std::string fault_file;
     // Non-stream replies carry the bracketed tags of the prompt ("[s12]") instead of tokens,
     // so a test can see which parts of a document reached a summary, and in what order.
@@ -68,9 +69,9 @@ struct Options {
 
 // A fault to act out on the next completion.
 struct Fault {
-    enum class Kind { none, fail, garbage, truncate, stall, hold };
+    enum class Kind { none, fail, garbage, truncate, stall, hold, interim };
     Kind kind = Kind::none;
-    int value = 0;  // the status for fail, the events before stalling for stall
+    int value = 0;  // the status for fail and interim, the events before stalling for stall
 };
 
 std::string bracketed_tags(const std::string& text) {
@@ -281,6 +282,8 @@ class FakeServer {
                 fault.kind = Fault::Kind::stall;
             } else if (what == "hold") {
                 fault.kind = Fault::Kind::hold;
+            } else if (what == "interim" && fields >> fault.value) {
+                fault.kind = Fault::Kind::interim;
             }
             return fault;
         }
@@ -301,9 +304,13 @@ class FakeServer {
             hex += kDigits[static_cast<unsigned char>(c) >> 4];
             hex += kDigits[static_cast<unsigned char>(c) & 15];
         }
-        const json line = {{"method", req.method},   {"target", req.target},
-                           {"headers", headers},     {"body_length", req.body.size()},
-                           {"body_hex_prefix", hex}, {"port", opt_.port}};
+        const json line = {{"method", req.method},
+                           {"target", req.target},
+                           {"version_minor", req.version_minor},
+                           {"headers", headers},
+                           {"body_length", req.body.size()},
+                           {"body_hex_prefix", hex},
+                           {"port", opt_.port}};
         std::lock_guard lock(log_mutex_);
         std::ofstream(opt_.log_requests, std::ios::app)
             << line.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
@@ -336,6 +343,29 @@ class FakeServer {
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
                 "Content-Length: 200\r\n\r\n{\"content\":\" tok0 to");
         }
+        ex.close_after_response();
+        ex.abort();
+    }
+
+    // An interim response with status `code` first (RFC 9110 §15.2: a client must read past any
+    // 1xx), then, unless it was a 101, a final reply that is well framed but odd in the ways
+    // a relay must clean up: hop-by-hop fields, one named by Connection, and a Content-Length
+    // beside chunked coding (RFC 9112 §6.3: the length is to be dropped, the chunks read).
+    static void interim_then_odd_reply(HttpExchange& ex, int code) {
+        std::string raw = fmt::format("HTTP/1.1 {} Interim\r\nLink: </x>; rel=preload\r\n", code);
+        if (code == 101) {
+            ex.write_raw(raw + "Connection: Upgrade\r\nUpgrade: h2c\r\n\r\n");
+            ex.close_after_response();
+            ex.abort();
+            return;
+        }
+        const std::string body = R"({"content":" interim-ok","stop":true,"tokens_predicted":1})";
+        raw += fmt::format(
+            "\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
+            "Connection: X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n"
+            "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+            body.size(), body);
+        ex.write_raw(raw);
         ex.close_after_response();
         ex.abort();
     }
@@ -496,6 +526,8 @@ class FakeServer {
                 return garbage(ex);
             case Fault::Kind::truncate:
                 return truncated(ex, stream, fault.value);
+            case Fault::Kind::interim:
+                return interim_then_odd_reply(ex, fault.value);
             case Fault::Kind::stall:
             case Fault::Kind::hold:
             case Fault::Kind::none:

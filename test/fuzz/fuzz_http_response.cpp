@@ -1,6 +1,6 @@
 // What the upstream client does with a worker's bytes (HttpClientConnection, without the
-// socket): the response head, interim 100 responses, the body framing and a chunked body.
-// Workers are local, but a crashed or foreign process on a worker's port can send anything.
+// socket): the response head, interim 1xx responses (a 101 refused), the body framing and a chunked
+// body. Workers are local, but a crashed or foreign process on a worker's port can send anything.
 
 #include <cstdint>
 #include <string>
@@ -67,7 +67,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             FUZZ_CHECK(value.find_first_of("\r\n") == std::string::npos);
         }
         buffer.remove_prefix(r.consumed);
-        if (head.status != 100) {
+        const auto kind = response_kind(head.status);
+        FUZZ_CHECK((kind == ResponseKind::interim) == (head.status < 200 && head.status != 101));
+        if (kind == ResponseKind::unrequested_switch) {
+            return 0;  // the client refuses the reply
+        }
+        if (kind == ResponseKind::final_response) {
             break;
         }
     }

@@ -179,7 +179,13 @@ TEST_CASE("RFC 9112 §9.3, §9.6: nothing is read after an error or after Connec
           "POST /completion HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
           "0\r\n\r\n",
           "POST /completion HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-          "2;a\rb\r\n{}\r\n0\r\n\r\n"}) {
+          "2;a\rb\r\n{}\r\n0\r\n\r\n",
+          // Content-Length beside Transfer-Encoding (§6.1), two lengths that differ (§6.3):
+          // whichever a lenient reader picks, the bytes after the head are never a request.
+          "POST /completion HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+          "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+          "POST /completion HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 2\r\n"
+          "\r\n{}"}) {
         const auto r = raw_exchange(pool.port(), bad + next, 10s);
         INFO(bad << " -> " << r.substr(0, 300));
         CHECK(statuses(r) == std::vector<int>{400});
@@ -287,4 +293,82 @@ TEST_CASE("RFC 9112 §6.3, §8 and RFC 9110 §10.1.1: a body cut short, Expect i
     CHECK(raw_status(other) == 417);
     CHECK(pool_made(other));
     CHECK(log.relayed().size() == 1);
+}
+
+TEST_CASE(
+    "RFC 9110 §6.2, §5.3: a worker gets the pool's own HTTP version and same-name fields in "
+    "order",
+    "[integration][rfc9112]") {
+    WorkerLog log;
+    PoolProcess pool(fake_pool_args(1, {}, {"--log-requests", log.path()}));
+    REQUIRE(pool.wait_ready(1, 20s));
+    const auto r = raw_exchange(pool.port(),
+                                "POST /completion HTTP/1.0\r\nX-Order: b\r\nX-Other: 1\r\n"
+                                "X-Order: a\r\nX-Order: c, d\r\nContent-Length: " +
+                                    std::to_string(kBody.size()) + "\r\n\r\n" + kBody,
+                                10s);
+    CHECK(raw_status(r) == 200);
+    const auto relayed = log.relayed();
+    REQUIRE(relayed.size() == 1);
+    // An intermediary sends its own version (§6.2), whatever the client spoke; Via keeps the
+    // client's (§7.6.3).
+    CHECK(relayed[0]["version_minor"] == 1);
+    CHECK(WorkerLog::values(relayed[0], "Via") == std::vector<std::string>{"1.0 llama-pool"});
+    // A proxy must not change the order of a field's lines (§5.3): b, a, "c, d".
+    CHECK(WorkerLog::values(relayed[0], "X-Order") == std::vector<std::string>{"b", "a", "c, d"});
+    // RFC 9112 §6.1: an HTTP/1.0 client gets no Transfer-Encoding, even for a stream of
+    // unknown length; the close ends it.
+    const std::string stream = R"({"prompt":"x","max_tokens":3,"stream":true})";
+    const auto streamed = raw_exchange(pool.port(),
+                                       "POST /completion HTTP/1.0\r\nContent-Length: " +
+                                           std::to_string(stream.size()) + "\r\n\r\n" + stream,
+                                       10s);
+    INFO(streamed);
+    CHECK(raw_status(streamed) == 200);
+    CHECK(streamed.find("Transfer-Encoding") == std::string::npos);
+    CHECK(streamed.find("Connection: close") != std::string::npos);
+    CHECK(streamed.find("data: ") != std::string::npos);
+}
+
+TEST_CASE(
+    "RFC 9110 §15.2, §7.6.1 and RFC 9112 §6.3: a worker's interim responses, hop-by-hop "
+    "fields and a length beside chunked coding",
+    "[integration][rfc9112]") {
+    TempDir dir;
+    const auto faults = dir.file("faults");
+    std::ofstream(faults) << "";
+    PoolProcess pool(fake_pool_args(1, {}, {"--fault-file", faults}));
+    REQUIRE(pool.wait_ready(1, 20s));
+    const auto port = pool.status()["workers"][0]["port"].get<int>();
+    for (const int code : {100, 102, 103}) {
+        std::ofstream(faults) << port << " interim " << code << "\n";
+        for (const auto& version : {"1.1", "1.0"}) {
+            const auto r = raw_exchange(pool.port(),
+                                        std::string("POST /completion HTTP/") + version +
+                                            "\r\nHost: x\r\nConnection: close\r\n"
+                                            "Content-Length: " +
+                                            std::to_string(kBody.size()) + "\r\n\r\n" + kBody,
+                                        10s);
+            INFO(code << " HTTP/" << version << " -> " << r);
+            // The interim answer is read past, not taken for the reply, and not passed on
+            // (an HTTP/1.0 client must never get one); the reply's chunks are what counts,
+            // not the length beside them.
+            CHECK(statuses(r) == std::vector<int>{200});
+            CHECK(r.find("interim-ok") != std::string::npos);
+            CHECK(r.find("Link:") == std::string::npos);
+            // What the worker's Connection named, and the hop-by-hop fields, stay on its hop.
+            CHECK(r.find("X-Hop") == std::string::npos);
+            CHECK(r.find("Keep-Alive") == std::string::npos);
+            CHECK(r.find("Content-Length: 3\r\n") == std::string::npos);
+        }
+    }
+    // A 101 was never asked for (no Upgrade is forwarded): the reply is a broken one, and
+    // the client gets the pool's error (a 503 once no other worker is left to try), never a
+    // switched connection.
+    std::ofstream(faults) << port << " interim 101\n";
+    const auto r = raw_exchange(pool.port(), post("Host: x\r\nConnection: close\r\n"), 10s);
+    INFO(r);
+    CHECK(statuses(r) == std::vector<int>{503});
+    CHECK(pool_made(r));
+    CHECK(r.find("101 Switching Protocols, never asked for") != std::string::npos);
 }

@@ -312,3 +312,30 @@ TEST_CASE("accepted connections have TCP_NODELAY, inherited from the listener", 
     auto c = connect_to(s.server);
     CHECK(get(c, "/").body == "nodelay");
 }
+
+TEST_CASE("RFC 9110 §8.6: a 204 carries no Content-Length and keeps the connection",
+          "[http_server][rfc9112]") {
+    Started s(test_options(), [](HttpExchange& ex) {
+        if (ex.request().target == "/204") {
+            ex.respond(204, Headers{}, "");
+        } else {
+            hello(ex);
+        }
+    });
+    auto c = connect_to(s.server);
+    const auto deadline = Clock::now() + 5s;
+    REQUIRE(write_all(c.fd(),
+                      "GET /204 HTTP/1.1\r\nHost: x\r\n\r\n"
+                      "GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                      deadline) == IoStatus::ok);
+    const auto raw = read_until_close(c.fd(), 5s);
+    INFO(raw);
+    const auto second = raw.find("HTTP/1.1 200");
+    REQUIRE(raw.rfind("HTTP/1.1 204", 0) == 0);
+    REQUIRE(second != std::string::npos);
+    const auto first = raw.substr(0, second);
+    CHECK(first.find("Content-Length") == std::string::npos);
+    CHECK(first.find("Transfer-Encoding") == std::string::npos);
+    CHECK(first.find("Connection: keep-alive") != std::string::npos);
+    CHECK(raw.find("hello /after") != std::string::npos);
+}

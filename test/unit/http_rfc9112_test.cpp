@@ -3,12 +3,15 @@
 // way the server reads it: again each time bytes arrive, here for every split into two
 // reads, so no rule holds only when a head or a chunked body arrives in one piece.
 
+#include <sys/socket.h>
+
 #include <catch2/catch.hpp>
 #include <string>
 #include <string_view>
 
 #include "common/http_client.hpp"
 #include "common/http_parser.hpp"
+#include "common/socket.hpp"
 
 using namespace llama_pool;
 using namespace std::string_view_literals;
@@ -166,6 +169,9 @@ TEST_CASE("RFC 9112 §3, §2.3: the request line and version are held to their g
     CHECK(status_of("GET / HTTP/1\r\nHost: h\r\n\r\n") == 400);
     CHECK(status_of("GET / HTTP/2.0\r\nHost: h\r\n\r\n") == 505);
     CHECK(status_of("GET / HTTP/0.9\r\nHost: h\r\n\r\n") == 505);
+    // The HTTP/2 connection preface (prior knowledge, no Upgrade) is a version the pool does
+    // not speak, answered in HTTP/1.1 rather than read as a request for "*".
+    CHECK(status_of("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") == 505);
     // A higher minor version is read as the highest one known (§2.3).
     HttpRequest req;
     REQUIRE(head("GET / HTTP/1.7\r\nHost: h\r\n\r\n", req).status == ParseStatus::complete);
@@ -286,6 +292,14 @@ TEST_CASE("RFC 9112 §6.1, §6.3: a worker's framing is held to the same rules",
         parse_response_head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", {}, gzip)
             .status == ParseStatus::complete);
     CHECK(response_framing(gzip, false).error_status == 502);
+    // An invalid or conflicting length: the reply is discarded for a 502 (§6.3 rule 5).
+    for (const std::string bad : {"1, 2", "x", "-1", "99999999999999999999999"}) {
+        INFO(bad);
+        HttpResponseHead h;
+        REQUIRE(parse_response_head("HTTP/1.1 200 OK\r\nContent-Length: " + bad + "\r\n\r\n", {}, h)
+                    .status == ParseStatus::complete);
+        CHECK(response_framing(h, false).error_status == 502);
+    }
 }
 
 TEST_CASE("RFC 9112 §9.3, §9.6: which requests leave the connection open", "[http][rfc9112]") {
@@ -314,4 +328,109 @@ TEST_CASE("RFC 9110 §7.2: the Host the pool sends is one its own parser accepts
         INFO(value);
         CHECK(status_of("GET /health HTTP/1.1\r\nHost: " + value + "\r\n\r\n") == 200);
     }
+}
+
+namespace {
+
+// A worker's reply read by the pool's upstream client: `wire` is all there before the read
+// starts (a socketpair stands in for the connection), so nothing waits on time.
+struct ClientRead {
+    IoStatus head_io = IoStatus::ok;
+    HttpResponseHead head;
+    std::string body;
+    bool reusable = false;
+};
+
+ClientRead client_reads(const std::string& wire) {
+    int fds[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
+    Fd worker(fds[0]);
+    HttpClientConnection conn{Fd(fds[1])};
+    const auto deadline = Clock::now() + std::chrono::seconds(5);
+    REQUIRE(write_all(worker.get(), wire, deadline) == IoStatus::ok);
+    ClientRead r;
+    std::string error;
+    r.head_io = conn.read_head(r.head, false, deadline, error);
+    if (r.head_io != IoStatus::ok) {
+        return r;
+    }
+    for (bool done = false; !done;) {
+        REQUIRE(conn.read_body(r.body, done, deadline, error) == IoStatus::ok);
+    }
+    r.reusable = conn.reusable();
+    return r;
+}
+
+}  // namespace
+
+TEST_CASE("RFC 9110 §15.2: a worker's 1xx answers are interim, read past; 101 is refused",
+          "[http][rfc9112]") {
+    for (const int s : {100, 102, 103, 199}) {
+        CHECK(response_kind(s) == ResponseKind::interim);
+    }
+    CHECK(response_kind(101) == ResponseKind::unrequested_switch);
+    for (const int s : {200, 204, 304, 502}) {
+        CHECK(response_kind(s) == ResponseKind::final_response);
+    }
+    const std::string ok = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+    for (const std::string interim :
+         {"", "HTTP/1.1 100 Continue\r\n\r\n",
+          "HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n",
+          "HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\n"}) {
+        INFO(interim);
+        const auto r = client_reads(interim + ok);
+        REQUIRE(r.head_io == IoStatus::ok);
+        CHECK(r.head.status == 200);
+        CHECK(r.body == "hello");
+        CHECK(r.reusable);
+    }
+    // The pool forwards no Upgrade, so a switch was never asked for: the reply is broken.
+    CHECK(client_reads("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n" + ok).head_io ==
+          IoStatus::error);
+}
+
+TEST_CASE("RFC 9112 §6.3: a worker's length beside chunked coding is dropped, the link not reused",
+          "[http][rfc9112]") {
+    const auto r = client_reads(
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "5\r\nhello\r\n0\r\n\r\n");
+    REQUIRE(r.head_io == IoStatus::ok);
+    CHECK(r.body == "hello");
+    CHECK_FALSE(r.reusable);
+    // The same reply without the length leaves the connection reusable.
+    CHECK(
+        client_reads("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+            .reusable);
+}
+
+TEST_CASE("RFC 9112 §5.1-2: obs-fold or a space before a colon makes a worker's reply a 502",
+          "[http][rfc9112]") {
+    for (const std::string wire :
+         {"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 0\r\n\r\n",
+          "HTTP/1.1 200 OK\r\nX-A : 1\r\nContent-Length: 0\r\n\r\n"}) {
+        INFO(wire);
+        // Read cut short at every byte: nothing is decided before the head ends.
+        for (std::size_t split = 0; split <= wire.size(); ++split) {
+            INFO("split at " << split);
+            HttpResponseHead h;
+            const auto r = parse_response_head(std::string_view(wire).substr(0, split), {}, h);
+            if (split < wire.size()) {
+                CHECK(r.status == ParseStatus::incomplete);
+            } else {
+                CHECK(r.status == ParseStatus::error);
+                CHECK(r.error_status == 502);
+            }
+        }
+    }
+}
+
+TEST_CASE("RFC 9112 §9.6: a worker's close, or HTTP/1.0 without keep-alive, ends the link",
+          "[http][rfc9112]") {
+    CHECK_FALSE(
+        client_reads("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello")
+            .reusable);
+    CHECK_FALSE(client_reads("HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello").reusable);
+    CHECK(client_reads("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\n"
+                       "hello")
+              .reusable);
 }
