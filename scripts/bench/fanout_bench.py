@@ -8,7 +8,8 @@ one fake-llama-server that stamps its events, through each target in turn:
 For each target, a fresh fake; the streams are opened, and once all deliver, a window of
 --seconds is measured: events received, the proxy's CPU (its whole process tree, schedstat),
 the fake's CPU, each event's delivery time (the fake's CLOCK_MONOTONIC stamp to our read),
-and the proxy's RSS and threads in the middle of the window. The client is one asyncio loop
+the proxy's RSS and threads in the middle of the window, and what the rest of the machine
+used meanwhile (/proc/stat busy time minus ours: other people's work, in cores). The client is one asyncio loop
 in this process, on the same cores. Reuses bench.py's process helpers. Standard library only.
 
 Usage: fanout_bench.py [--build DIR] [--streams 1000] [--rate 5] [--seconds 20]
@@ -29,6 +30,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench as B  # noqa: E402  (the shared process helpers)
 
 STAMP = re.compile(rb'"t_mono_ns":(\d+)')
+
+
+def machine_busy_seconds():
+    """CPU time the whole machine spent busy (all cores, everyone's processes), from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
 class Window:
@@ -94,6 +102,7 @@ async def run_streams(port, streams, rate, seconds, proc, fake_proc):
     pids = [proc.pid] if proc else []
     cpu0 = B.tree_cpu_ns(proc.pid) if proc else 0
     fake0 = B.tree_cpu_ns(fake_proc.pid)
+    busy0, client0 = machine_busy_seconds(), time.process_time()
     window.start = time.monotonic_ns()
     await asyncio.sleep(seconds / 2)
     rss, threads = 0, 0
@@ -107,6 +116,7 @@ async def run_streams(port, streams, rate, seconds, proc, fake_proc):
     window.end = time.monotonic_ns()
     cpu = (B.tree_cpu_ns(proc.pid) - cpu0) / 1e9 if proc else None
     fake_cpu = (B.tree_cpu_ns(fake_proc.pid) - fake0) / 1e9
+    busy, client = machine_busy_seconds() - busy0, time.process_time() - client0
     stop.set()
     for t in tasks:
         t.cancel()
@@ -119,6 +129,9 @@ async def run_streams(port, streams, rate, seconds, proc, fake_proc):
         "cpu_ms_per_1000_events": cpu * 1e6 / window.events if cpu is not None and window.events else None,
         "cpu_percent": cpu * 100 / elapsed if cpu is not None else None,
         "fake_cpu_ms_per_1000_events": fake_cpu * 1e6 / max(window.events, 1),
+        "client_cpu_percent": client * 100 / elapsed,
+        # What the rest of the machine (other people's builds) used meanwhile, in cores.
+        "others_cores": max(0.0, busy - client - fake_cpu - (cpu or 0)) / elapsed,
         "rss_mib": rss / 2**20 if proc else None, "threads": threads if proc else None,
         "p50_ms": B.percentile(delays, 0.5) if delays else None,
         "p99_ms": B.percentile(delays, 0.99) if delays else None,
@@ -183,15 +196,16 @@ def render(rows, args):
     L = [f"{args.streams} streams at {args.rate:g} events/s each, {args.seconds:g} s window; "
          f"machine: {B.machine()}\n",
          "| round | target | streams delivering | events/s | proxy CPU ms per 1000 events | "
-         "proxy CPU % | fake CPU ms per 1000 events | RSS MiB | threads | delivery p50 ms | "
-         "p99 ms | load before → after |",
-         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+         "proxy CPU % | fake CPU ms per 1000 events | client CPU % | RSS MiB | threads | "
+         "delivery p50 ms | p99 ms | others' cores busy | load before → after |",
+         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         L.append(f"| {r['round']} | {r['target']} | {r['started']} | {r['events_per_s']:.0f} | "
                  f"{fmt(r['cpu_ms_per_1000_events'], '.1f')} | {fmt(r['cpu_percent'], '.1f')} | "
-                 f"{r['fake_cpu_ms_per_1000_events']:.1f} | {fmt(r['rss_mib'], '.1f')} | "
-                 f"{fmt(r['threads'], 'd')} | {fmt(r['p50_ms'], '.2f')} | {fmt(r['p99_ms'], '.2f')} | "
-                 f"{r['load_before']} → {r['load_after']} |")
+                 f"{r['fake_cpu_ms_per_1000_events']:.1f} | {r['client_cpu_percent']:.0f} | "
+                 f"{fmt(r['rss_mib'], '.1f')} | {fmt(r['threads'], 'd')} | "
+                 f"{fmt(r['p50_ms'], '.2f')} | {fmt(r['p99_ms'], '.2f')} | "
+                 f"{r['others_cores']:.2f} | {r['load_before']} → {r['load_after']} |")
     return "\n".join(L) + "\n"
 
 

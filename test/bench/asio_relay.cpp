@@ -8,7 +8,8 @@
 // Shape: one io_context per thread (--threads, default 2), each with its own pool of idle
 // upstream connections, so no lock is taken on the data path. The acceptor lives on the
 // first context and hands connections out in turn. Backpressure: upstream reads stop while
-// more than 64 KiB wait to be written to the client.
+// more than 64 KiB wait to be written to the client. A stream waits for its upstream socket
+// to be readable without a buffer (async_wait), then reads into its context's one buffer.
 //
 // usage: asio_relay_bench --port P --upstream HOST:PORT [--threads N]
 
@@ -158,11 +159,15 @@ class UpstreamPool {
         return s;
     }
     void give_back(std::unique_ptr<tcp::socket> s) { idle_.push_back(std::move(s)); }
+    // One read buffer for every stream of this context: a stream waits for readiness with
+    // no buffer and reads into this one, so 1000 quiet streams do not hold 1000 buffers.
+    std::string& scratch() { return scratch_; }
 
   private:
     asio::io_context& io_;
     tcp::endpoint upstream_;
     std::vector<std::unique_ptr<tcp::socket>> idle_;
+    std::string scratch_ = std::string(kReadSize, '\0');
 };
 
 // One client connection, request after request. Owned by the shared_ptr its pending
@@ -283,15 +288,20 @@ class Session : public std::enable_shared_from_this<Session> {
     }
 
     void read_upstream() {
-        read_buf_.resize(kReadSize);
-        upstream_->async_read_some(asio::buffer(read_buf_),
-                                   [self = shared_from_this()](error_code ec, std::size_t n) {
-                                       if (ec) {
-                                           self->client_.close();
-                                           return;
-                                       }
-                                       self->relay_body(self->read_buf_.substr(0, n));
-                                   });
+        upstream_->async_wait(tcp::socket::wait_read, [self = shared_from_this()](error_code ec) {
+            if (!ec) {
+                auto& scratch = self->pool_.scratch();
+                self->upstream_->non_blocking(true);
+                const auto n = self->upstream_->read_some(asio::buffer(scratch), ec);
+                if (ec == asio::error::would_block) {
+                    return self->read_upstream();
+                }
+                if (!ec) {
+                    return self->relay_body(scratch.substr(0, n));
+                }
+            }
+            self->client_.close();
+        });
     }
 
     void queue_write(std::string bytes) {
@@ -346,7 +356,7 @@ class Session : public std::enable_shared_from_this<Session> {
     tcp::socket client_;
     UpstreamPool& pool_;
     std::unique_ptr<tcp::socket> upstream_;
-    std::string in_, request_, up_in_, read_buf_;
+    std::string in_, request_, up_in_;
     std::deque<std::string> out_;
     std::size_t pending_ = 0;
     std::size_t remaining_ = 0;
