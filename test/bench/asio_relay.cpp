@@ -4,6 +4,8 @@
 // a keep-alive connection, and relays the response as it arrives. It checks nothing a real
 // proxy must (no smuggling rules, no limits, no deadlines, no retries), so its numbers are a
 // floor for what an Asio data path could cost, not a competitor to llama-pool's features.
+// Nor does it watch the client while a response streams: a client that leaves is noticed at
+// the next write, where the pool notices at once and cancels the worker's generation.
 //
 // Shape: one io_context per thread (--threads, default 2), each with its own pool of idle
 // upstream connections, so no lock is taken on the data path. The acceptor lives on the
