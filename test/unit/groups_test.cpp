@@ -268,7 +268,7 @@ TEST_CASE("scaling: waiting requests start workers, one per slots' worth", "[gro
     CHECK(plan.actions[0].reason == ScaleReason::below_minimum);
 }
 
-TEST_CASE("scaling: the budget is never exceeded; the least recently used idle group gives way",
+TEST_CASE("scaling: the budget is never exceeded, and the least recently used idle group gives way",
           "[groups][scaling]") {
     const TimePoint t0{};
     auto a = group(1, 0, 1);  // idle, used at t0+10s
