@@ -136,6 +136,23 @@ TEST_CASE("groups: errors name the group and the key", "[groups][config]") {
                               {"--max-total-workers", "1"});
         CHECK(has_error(r, R"(key "workers.max_total": 1 is below the 2 workers)"));
     }
+    SECTION("an override that breaks a rule between two workers settings") {
+        const auto r =
+            d.load(R"([{"name": "a", "model": ")" + chat + R"("}, {"name": "b", "model": ")" +
+                       chat + R"(", "restart_backoff_base": 100}])",
+                   {"--restart-backoff-cap", "30"});
+        CHECK(has_error(r, R"(groups[1] "b": key "restart_backoff_cap": 30 is below )"
+                           R"(restart_backoff_base 100)"));
+        CHECK(r.errors.size() == 1);  // group a inherits valid settings: nothing said about it
+    }
+    SECTION("a bad pair at the top level is reported once, not again for each group") {
+        const auto r =
+            d.load(R"([{"name": "a", "model": ")" + chat +
+                       R"(", "parallel": 2}, {"name": "b", "model": ")" + chat + R"("}])",
+                   {"--restart-backoff-cap", "1", "--restart-backoff-base", "5"});
+        CHECK(has_error(r, R"(key "workers.restart_backoff_cap": 1 is below)"));
+        CHECK(r.errors.size() == 1);
+    }
     SECTION("groups is not an array") {
         const auto r = d.load(R"({"name": "a"})");
         CHECK(has_error(r, R"(key "groups": must be an array)"));
