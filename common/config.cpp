@@ -562,6 +562,18 @@ nlohmann::ordered_json groups_to_json(const std::vector<GroupConfig>& groups) {
     return out;
 }
 
+nlohmann::ordered_json checked_config_json(const PoolConfig& config) {
+    auto shown = config_to_json(config);
+    if (!config.groups.empty()) {
+        std::vector<GroupConfig> resolved;
+        for (const auto& g : resolve_groups(config, 1)) {
+            resolved.push_back(g.spec);
+        }
+        shown["groups"] = groups_to_json(resolved);
+    }
+    return shown;
+}
+
 std::vector<std::string> changed_keys(const PoolConfig& a, const PoolConfig& b) {
     const auto ja = config_to_json(a, true);
     const auto jb = config_to_json(b, true);

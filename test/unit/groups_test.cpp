@@ -172,6 +172,42 @@ TEST_CASE("groups: --group NAME=MODEL replaces the file's groups", "[groups][con
     CHECK(has_error(bad, "must be NAME=MODEL"));
 }
 
+TEST_CASE("groups: --check-config prints each group as it will run", "[groups][config]") {
+    ConfigDir d;
+    const auto r = d.load(R"([
+        {"name": "chat", "aliases": ["bitnet", "b2"], "model": ")" +
+                              d.model("chat.gguf") + R"(", "parallel": 4},
+        {"name": "embed", "model": ")" +
+                              d.model("embed.gguf") +
+                              R"(", "workers": 3, "min_workers": 1, "idle_stop": 60,
+         "endpoints": ["/v1/embeddings"], "default": true}])",
+                          {"--workers", "2"});
+    REQUIRE(r.ok());
+    const auto shown = checked_config_json(r.config);
+    REQUIRE(shown["groups"].size() == 2);
+    const auto& chat = shown["groups"][0];
+    CHECK(chat["name"] == "chat");
+    CHECK(chat["aliases"] == nlohmann::json::array({"bitnet", "b2"}));
+    CHECK(chat["model"] == d.model("chat.gguf"));
+    CHECK(chat["workers"] == 2);      // workers.count, filled in
+    CHECK(chat["min_workers"] == 2);  // = workers when not given
+    CHECK(chat["idle_stop"] == 0);
+    CHECK(chat["endpoints"].empty());
+    CHECK(chat["default"] == false);  // embed says it is
+    CHECK(chat["parallel"] == 4);     // an override, without its "workers." prefix
+    const auto& embed = shown["groups"][1];
+    CHECK(embed["name"] == "embed");
+    CHECK(embed["aliases"].empty());
+    CHECK(embed["model"] == d.model("embed.gguf"));
+    CHECK(embed["workers"] == 3);
+    CHECK(embed["min_workers"] == 1);
+    CHECK(embed["idle_stop"] == 60);
+    CHECK(embed["endpoints"] == nlohmann::json::array({"/v1/embeddings"}));
+    CHECK(embed["default"] == true);
+    CHECK_FALSE(embed.contains("parallel"));
+    CHECK(shown["workers"]["count"] == 2);  // the rest of the config is still there
+}
+
 TEST_CASE("groups: changed_keys names groups when they differ", "[groups][config]") {
     PoolConfig a;
     auto b = a;
