@@ -1,6 +1,7 @@
 // Model groups with fake workers: routing by model and path, on-demand start with requests
 // held, idle stop, eviction under the worker budget, per-group capacity, admin start/stop.
 #include <catch2/catch.hpp>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -23,6 +24,10 @@ struct GroupsConfig {
         for (const auto* name : {"chat.gguf", "embed.gguf", "cold.gguf", "other.gguf"}) {
             std::ofstream(dir.file(name)) << "gguf";
         }
+        write(groups, workers);
+    }
+    // (Re)writes the file, for a reload.
+    void write(const json& groups, const json& workers = json::object()) const {
         json doc;
         doc["workers"] = workers;
         doc["groups"] = groups;
@@ -40,6 +45,17 @@ std::vector<std::string> group_pool_args(const GroupsConfig& config,
     auto args = fake_pool_args(1, {"--config", config.path()});
     args.insert(args.end(), extra.begin(), extra.end());
     return args;
+}
+
+// The pid of the group's one worker; 0 when it has none running.
+int group_pid(const PoolProcess& pool, const std::string& name) {
+    const auto status = pool.status();
+    for (const auto& w : status.value("workers", json::array())) {
+        if (w["group"] == name && w["pid"].get<int>() > 0) {
+            return w["pid"].get<int>();
+        }
+    }
+    return 0;
 }
 
 // The most requests a worker of the group ever held at once, asked of the fake itself.
@@ -241,4 +257,37 @@ TEST_CASE("groups: admin routes stop and start a group", "[integration][groups]"
     r = c.Post("/pool/groups/nope/start", "", "application/json");
     REQUIRE(r);
     CHECK(r->status == 404);
+}
+
+TEST_CASE("groups: SIGHUP replaces only the worker of the group whose settings changed",
+          "[integration][groups]") {
+    auto groups = json::array(
+        {{{"name", "chat"}, {"model", "chat.gguf"}, {"workers", 1}, {"parallel", 1}},
+         {{"name", "embed"}, {"model", "embed.gguf"}, {"workers", 1}, {"parallel", 1}}});
+    GroupsConfig config(groups);
+    PoolProcess pool(group_pool_args(config));
+    REQUIRE(pool.wait_ready(2, 20s));
+    const int chat_before = group_pid(pool, "chat");
+    const int embed_before = group_pid(pool, "embed");
+    REQUIRE(chat_before > 0);
+    REQUIRE(embed_before > 0);
+
+    groups[1]["parallel"] = 3;
+    config.write(groups);
+    pool.process().signal(SIGHUP);
+    REQUIRE(wait_until(
+        [&] {
+            const int now = group_pid(pool, "embed");
+            return now > 0 && now != embed_before && group_status(pool, "embed")["ready"] == 1;
+        },
+        30s));
+    CHECK(pool.log_lines_with("event=config_reloaded").size() > 0);
+    CHECK(group_pid(pool, "chat") == chat_before);
+    // The new worker runs with the new setting: its /slots lists three.
+    auto c = pool.client();
+    const auto slots = c.Get("/slots?model=embed");
+    REQUIRE(slots);
+    CHECK(json::parse(slots->body).size() == 3);
+    CHECK(served_by(pool, "/completion", {{"model", "chat"}, {"prompt", "x"}}) == "chat.gguf");
+    CHECK(served_by(pool, "/completion", {{"model", "embed"}, {"prompt", "x"}}) == "embed.gguf");
 }
