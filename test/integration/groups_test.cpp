@@ -135,6 +135,25 @@ TEST_CASE("groups: one URL routes by model name, alias, file name and endpoint",
     REQUIRE(props_all);
     CHECK(json::parse(props_all->body)["workers"].size() == 2);
 
+    // /slots for one group: only its worker's slots; without ?model=, both workers'.
+    std::size_t all_slots = 0;
+    for (const auto* name : {"chat", "embed"}) {
+        const auto slots = c.Get(std::string("/slots?model=") + name);
+        REQUIRE(slots);
+        REQUIRE(slots->status == 200);
+        const auto list = json::parse(slots->body);
+        REQUIRE(list.is_array());
+        CHECK(list.size() == group_status(pool, name)["slots"].get<std::size_t>());
+        CHECK_FALSE(list.empty());
+        for (const auto& slot : list) {
+            CHECK(slot.value("worker", std::string()) == std::string(name) + ".0");
+        }
+        all_slots += list.size();
+    }
+    const auto slots_all = c.Get("/slots");
+    REQUIRE(slots_all);
+    CHECK(json::parse(slots_all->body).size() == all_slots);
+
     // Worker ids carry the group; every per-worker series carries a group label.
     const auto status = pool.status();
     CHECK(status["workers"][0]["id"] == "chat.0");
@@ -290,4 +309,38 @@ TEST_CASE("groups: SIGHUP replaces only the worker of the group whose settings c
     CHECK(json::parse(slots->body).size() == 3);
     CHECK(served_by(pool, "/completion", {{"model", "chat"}, {"prompt", "x"}}) == "chat.gguf");
     CHECK(served_by(pool, "/completion", {{"model", "embed"}, {"prompt", "x"}}) == "embed.gguf");
+}
+
+TEST_CASE("groups: /v1/summarize and Idempotency-Key follow the group the model names",
+          "[integration][groups]") {
+    GroupsConfig config(
+        json::array({{{"name", "chat"}, {"model", "chat.gguf"}, {"workers", 1}},
+                     {{"name", "embed"}, {"model", "embed.gguf"}, {"workers", 1}}}));
+    PoolProcess pool(group_pool_args(config));
+    REQUIRE(pool.wait_ready(2, 20s));
+    auto c = pool.client();
+
+    const json summarize = {{"model", "embed"}, {"text", "One sentence. Another one."}};
+    const auto r = c.Post("/v1/summarize", summarize.dump(), "application/json");
+    REQUIRE(r);
+    INFO(r->body);
+    CHECK(r->status == 200);
+    const auto started = pool.log_lines_with("event=summarize_started");
+    CHECK(started.find("group=embed") != std::string::npos);
+    CHECK(started.find("group=chat") == std::string::npos);
+
+    // One key, two groups: each group keeps its own entry, so the second request is neither
+    // a replay of the first group's reply nor a conflict with it.
+    for (const auto* name : {"chat", "embed"}) {
+        const json body = {{"model", name}, {"prompt", "x"}, {"temperature", 0}};
+        const httplib::Headers headers = {{"Idempotency-Key", "same-key"}};
+        const auto reply = c.Post("/completion", headers, body.dump(), "application/json");
+        REQUIRE(reply);
+        INFO(reply->body);
+        REQUIRE(reply->status == 200);
+        CHECK(reply->get_header_value("Idempotent-Replayed").empty());
+        CHECK(std::filesystem::path(json::parse(reply->body).value("model", std::string()))
+                  .filename()
+                  .string() == std::string(name) + ".gguf");
+    }
 }
