@@ -33,16 +33,8 @@ int main(int argc, char** argv) {
     }
     if (loaded.action == CliAction::check_config) {
         // Replace, for display only: paths and arguments need not be UTF-8.
-        auto shown = config_to_json(loaded.config);
-        if (!loaded.config.groups.empty()) {
-            // The groups as they will run: bounds and the default filled in.
-            std::vector<GroupConfig> resolved;
-            for (const auto& g : resolve_groups(loaded.config, 1)) {
-                resolved.push_back(g.spec);
-            }
-            shown["groups"] = groups_to_json(resolved);
-        }
-        fmt::print("{}\n", shown.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+        fmt::print("{}\n", checked_config_json(loaded.config)
+                               .dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
         return 0;
     }
 

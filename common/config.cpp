@@ -302,6 +302,19 @@ void validate_workers(const PoolConfig& c, const std::string& where,
     }
 }
 
+// The workers.* settings that must agree with each other. Checked at the top level and again
+// on each group's resolved settings, since a group may override one side of a pair. `prefix`
+// is how the key is spelled where it was written ("workers." at the top, nothing in a group).
+void validate_worker_pairs(const PoolConfig& c, const std::string& where, const std::string& prefix,
+                           std::vector<std::string>& errors) {
+    if (c.restart_backoff_cap < c.restart_backoff_base) {
+        errors.push_back(fmt::format(
+            "{}key \"{}restart_backoff_cap\": {} is below restart_backoff_base {} (the cap "
+            "must be at least the base)",
+            where, prefix, c.restart_backoff_cap, c.restart_backoff_base));
+    }
+}
+
 std::string group_where(std::size_t index, const GroupConfig& g) {
     return fmt::format("groups[{}] {}: ", index, quote_for_error(g.name));
 }
@@ -354,6 +367,17 @@ void validate_groups(const PoolConfig& c, std::vector<std::string>& errors) {
         }
         always_on += spec.min_workers;
         validate_workers(resolved[i].config, where, errors);
+        // Only a group that overrides something gets its own verdict: an error in workers.*
+        // alone is reported once, at the top level.
+        if (!g.overrides.empty()) {
+            std::vector<std::string> own;
+            validate_worker_pairs(resolved[i].config, where, "", own);
+            std::vector<std::string> inherited;
+            validate_worker_pairs(c, where, "", inherited);
+            if (own != inherited) {
+                errors.insert(errors.end(), own.begin(), own.end());
+            }
+        }
     }
     if (defaults > 1) {
         errors.push_back(fmt::format(
@@ -482,12 +506,7 @@ void validate_config(const PoolConfig& c, std::vector<std::string>& errors) {
             "be at least the base)",
             c.retry_backoff_cap, c.retry_backoff_base));
     }
-    if (c.restart_backoff_cap < c.restart_backoff_base) {
-        errors.push_back(fmt::format(
-            "key \"workers.restart_backoff_cap\": {} is below restart_backoff_base {} (the cap "
-            "must be at least the base)",
-            c.restart_backoff_cap, c.restart_backoff_base));
-    }
+    validate_worker_pairs(c, "", "workers.", errors);
     // The breaker would silently use the max for every ejection; say so instead.
     if (c.breaker_max_ejection < c.breaker_ejection) {
         errors.push_back(fmt::format(
@@ -541,6 +560,18 @@ nlohmann::ordered_json groups_to_json(const std::vector<GroupConfig>& groups) {
         out.push_back(std::move(j));
     }
     return out;
+}
+
+nlohmann::ordered_json checked_config_json(const PoolConfig& config) {
+    auto shown = config_to_json(config);
+    if (!config.groups.empty()) {
+        std::vector<GroupConfig> resolved;
+        for (const auto& g : resolve_groups(config, 1)) {
+            resolved.push_back(g.spec);
+        }
+        shown["groups"] = groups_to_json(resolved);
+    }
+    return shown;
 }
 
 std::vector<std::string> changed_keys(const PoolConfig& a, const PoolConfig& b) {

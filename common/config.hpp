@@ -151,6 +151,9 @@ void validate_config(const PoolConfig& config, std::vector<std::string>& errors)
 nlohmann::ordered_json config_to_json(const PoolConfig& config, bool show_secrets = false);
 // The groups as the config file spells them (overrides without their "workers." prefix).
 nlohmann::ordered_json groups_to_json(const std::vector<GroupConfig>& groups);
+// What --check-config prints: config_to_json with the groups as they will run (workers,
+// min_workers and the default filled in).
+nlohmann::ordered_json checked_config_json(const PoolConfig& config);
 // The keys ("section.name") whose values differ between two configs.
 std::vector<std::string> changed_keys(const PoolConfig& a, const PoolConfig& b);
 std::string help_text();

@@ -164,14 +164,16 @@ std::vector<GroupLoad> GroupSet::collect_loads() {
         const auto& rt = *runtime_[i];
         GroupLoad load;
         load.workers = g.supervisor().worker_count();
-        // Bounds from the settings the group runs now: a reload may have changed workers.
-        const int workers = g.supervisor().config().workers;
+        // Bounds and slots from the settings the group runs now: a reload may have changed
+        // workers or parallel since the group was built.
+        const auto live = g.supervisor().config();
+        const int workers = live.workers;
         const bool always_on = g.spec().min_workers >= g.spec().workers;
         load.min_workers = rt.min_override >= 0 ? rt.min_override.load()
                            : always_on          ? workers
                                                 : std::min(g.spec().min_workers, workers);
         load.max_workers = workers;
-        load.slots_per_worker = g.config().parallel;
+        load.slots_per_worker = live.parallel;
         load.inflight = g.registry().inflight_total();
         load.waiting = static_cast<int>(g.registry().waiting());
         load.idle_stop = g.spec().idle_stop;

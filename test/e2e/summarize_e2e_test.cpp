@@ -26,8 +26,8 @@ std::string document(std::size_t chars) {
 }  // namespace
 
 TEST_CASE("real workers summarize a document in parallel and as a job", "[e2e]") {
-    const auto data = std::filesystem::temp_directory_path() /
-                      ("llama-pool-e2e-jobs-" + std::to_string(::getpid()));
+    const TempDir dir;
+    const std::filesystem::path data(dir.path());
     PoolProcess pool(real_pool_args(2, {"--data-dir", data.string()}));
     REQUIRE(pool.wait_ready(2, 120s));
     auto client = pool.client(120s);
@@ -64,7 +64,6 @@ TEST_CASE("real workers summarize a document in parallel and as a job", "[e2e]")
     CHECK(job["state"] == "succeeded");
     CHECK_FALSE(job["result"]["summary"].get<std::string>().empty());
     CHECK(std::filesystem::exists(data / "jobs" / (id + ".json")));
-    std::filesystem::remove_all(data);
 }
 
 TEST_CASE("a real worker's deterministic reply is served from the cache", "[e2e]") {

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <csignal>
@@ -108,6 +109,7 @@ class Slots {
         std::unique_lock lock(mutex_);
         const auto ticket = next_ticket_++;
         ++deferred_;
+        peak_ = std::max(peak_, total_ - free_ + deferred_);
         cv_.wait(lock, [&] { return free_ > 0 && ticket == serving_; });
         --deferred_;
         ++serving_;
@@ -131,6 +133,12 @@ class Slots {
         return deferred_;
     }
     int total() const { return total_; }
+    // The most requests this worker ever held at once, running or queued: a test reads it to
+    // see that the pool never sent more than the slots it was told of.
+    int peak() const {
+        std::lock_guard lock(mutex_);
+        return peak_;
+    }
 
   private:
     mutable std::mutex mutex_;
@@ -138,6 +146,7 @@ class Slots {
     int free_;
     int total_;
     int deferred_ = 0;
+    int peak_ = 0;
     unsigned long long next_ticket_ = 0;
     unsigned long long serving_ = 0;
 };
@@ -164,6 +173,10 @@ class FakeServer {
         }
         if (path == "/health") {
             return reply(ex, 200, json{{"status", "ok"}});
+        }
+        // Test-only, and without the key like /health: tests ask the worker directly.
+        if (path == "/fake/stats") {
+            return reply(ex, 200, json{{"peak_concurrent", slots_.peak()}});
         }
         if (!opt_.api_key.empty() && !authorized(req)) {
             return error(ex, 401, "Invalid API Key", "authentication_error");

@@ -94,7 +94,7 @@ TEST_CASE("an embeddings batch is spread over the workers and merged in input or
     CHECK(ports.size() == 2);
 }
 
-TEST_CASE("a failed slice is retried on another worker; the client sees one reply",
+TEST_CASE("a failed slice is retried on another worker, and the client sees one reply",
           "[integration][embeddings]") {
     TempDir dir;
     const auto faults = dir.file("faults");

@@ -39,17 +39,6 @@ std::vector<int> tag_order(const std::string& text) {
     return order;
 }
 
-struct DataDir {
-    std::filesystem::path path = std::filesystem::temp_directory_path() /
-                                 ("llama-pool-it-jobs-" + std::to_string(::getpid()) + "-" +
-                                  std::to_string(Clock::now().time_since_epoch().count()));
-    ~DataDir() {
-        std::error_code ec;
-        std::filesystem::remove_all(path, ec);
-    }
-    using Clock = std::chrono::steady_clock;
-};
-
 json get_json(PoolProcess& pool, const std::string& path) {
     const auto r = pool.client(10s).Get(path);
     REQUIRE(r);
@@ -162,11 +151,11 @@ TEST_CASE("bad summarize and job requests get 400 with the reason", "[integratio
 
 TEST_CASE("a job reports progress, finishes, and survives a restart of the pool",
           "[integration][jobs]") {
-    DataDir data;
+    const TempDir data;
     TempDir dir;
     const auto faults = dir.file("faults");
     std::ofstream(faults) << "";
-    const auto args = fake_pool_args(2, {"--data-dir", data.path.string()},
+    const auto args = fake_pool_args(2, {"--data-dir", data.path()},
                                      {"--echo-tags", "--latency-ms", "20", "--fault-file", faults});
     std::string done_id;
     std::string running_id;
@@ -243,11 +232,11 @@ TEST_CASE("a job reports progress, finishes, and survives a restart of the pool"
 
 TEST_CASE("a job survives a SIGKILL of the pool with its finished chunks kept",
           "[integration][jobs]") {
-    DataDir data;
+    const TempDir data;
     TempDir dir;
     const auto faults = dir.file("faults");
     std::ofstream(faults) << "";
-    const auto args = fake_pool_args(2, {"--data-dir", data.path.string()},
+    const auto args = fake_pool_args(2, {"--data-dir", data.path()},
                                      {"--echo-tags", "--latency-ms", "20", "--fault-file", faults});
     const json body = {{"type", "summarize"},
                        {"text", tagged_text(200)},
@@ -314,10 +303,9 @@ TEST_CASE("a job survives a SIGKILL of the pool with its finished chunks kept",
 }
 
 TEST_CASE("DELETE cancels a running job and its calls on the workers", "[integration][jobs]") {
-    DataDir data;
+    const TempDir data;
     // Slow workers: each chunk takes seconds, so the job is surely mid-flight.
-    PoolProcess pool(
-        fake_pool_args(2, {"--data-dir", data.path.string()}, {"--tokens-per-second", "20"}));
+    PoolProcess pool(fake_pool_args(2, {"--data-dir", data.path()}, {"--tokens-per-second", "20"}));
     REQUIRE(pool.wait_ready(2, 20s));
     const json body = {{"type", "summarize"},
                        {"text", tagged_text(100)},

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <set>
 
 #include "test/support/pool_fixture.hpp"
@@ -14,13 +15,37 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::unique_ptr<TestProcess> start_fake(std::uint16_t port) {
-    auto p = std::make_unique<TestProcess>(
-        FAKE_WORKER_BINARY,
-        std::vector<std::string>{"--port", std::to_string(port), "--parallel", "2"});
+struct Fake {
+    std::unique_ptr<TestProcess> process;
+    std::uint16_t port = 0;
+};
+
+// Starts a fake worker with `args` on `port` (0: the kernel picks one, read from the fake's
+// "listening on" line, so no other process can take it between a pick and the bind).
+Fake start_fake(std::vector<std::string> args, std::uint16_t port = 0) {
+    args.insert(args.end(), {"--port", std::to_string(port)});
+    Fake fake{std::make_unique<TestProcess>(FAKE_WORKER_BINARY, args)};
+    static const std::regex listening(R"(listening on \S*:(\d+))");
     REQUIRE(wait_until(
-        [&] { return static_cast<bool>(httplib::Client("127.0.0.1", port).Get("/health")); }, 10s));
-    return p;
+        [&] {
+            const auto out = fake.process->output();
+            std::smatch m;
+            if (!std::regex_search(out, m, listening)) {
+                return false;
+            }
+            fake.port = static_cast<std::uint16_t>(std::stoi(m[1].str()));
+            return true;
+        },
+        10s));
+    return fake;
+}
+
+Fake start_fake(std::uint16_t port = 0) {
+    auto fake = start_fake({"--parallel", "2"}, port);
+    REQUIRE(wait_until(
+        [&] { return static_cast<bool>(httplib::Client("127.0.0.1", fake.port).Get("/health")); },
+        10s));
+    return fake;
 }
 
 std::vector<std::string> front_args(const std::vector<std::uint16_t>& ports) {
@@ -44,10 +69,10 @@ int post_status(PoolProcess& pool) {
 
 TEST_CASE("unmanaged upstreams are checked, balanced, dropped when dead and taken back",
           "[integration]") {
-    const auto a = free_port(), b = free_port();
-    auto fake_a = start_fake(a);
-    auto fake_b = start_fake(b);
-    PoolProcess pool(front_args({a, b}));
+    auto fake_a = start_fake();
+    auto fake_b = start_fake();
+    const auto a = fake_a.port;
+    PoolProcess pool(front_args({a, fake_b.port}));
     REQUIRE(pool.wait_ready(2, 20s));
     const auto status = pool.status();
     CHECK(status["workers"][0]["managed"] == false);
@@ -56,14 +81,14 @@ TEST_CASE("unmanaged upstreams are checked, balanced, dropped when dead and take
     for (int i = 0; i < 10; ++i) {
         CHECK(post_status(pool) == 200);
     }
-    fake_a->signal(SIGKILL);
-    fake_a->wait_exit(5s);
+    fake_a.process->signal(SIGKILL);
+    fake_a.process->wait_exit(5s);
     for (int i = 0; i < 10; ++i) {
         CHECK(post_status(pool) == 200);  // retried on the live one, then routed there
     }
     REQUIRE(wait_until([&] { return pool.status()["workers"][0]["state"] != "ready"; }, 10s));
     CHECK(pool.status()["totals"]["ready"] == 1);
-    fake_a = start_fake(a);  // it comes back on the same address
+    fake_a = start_fake(a);  // it comes back on the same address, free since the kill
     CHECK(wait_until([&] { return pool.status()["totals"]["ready"] == 2; }, 10s));
 }
 
@@ -111,23 +136,18 @@ TEST_CASE("dns:// upstreams follow the name: new addresses join, vanished ones a
         out << text;
     };
     write_hosts("127.0.0.2 backends.test\n");
-    const auto port = free_port();
-    std::vector<std::unique_ptr<TestProcess>> fakes;
-    for (const auto* host : {"127.0.0.2", "127.0.0.3"}) {
-        fakes.push_back(std::make_unique<TestProcess>(
-            FAKE_WORKER_BINARY,
-            std::vector<std::string>{"--host", host, "--port", std::to_string(port)}));
-    }
-    const auto pool_port = free_port();
-    const auto command =
-        "mount --bind " + hosts + " /etc/hosts && exec " + LLAMA_POOL_BINARY + " --port " +
-        std::to_string(pool_port) +
-        " --workers 0 --health-interval 0.2 --dns-interval 0.2 --upstream dns://backends.test:" +
-        std::to_string(port);
-    TestProcess pool("/usr/bin/unshare", {"--mount", "/bin/sh", "-c", command});
+    // The first fake takes a port the kernel picks; the second has another address, so the
+    // same port is free for it.
+    std::vector<Fake> fakes;
+    fakes.push_back(start_fake({"--host", "127.0.0.2"}));
+    const auto port = fakes.front().port;
+    fakes.push_back(start_fake({"--host", "127.0.0.3"}, port));
+    PoolProcess pool({"--workers", "0", "--health-interval", "0.2", "--dns-interval", "0.2",
+                      "--upstream", "dns://backends.test:" + std::to_string(port)},
+                     {"/usr/bin/unshare", "--mount", "/bin/sh", "-c",
+                      "mount --bind " + hosts + " /etc/hosts && exec \"$0\" \"$@\""});
     auto status = [&] {
-        httplib::Client c("127.0.0.1", pool_port);
-        const auto r = c.Get("/pool/status");
+        const auto r = pool.client().Get("/pool/status");
         return r && r->status == 200 ? json::parse(r->body) : json::object();
     };
     auto ids = [&] {
@@ -139,7 +159,7 @@ TEST_CASE("dns:// upstreams follow the name: new addresses join, vanished ones a
         }
         return out;
     };
-    INFO(pool.output());
+    INFO(pool.process().output());
     REQUIRE(wait_until([&] { return ids() == std::set<std::string>{"u0/127.0.0.2"}; }, 20s));
     write_hosts("127.0.0.2 backends.test\n127.0.0.3 backends.test\n");
     REQUIRE(wait_until(
@@ -154,15 +174,15 @@ TEST_CASE("dns:// upstreams follow the name: new addresses join, vanished ones a
                    ids() == std::set<std::string>{"u0/127.0.0.3"};
         },
         20s));
-    httplib::Client c("127.0.0.1", pool_port);
+    auto c = pool.client();
     for (int i = 0; i < 5; ++i) {
         const auto r =
             c.Post("/completion", R"({"prompt":"x","max_tokens":1})", "application/json");
         REQUIRE(r);
         CHECK(r->status == 200);
     }
-    CHECK(pool.output().find("event=upstream_vanished") != std::string::npos);
-    pool.signal(SIGTERM);
-    CHECK(pool.wait_exit(20s) == 0);
+    CHECK(pool.process().output().find("event=upstream_vanished") != std::string::npos);
+    pool.process().signal(SIGTERM);
+    CHECK(pool.process().wait_exit(20s) == 0);
     std::remove(hosts.c_str());
 }

@@ -95,8 +95,32 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+# The TCP port process $1 listens on, read from its own sockets (Prometheus binds port 0 and
+# does not say which port it got); fails while it listens on none.
+listen_port() {
+    python3 - "$1" <<'PY'
+import os, sys
+pid = sys.argv[1]
+inodes = set()
+try:
+    for fd in os.listdir("/proc/%s/fd" % pid):
+        try:
+            target = os.readlink("/proc/%s/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    with open("/proc/%s/net/tcp" % pid) as f:
+        lines = f.readlines()[1:]
+except OSError:
+    sys.exit(1)
+for line in lines:
+    fields = line.split()
+    if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+        print(int(fields[1].split(":")[1], 16))
+        sys.exit(0)
+sys.exit(1)
+PY
 }
 
 # --------------------------------------------------------------------- (a) static checks
@@ -169,19 +193,27 @@ fi
 echo "== live pool + Prometheus"
 set -m # background jobs get their own process group, so cleanup can end a loop and its curl
 
-POOL_PORT=$(free_port)
-PROM_PORT=$(free_port)
-while [ "$PROM_PORT" = "$POOL_PORT" ]; do PROM_PORT=$(free_port); done
+# Waits up to $1 seconds for command "$2..." to succeed.
+wait_for() {
+    local seconds=$1 i
+    shift
+    for ((i = 0; i < seconds * 10; i++)); do
+        "$@" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# Both servers bind port 0 and the port each got is read back, so no other process can
+# take a port between a pick and the bind.
 KEY="obs-test-key"
 FAULTS="$WORK/faults"
 : >"$FAULTS"
-POOL="http://127.0.0.1:$POOL_PORT"
-PROM="http://127.0.0.1:$PROM_PORT"
 
 # Two model groups of two workers each, so that every dashboard query's group label is
 # checked against real series (requests name no model: they go to the default group, chat,
 # whose second worker takes the retries).
-"$POOL_BIN" --port "$POOL_PORT" --workers 2 --llama-server "$FAKE_BIN" \
+"$POOL_BIN" --port 0 --workers 2 --llama-server "$FAKE_BIN" \
     --group "chat=$POOL_BIN" --group "other=$FAKE_BIN" \
     --health-interval 0.2 --api-key "$KEY" --breaker-ejection 2 --stop-grace 3 \
     --shutdown-grace 5 --restart-backoff-base 0.2 \
@@ -189,6 +221,17 @@ PROM="http://127.0.0.1:$PROM_PORT"
     --worker-arg --fault-file --worker-arg "$FAULTS" \
     >"$WORK/pool.log" 2>&1 &
 POOL_PID=$!
+pool_port_known() {
+    POOL_PORT=$(sed -n 's/.*event=listening.* port=\([0-9][0-9]*\).*/\1/p' "$WORK/pool.log" | head -n 1)
+    [ -n "$POOL_PORT" ]
+}
+if ! wait_for 30 pool_port_known; then
+    fail "pool did not say which port it listens on"
+    tail -n 30 "$WORK/pool.log"
+    echo "$PASSED passed, $FAILED failed"
+    exit 1
+fi
+POOL="http://127.0.0.1:$POOL_PORT"
 
 mkdir -p "$WORK/tsdb"
 cat >"$WORK/prometheus.yml" <<EOF
@@ -204,7 +247,7 @@ scrape_configs:
       - targets: ["127.0.0.1:$POOL_PORT"]
 EOF
 "$PROMETHEUS" --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb" \
-    --web.listen-address="127.0.0.1:$PROM_PORT" --log.level=warn \
+    --web.listen-address="127.0.0.1:0" --log.level=warn \
     >"$WORK/prometheus.log" 2>&1 &
 PROM_PID=$!
 
@@ -221,17 +264,15 @@ SCRIPT_PID=$$
     rm -rf "$WORK"
 ) </dev/null >/dev/null 2>&1 &
 WATCHDOG_PID=$!
+prom_port_known() { PROM_PORT=$(listen_port "$PROM_PID") && [ -n "$PROM_PORT" ]; }
+if ! wait_for 30 prom_port_known; then
+    fail "prometheus never listened"
+    tail -n 30 "$WORK/prometheus.log"
+    echo "$PASSED passed, $FAILED failed"
+    exit 1
+fi
+PROM="http://127.0.0.1:$PROM_PORT"
 
-# Waits up to $1 seconds for command "$2..." to succeed.
-wait_for() {
-    local seconds=$1 i
-    shift
-    for ((i = 0; i < seconds * 10; i++)); do
-        "$@" && return 0
-        sleep 0.1
-    done
-    return 1
-}
 pool_healthy() { curl -s -m 2 "$POOL/health" | grep -q '"status" *: *"ok"'; }
 workers_ready() {
     curl -s -m 2 "$POOL/pool/status" | python3 -c '

@@ -34,7 +34,7 @@ Flight::WaitStatus wait_now(const Flight& flight) {
 
 }  // namespace
 
-TEST_CASE("the first request with a key leads; the same key while it runs attaches to it",
+TEST_CASE("the first request with a key leads, and the same key while it runs attaches to it",
           "[coalescer]") {
     FakeTime time;
     Coalescer c(limits(), time);
@@ -126,7 +126,7 @@ TEST_CASE("keys are per scope: two clients using the same key never meet", "[coa
     CHECK(c.join("key:B|k", 1, "req-4").reply->body == "for B");
 }
 
-TEST_CASE("a leader without a complete reply frees the key; its followers join anew",
+TEST_CASE("a leader without a complete reply frees the key, and its followers join anew",
           "[coalescer]") {
     FakeTime time;
     Coalescer c(limits(), time);

@@ -204,7 +204,7 @@ TEST_CASE("misuse fails loudly", "[fair_queue]") {
     CHECK_THROWS_AS(q.finished("nobody"), std::logic_error);
 }
 
-TEST_CASE("tenants are found by key or address; strangers are their own tenant", "[tenants]") {
+TEST_CASE("tenants are found by key or address, strangers are their own tenant", "[tenants]") {
     const std::vector<TenantConfig> config = {
         {"n8n", {"key-n8n"}, {}, 2, 0, 0},
         {"office", {}, {"10.0.0.7"}, 1, 1, 4},

@@ -136,6 +136,23 @@ TEST_CASE("groups: errors name the group and the key", "[groups][config]") {
                               {"--max-total-workers", "1"});
         CHECK(has_error(r, R"(key "workers.max_total": 1 is below the 2 workers)"));
     }
+    SECTION("an override that breaks a rule between two workers settings") {
+        const auto r =
+            d.load(R"([{"name": "a", "model": ")" + chat + R"("}, {"name": "b", "model": ")" +
+                       chat + R"(", "restart_backoff_base": 100}])",
+                   {"--restart-backoff-cap", "30"});
+        CHECK(has_error(r, R"(groups[1] "b": key "restart_backoff_cap": 30 is below )"
+                           R"(restart_backoff_base 100)"));
+        CHECK(r.errors.size() == 1);  // group a inherits valid settings: nothing said about it
+    }
+    SECTION("a bad pair at the top level is reported once, not again for each group") {
+        const auto r =
+            d.load(R"([{"name": "a", "model": ")" + chat +
+                       R"(", "parallel": 2}, {"name": "b", "model": ")" + chat + R"("}])",
+                   {"--restart-backoff-cap", "1", "--restart-backoff-base", "5"});
+        CHECK(has_error(r, R"(key "workers.restart_backoff_cap": 1 is below)"));
+        CHECK(r.errors.size() == 1);
+    }
     SECTION("groups is not an array") {
         const auto r = d.load(R"({"name": "a"})");
         CHECK(has_error(r, R"(key "groups": must be an array)"));
@@ -153,6 +170,42 @@ TEST_CASE("groups: --group NAME=MODEL replaces the file's groups", "[groups][con
     CHECK(r.config.groups[1].model == d.model("embed.gguf"));
     const auto bad = d.load("[]", {"--group", "nomodel"});
     CHECK(has_error(bad, "must be NAME=MODEL"));
+}
+
+TEST_CASE("groups: --check-config prints each group as it will run", "[groups][config]") {
+    ConfigDir d;
+    const auto r = d.load(R"([
+        {"name": "chat", "aliases": ["bitnet", "b2"], "model": ")" +
+                              d.model("chat.gguf") + R"(", "parallel": 4},
+        {"name": "embed", "model": ")" +
+                              d.model("embed.gguf") +
+                              R"(", "workers": 3, "min_workers": 1, "idle_stop": 60,
+         "endpoints": ["/v1/embeddings"], "default": true}])",
+                          {"--workers", "2"});
+    REQUIRE(r.ok());
+    const auto shown = checked_config_json(r.config);
+    REQUIRE(shown["groups"].size() == 2);
+    const auto& chat = shown["groups"][0];
+    CHECK(chat["name"] == "chat");
+    CHECK(chat["aliases"] == nlohmann::json::array({"bitnet", "b2"}));
+    CHECK(chat["model"] == d.model("chat.gguf"));
+    CHECK(chat["workers"] == 2);      // workers.count, filled in
+    CHECK(chat["min_workers"] == 2);  // = workers when not given
+    CHECK(chat["idle_stop"] == 0);
+    CHECK(chat["endpoints"].empty());
+    CHECK(chat["default"] == false);  // embed says it is
+    CHECK(chat["parallel"] == 4);     // an override, without its "workers." prefix
+    const auto& embed = shown["groups"][1];
+    CHECK(embed["name"] == "embed");
+    CHECK(embed["aliases"].empty());
+    CHECK(embed["model"] == d.model("embed.gguf"));
+    CHECK(embed["workers"] == 3);
+    CHECK(embed["min_workers"] == 1);
+    CHECK(embed["idle_stop"] == 60);
+    CHECK(embed["endpoints"] == nlohmann::json::array({"/v1/embeddings"}));
+    CHECK(embed["default"] == true);
+    CHECK_FALSE(embed.contains("parallel"));
+    CHECK(shown["workers"]["count"] == 2);  // the rest of the config is still there
 }
 
 TEST_CASE("groups: changed_keys names groups when they differ", "[groups][config]") {
@@ -268,7 +321,7 @@ TEST_CASE("scaling: waiting requests start workers, one per slots' worth", "[gro
     CHECK(plan.actions[0].reason == ScaleReason::below_minimum);
 }
 
-TEST_CASE("scaling: the budget is never exceeded; the least recently used idle group gives way",
+TEST_CASE("scaling: the budget is never exceeded, and the least recently used idle group gives way",
           "[groups][scaling]") {
     const TimePoint t0{};
     auto a = group(1, 0, 1);  // idle, used at t0+10s

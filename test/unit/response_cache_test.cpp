@@ -141,7 +141,7 @@ TEST_CASE("the least recently used replies go first when the byte bound is reach
     }
 }
 
-TEST_CASE("an entry is served until its TTL, not a moment after; a hit does not extend it",
+TEST_CASE("an entry is served until its TTL, not a moment after, and a hit does not extend it",
           "[cache]") {
     FakeTime time;
     ResponseCache cache({1 << 20, 10s}, time);
@@ -168,7 +168,7 @@ TEST_CASE("an entry is served until its TTL, not a moment after; a hit does not 
 
 // ---- RequestTraits: what may be cached ------------------------------------------------------
 
-TEST_CASE("determinism: temperature 0 or a fixed seed; llama-server's random seed is not",
+TEST_CASE("determinism: temperature 0 or a fixed seed, but not llama-server's random seed",
           "[cache][traits]") {
     CHECK(deterministic(R"({"temperature":0})"));
     CHECK(deterministic(R"({"temperature":0.0})"));
@@ -189,7 +189,7 @@ TEST_CASE("determinism: temperature 0 or a fixed seed; llama-server's random see
     CHECK_FALSE(is_deterministic(nlohmann::json::array()));
 }
 
-TEST_CASE("the canonical body sorts keys and drops spacing; non-objects have none",
+TEST_CASE("the canonical body sorts keys and drops spacing, non-objects have none",
           "[cache][traits]") {
     const auto a =
         read_request_traits(post(R"({"temperature":0,"prompt":"x","n_predict":4})"), "/completion");
@@ -225,7 +225,7 @@ TEST_CASE("only deterministic, non-streamed JSON POSTs are cacheable", "[cache][
     CHECK_FALSE(traits(R"({"prompt":"x","temperature":0})", "PUT").cacheable());
 }
 
-TEST_CASE("Cache-Control no-cache bypasses the lookup; no-store also skips storing",
+TEST_CASE("Cache-Control no-cache bypasses the lookup, no-store also skips storing",
           "[cache][traits]") {
     const std::string body = R"({"prompt":"x","temperature":0})";
     const auto with = [&](std::string value) {

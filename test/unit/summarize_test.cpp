@@ -315,23 +315,6 @@ TEST_CASE("when the levels run out the joined summaries are returned, unconverge
     CHECK(result.summary.size() > 400);
 }
 
-namespace {
-
-struct TempDir {
-    std::filesystem::path path;
-    TempDir() {
-        path = std::filesystem::temp_directory_path() /
-               ("llama-pool-jobs-" + std::to_string(::getpid()) + "-" +
-                std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
-    }
-    ~TempDir() {
-        std::error_code ec;
-        std::filesystem::remove_all(path, ec);
-    }
-};
-
-}  // namespace
-
 TEST_CASE("job ids are unguessable and checked for shape", "[jobs]") {
     const auto a = new_job_id();
     const auto b = new_job_id();
@@ -343,10 +326,11 @@ TEST_CASE("job ids are unguessable and checked for shape", "[jobs]") {
 }
 
 TEST_CASE("the job store bounds count and age and persists across restarts", "[jobs]") {
-    TempDir dir;
+    const test::TempDir tmp;
+    const std::filesystem::path dir(tmp.path());
     std::int64_t now = 1'000'000;
     Logger log(LogFormat::text, LogLevel::error);
-    JobStoreOptions options{3, 60, dir.path.string()};
+    JobStoreOptions options{3, 60, dir.string()};
     std::string error;
     std::string done_id, running_id, queued_id;
     {
@@ -369,7 +353,7 @@ TEST_CASE("the job store bounds count and age and persists across restarts", "[j
         const auto fourth = store.add(10, json{{"text", "d"}}, error);
         REQUIRE(fourth);
         CHECK_FALSE(store.get(done_id));
-        CHECK_FALSE(std::filesystem::exists(dir.path / (done_id + ".json")));
+        CHECK_FALSE(std::filesystem::exists(dir / (done_id + ".json")));
         // Now every job is unfinished: a fifth is refused, with the reason.
         CHECK_FALSE(store.add(10, json{{"text", "e"}}, error));
         CHECK(error.find("jobs.max_jobs") != std::string::npos);
@@ -404,23 +388,24 @@ TEST_CASE("the job store bounds count and age and persists across restarts", "[j
         now += 61'000;
         CHECK_FALSE(store.get(done_id));
         CHECK(store.list().empty());
-        CHECK(std::filesystem::is_empty(dir.path));
+        CHECK(std::filesystem::is_empty(dir));
     }
 }
 
 TEST_CASE("an unreadable job file reads interrupted, a leftover temporary is removed", "[jobs]") {
-    TempDir dir;
-    std::filesystem::create_directories(dir.path);
+    const test::TempDir tmp;
+    const std::filesystem::path dir(tmp.path());
+    std::filesystem::create_directories(dir);
     {
-        std::ofstream(dir.path / "job-000000000000000000000000.json") << "{not json";
-        std::ofstream(dir.path / "job-000000000000000000000001.json.tmp") << "{}";
-        std::ofstream(dir.path / "not-a-job.json") << "{not json";
+        std::ofstream(dir / "job-000000000000000000000000.json") << "{not json";
+        std::ofstream(dir / "job-000000000000000000000001.json.tmp") << "{}";
+        std::ofstream(dir / "not-a-job.json") << "{not json";
     }
     Logger log(LogFormat::text, LogLevel::error);
     JobStore store(
-        {10, 60, dir.path.string()}, [] { return std::int64_t{5}; }, log);
+        {10, 60, dir.string()}, [] { return std::int64_t{5}; }, log);
     CHECK(store.load() == 1);
-    CHECK_FALSE(std::filesystem::exists(dir.path / "job-000000000000000000000001.json.tmp"));
+    CHECK_FALSE(std::filesystem::exists(dir / "job-000000000000000000000001.json.tmp"));
     const auto job = store.get("job-000000000000000000000000");
     REQUIRE(job);
     CHECK(job->state == JobState::interrupted);
