@@ -98,7 +98,7 @@ bool HttpExchange::begin(int status, Headers headers, std::optional<std::size_t>
     // RFC 9110 §8.6 and RFC 9112 §6.1: a 1xx or 204 carries neither Content-Length nor
     // Transfer-Encoding; its end is known without them, so the connection stays usable.
     if (status == 204 || (status >= 100 && status < 200)) {
-        length_left_ = 0;
+        encoder_.length_left = 0;
     } else if (content_length) {
         headers.add("Content-Length", std::to_string(*content_length));
         encoder_.length_left = bodiless ? 0 : *content_length;

@@ -338,6 +338,9 @@ void BackendRegistry::release(const std::string& id, std::uint64_t serial,
     auto it = entries_.find(id);
     const bool counted = it != entries_.end() && it->second.serial == serial;
     last_active_ = time_.now();
+    if (counted && it->second.inflight + it->second.light_inflight == 1) {
+        idle_cv_.notify_all();  // this was its last request: a drain may go on
+    }
     if (kind == LeaseKind::light) {
         if (counted && it->second.light_inflight > 0) {
             --it->second.light_inflight;
@@ -412,6 +415,7 @@ void BackendRegistry::worker_removed(const std::string& id) {
     std::lock_guard lock(mutex_);
     // Leases on it hold the Backend itself; their release finds no entry and is a no-op.
     entries_.erase(id);
+    idle_cv_.notify_all();
 }
 
 std::uint64_t BackendRegistry::worker_progress(const std::string& id) const {
@@ -420,6 +424,21 @@ std::uint64_t BackendRegistry::worker_progress(const std::string& id) const {
     return it == entries_.end() || !it->second.backend
                ? 0
                : it->second.backend->received.load(std::memory_order_relaxed);
+}
+
+void BackendRegistry::wait_idle(const std::string& id, Duration timeout,
+                                const std::atomic<bool>& hurried) const {
+    std::unique_lock lock(mutex_);
+    idle_cv_.wait_for(lock, timeout, [&] {
+        const auto it = entries_.find(id);
+        return hurried.load() || shutdown_ || it == entries_.end() ||
+               it->second.inflight + it->second.light_inflight == 0;
+    });
+}
+
+void BackendRegistry::wake_idle_waiters() {
+    std::lock_guard lock(mutex_);  // a waiter between its check and its wait sees it too
+    idle_cv_.notify_all();
 }
 
 int BackendRegistry::worker_inflight(const std::string& id) const {
@@ -435,6 +454,7 @@ void BackendRegistry::shutdown() {
         w->cv.notify_one();
     }
     light_cv_.notify_all();
+    idle_cv_.notify_all();
 }
 
 std::vector<BackendSnapshot> BackendRegistry::snapshot() {

@@ -163,6 +163,9 @@ class BackendRegistry final : public WorkerListener {
     void worker_ready(const WorkerEndpoint& endpoint) override;
     void worker_unavailable(const std::string& id) override;
     int worker_inflight(const std::string& id) const override;
+    void wait_idle(const std::string& id, Duration timeout,
+                   const std::atomic<bool>& hurried) const override;
+    void wake_idle_waiters() override;
     std::uint64_t worker_progress(const std::string& id) const override;
     void worker_removed(const std::string& id) override;
 
@@ -233,6 +236,7 @@ class BackendRegistry final : public WorkerListener {
     FairQueue fair_{options_.priority_aging};
     std::map<FairQueue::Ticket, Waiter*> waiters_;  // exactly the tickets in fair_
     std::condition_variable light_cv_;              // a light connection came free
+    mutable std::condition_variable idle_cv_;       // a worker's last request ended
     std::size_t light_waiting_ = 0;
     bool shutdown_ = false;
     std::function<void()> activity_hook_;

@@ -78,7 +78,9 @@ void Worker::request_stop(Duration drain_grace) {
         }
     }
     if (drain_grace == Duration::zero()) {
-        wake_.notify();  // abort blocking probes at once
+        hurried_ = true;
+        wake_.notify();                 // abort blocking probes at once
+        listener_.wake_idle_waiters();  // and a drain (lock order: none held here)
     }
     cv_.notify_all();
 }
@@ -522,15 +524,10 @@ void Worker::drain_and_stop() {
         std::lock_guard lock(mutex_);
         grace = drain_grace_;
     }
-    const auto deadline = time_.now() + grace;
-    // The registry gives no event when a request ends, so the count is read again every
-    // few milliseconds; hurry() (drain_grace_ becoming zero) wakes the wait at once.
-    while (child_ && listener_.worker_inflight(settings_.id) > 0 && time_.now() < deadline) {
-        std::unique_lock lock(mutex_);
-        cv_.wait_for(lock, milliseconds(20), [&] { return drain_grace_ == Duration::zero(); });
-        if (drain_grace_ == Duration::zero()) {
-            break;
-        }
+    // The registry wakes this wait when the worker's last request ends, and hurry() (a zero
+    // drain grace) at once.
+    if (child_ && !hurried_) {
+        listener_.wait_idle(settings_.id, grace, hurried_);
     }
     if (child_) {
         const auto exit = child_->terminate(from_seconds(settings_.config.stop_grace));

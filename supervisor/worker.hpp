@@ -150,6 +150,8 @@ class Worker {
     bool restart_requested_ = false;
     bool child_event_ = false;  // the child's output closed: it has exited or is about to
     Duration drain_grace_{};
+    // Set with a zero drain_grace_: read without the lock by the registry's drain wait.
+    std::atomic<bool> hurried_{false};
 
     mutable std::mutex output_mutex_;
     OutputRing output_{kOutputHeadLines, kOutputLines - kOutputHeadLines};

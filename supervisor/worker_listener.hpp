@@ -1,7 +1,11 @@
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <string>
+#include <thread>
+
+#include "common/clock.hpp"
 
 namespace llama_pool {
 
@@ -26,6 +30,18 @@ class WorkerListener {
     virtual void worker_unavailable(const std::string& id) = 0;
     // Requests in flight on this worker (for draining and for idle probes).
     virtual int worker_inflight(const std::string& id) const = 0;
+    // Waits until the worker has no request in flight, `timeout` passes or `hurried` turns
+    // true (wake_idle_waiters() makes every waiter look again): a drain. The backend registry
+    // wakes it when the worker's last request ends; this default, for listeners that cannot
+    // tell (test doubles), looks every 20 ms.
+    virtual void wait_idle(const std::string& id, Duration timeout,
+                           const std::atomic<bool>& hurried) const {
+        const auto until = Clock::now() + timeout;
+        while (!hurried && worker_inflight(id) > 0 && Clock::now() < until) {
+            std::this_thread::sleep_for(milliseconds(20));
+        }
+    }
+    virtual void wake_idle_waiters() {}
     // A number that grows while the worker's requests make progress (response bytes read
     // from it), for the stall watchdog. 0 when the listener does not relay.
     virtual std::uint64_t worker_progress(const std::string& /*id*/) const { return 0; }
