@@ -17,6 +17,7 @@ ReplyBody::ReplyBody(Relay& relay, Start start, RelayOutcome outcome)
       ok_outcome_(start.outcome),
       total_deadline_(start.total_deadline),
       request_id_(std::move(start.request_id)),
+      last_piece_(relay.registry_.time().now()),
       outcome_(std::move(outcome)) {}
 
 ReplyBody::~ReplyBody() {
@@ -29,6 +30,7 @@ ReplyBody::~ReplyBody() {
 }
 
 void ReplyBody::on_piece(std::string_view piece, bool done, std::string& out, bool prefetched) {
+    last_piece_ = relay_.registry_.time().now();
     if (!prefetched) {
         backend_->received.fetch_add(piece.size(), std::memory_order_relaxed);
     }
@@ -62,8 +64,8 @@ void ReplyBody::release_worker() {
 }
 
 TimePoint ReplyBody::idle_deadline() const {
-    return std::min(total_deadline_, relay_.registry_.time().now() +
-                                         from_seconds(relay_.config_.stream_idle_timeout));
+    return std::min(total_deadline_,
+                    last_piece_ + from_seconds(relay_.config_.stream_idle_timeout));
 }
 
 void ReplyBody::completed() {

@@ -45,7 +45,8 @@ class ReplyBody {
     // A piece of the worker's body (already counted and framed when `prefetched`): appends what
     // goes to the client now to `out`; `done` when it was the last.
     void on_piece(std::string_view piece, bool done, std::string& out, bool prefetched = false);
-    // When a silent worker counts as stalled.
+    // When a silent worker counts as stalled: stream_idle_timeout after the last piece it
+    // sent (stable between pieces, since an event loop keeps asking).
     TimePoint idle_deadline() const;
     // The body ended (well or not): counts the completion and the tokens it reported.
     void completed();
@@ -78,6 +79,7 @@ class ReplyBody {
     TimePoint total_deadline_;
     std::string request_id_;
     UsageScanner usage_;
+    TimePoint last_piece_;
     bool reported_ = false;
     bool keep_connection_ = false;
     RelayOutcome outcome_;

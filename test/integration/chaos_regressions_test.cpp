@@ -127,6 +127,31 @@ TEST_CASE("a stream cut after its first events ends with whole events and the po
     CHECK(error["code"] == 502);
 }
 
+TEST_CASE("a stream whose worker goes silent ends with the pool's 504 after stream_idle_timeout",
+          "[integration][chaos]") {
+    // Regression: once streams were relayed by the event loop, the silence deadline moved
+    // forward every time the loop asked for it, so a stalled stream never timed out and its
+    // client waited for its own timeout instead of getting the error event.
+    FaultFile faults("stall-mid");
+    PoolProcess pool(
+        fake_pool_args(1, {"--stream-idle-timeout", "1"}, {"--fault-file", faults.path()}));
+    REQUIRE(pool.wait_ready(1, 20s));
+    faults.set(pool.status()["workers"][0]["port"].get<int>(), "stall 2");
+    std::string received;
+    httplib::Response res;
+    stream_body(received, res, pool, R"({"prompt":"x","max_tokens":10,"stream":true})");
+    CHECK(res.status == 200);
+    bool whole = false;
+    const auto events = events_of(received, whole);
+    INFO(received);
+    CHECK(whole);
+    REQUIRE(events.size() == 3);
+    CHECK(json::parse(events[1])["content"] == " tok1");
+    const auto error = json::parse(events[2])["error"];
+    CHECK(error["source"] == "llama-pool");
+    CHECK(error["code"] == 504);
+}
+
 TEST_CASE("a worker answering 500 to sound requests is retried and the client gets a 200",
           "[integration][chaos]") {
     // Regression: only 502/503/504 were retried, so until its breaker opened a worker that
