@@ -363,7 +363,7 @@ ClientRead client_reads(const std::string& wire) {
 
 }  // namespace
 
-TEST_CASE("RFC 9110 §15.2: a worker's 1xx answers are interim, read past; 101 is refused",
+TEST_CASE("RFC 9110 §15.2: a worker's 1xx answers are interim, read past, and 101 is refused",
           "[http][rfc9112]") {
     for (const int s : {100, 102, 103, 199}) {
         CHECK(response_kind(s) == ResponseKind::interim);
