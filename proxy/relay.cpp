@@ -314,7 +314,7 @@ RelayOutcome Relay::Run::run() {
             case Next::commit:
                 return commit(decision, std::move(*acquired.lease), std::move(at));
             case Next::give_up:
-                outcome_.retry_refused = plan_->retry_refused();
+                acquired.lease.reset();  // the slot is free before the client hears why
                 return answer();
             case Next::second_opinion:
             case Next::retry:
