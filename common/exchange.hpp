@@ -42,6 +42,33 @@ class BodyPump {
     virtual void on_client_gone() = 0;
 };
 
+// The rest of a request's handling while it waits (for a queue slot, a worker's reply, a
+// backoff) without holding a thread. The server waits in its event loop for wait_fd() to
+// become readable, for deadline(), and for the client to hang up, and then calls resume()
+// from whichever server thread wakes. Calls never overlap. A resume() either answers the
+// exchange (respond(); begin(), write(), finish(); or begin() then hand_off()) and returns
+// done, or returns wait and is called again after the next wake-up.
+class Deferred {
+  public:
+    enum class Step { wait, done };
+    virtual ~Deferred() = default;
+    // Readable when there is something to resume for; -1 when only the deadline and the
+    // client can wake it. Re-read after each resume(). It must stay open until the next
+    // resume() starts or the deferred is destroyed: the server takes it out of its epoll set
+    // before each resume() and before destroying the deferred, so resume() may close it.
+    virtual int wait_fd() const = 0;
+    // When to resume even if nothing happened; TimePoint::max() for never. Re-read after each
+    // resume().
+    virtual TimePoint deadline() const = 0;
+    // wait_fd() is readable, the deadline passed, or the client hung up (the deferred sees it
+    // in Exchange::client_gone(), and must then return done). A wake-up may be spurious. Must
+    // not block for long: a small answer's write, a connect to a local worker.
+    virtual Step resume(Exchange& exchange) = 0;
+    // The server is stopping: no resume() follows. Give back what is held; the server cuts
+    // the client's connection afterwards.
+    virtual void cancel() = 0;
+};
+
 // One request and the means to answer it. The HTTP server's connections implement it, and
 // so do in-process callers (summarization chunks, the response cache's recorder, coalesced
 // followers), which is what lets them share the relay's admission, retry and breaker path.
@@ -75,6 +102,12 @@ class Exchange {
     // body) as the pump produces bytes. False when this exchange cannot (in-process exchanges,
     // or the head could not be sent): the caller keeps relaying blocking.
     virtual bool hand_off(std::unique_ptr<BodyPump> /*pump*/) { return false; }
+    // Suspends the handling of this request: once the handler returns, the server calls
+    // `deferred` as its waits end, and the connection holds no thread meanwhile. True when
+    // the exchange takes it: the handler must then return without touching the exchange
+    // again. False when it cannot (in-process exchanges, or an answer already begun): the
+    // caller goes on blocking.
+    virtual bool defer(std::unique_ptr<Deferred> /*deferred*/) { return false; }
 };
 
 }  // namespace llama_pool
