@@ -42,6 +42,8 @@ class BodyPump {
     virtual void on_client_gone() = 0;
 };
 
+class Exchange;
+
 // The rest of a request's handling while it waits (for a queue slot, a worker's reply, a
 // backoff) without holding a thread. The server waits in its event loop for wait_fd() to
 // become readable, for deadline(), and for the client to hang up, and then calls resume()
