@@ -184,6 +184,12 @@ IoStatus HttpClientConnection::read_body_now(std::string& out, bool& done, std::
     return read_body(out, done, Clock::now(), error);
 }
 
+IoStatus HttpClientConnection::read_head_now(HttpResponseHead& head, bool request_was_head,
+                                             std::string& error) {
+    drained_ = false;
+    return read_head(head, request_was_head, Clock::now(), error);
+}
+
 bool HttpClientConnection::stale() const {
     return !fd_.valid() || peer_closed(fd_.get());
 }

@@ -106,9 +106,9 @@ IoStatus wait_ready(int fd, short events, TimePoint deadline, const IoWatch& wat
 
 }  // namespace
 
-IoStatus wait_watch(const IoWatch& watch, TimePoint deadline) {
+IoStatus wait_watch(const IoWatch& watch, TimePoint deadline, int readable) {
     // poll() ignores a negative descriptor, so only the watched ones can end the wait early.
-    return wait_ready(-1, 0, deadline, watch);
+    return wait_ready(readable, readable >= 0 ? POLLIN : 0, deadline, watch);
 }
 
 IoStatus read_some(int fd, char* buf, std::size_t cap, std::size_t& n, TimePoint deadline,

@@ -66,9 +66,10 @@ IoStatus read_some(int fd, char* buf, std::size_t cap, std::size_t& n, TimePoint
                    const IoWatch& watch = {}, ReadStart start = ReadStart::try_first);
 IoStatus write_all(int fd, std::string_view data, TimePoint deadline, const IoWatch& watch = {});
 
-// Waits until `deadline` with nothing to read or write, watching only `watch`: returns
-// timeout when the wait ran its course, peer_gone or woken when it was cut short.
-IoStatus wait_watch(const IoWatch& watch, TimePoint deadline);
+// Waits until `deadline` watching `watch` (and `readable`, when given): returns timeout when
+// the wait ran its course, ok when `readable` can be read, peer_gone or woken when the watch
+// cut it short.
+IoStatus wait_watch(const IoWatch& watch, TimePoint deadline, int readable = -1);
 
 // Non-blocking check whether the peer of a connected socket has closed or reset it.
 bool peer_closed(int fd);

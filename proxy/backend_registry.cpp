@@ -28,12 +28,8 @@ Lease::~Lease() {
     }
 }
 
-BackendRegistry::AcquireResult BackendRegistry::acquire(TimePoint deadline,
-                                                        const std::set<std::string>& avoid,
-                                                        const std::function<bool()>& cancelled,
-                                                        std::uint64_t affinity_key,
-                                                        const TenantTicket& tenant) {
-    std::unique_lock lock(mutex_);
+std::optional<BackendRegistry::AcquireResult> BackendRegistry::admit_locked(
+    const std::set<std::string>& avoid, std::uint64_t affinity_key, const TenantTicket& tenant) {
     AcquireResult result;
     if (shutdown_) {
         result.status = AcquireStatus::shutdown;
@@ -53,11 +49,11 @@ BackendRegistry::AcquireResult BackendRegistry::acquire(TimePoint deadline,
         result.status = AcquireStatus::queue_full;
         return result;
     }
-    Waiter waiter;
-    waiter.tenant = &tenant;
-    waiter.avoid = avoid;
-    waiter.affinity_key = affinity_key;
-    const auto ticket = fair_.push(tenant, time_.now());
+    return std::nullopt;
+}
+
+FairQueue::Ticket BackendRegistry::queue_locked(Waiter& waiter) {
+    const auto ticket = fair_.push(*waiter.tenant, time_.now());
     waiters_.emplace(ticket, &waiter);
     if (activity_hook_) {
         activity_hook_();
@@ -65,6 +61,24 @@ BackendRegistry::AcquireResult BackendRegistry::acquire(TimePoint deadline,
     // A slot may be free for this tenant while others wait (theirs are capped, or need
     // another worker).
     dispatch_locked();
+    return ticket;
+}
+
+BackendRegistry::AcquireResult BackendRegistry::acquire(TimePoint deadline,
+                                                        const std::set<std::string>& avoid,
+                                                        const std::function<bool()>& cancelled,
+                                                        std::uint64_t affinity_key,
+                                                        const TenantTicket& tenant) {
+    std::unique_lock lock(mutex_);
+    if (auto now = admit_locked(avoid, affinity_key, tenant)) {
+        return std::move(*now);
+    }
+    AcquireResult result;
+    Waiter waiter;
+    waiter.tenant = &tenant;
+    waiter.avoid = avoid;
+    waiter.affinity_key = affinity_key;
+    const auto ticket = queue_locked(waiter);
     while (!waiter.assigned && !shutdown_) {
         const auto now = Clock::now();
         if (now >= deadline) {
@@ -134,6 +148,131 @@ BackendRegistry::AcquireResult BackendRegistry::acquire_light(
         result.status = AcquireStatus::shutdown;
     }
     return result;
+}
+
+void BackendRegistry::notify_light_locked() {
+    light_cv_.notify_all();
+    for (auto* signal : light_signals_) {
+        signal->notify();
+    }
+}
+
+BackendRegistry::AcquireResult BackendRegistry::try_acquire(const std::set<std::string>& avoid,
+                                                            std::uint64_t affinity_key,
+                                                            const TenantTicket& tenant,
+                                                            std::unique_ptr<Place>& place) {
+    std::lock_guard lock(mutex_);
+    if (auto now = admit_locked(avoid, affinity_key, tenant)) {
+        return std::move(*now);
+    }
+    auto queued = std::make_unique<Place>(Place::Key{}, *this, LeaseKind::slot);
+    queued->waiter_ = std::make_unique<Waiter>();
+    queued->waiter_->signal = &queued->signal_;
+    queued->waiter_->tenant = &tenant;
+    queued->waiter_->avoid = avoid;
+    queued->waiter_->affinity_key = affinity_key;
+    queued->ticket_ = queue_locked(*queued->waiter_);
+    place = std::move(queued);
+    return {AcquireStatus::timeout, std::nullopt};
+}
+
+BackendRegistry::AcquireResult BackendRegistry::try_acquire_light(
+    const std::set<std::string>& avoid, std::unique_ptr<Place>& place) {
+    std::lock_guard lock(mutex_);
+    AcquireResult result;
+    if (shutdown_) {
+        result.status = AcquireStatus::shutdown;
+        return result;
+    }
+    last_active_ = time_.now();
+    if (auto picked = pick_light_locked(avoid); picked.backend) {
+        result.status = AcquireStatus::ok;
+        result.lease.emplace(this, std::move(picked.backend), picked.serial, std::string(),
+                             LeaseKind::light);
+        return result;
+    }
+    auto queued = std::make_unique<Place>(Place::Key{}, *this, LeaseKind::light);
+    queued->light_avoid_ = avoid;
+    queued->light_waiting_ = true;
+    light_signals_.insert(&queued->signal_);
+    ++light_waiting_;  // counted, so that a group scaled to zero starts a worker for it
+    if (activity_hook_) {
+        activity_hook_();
+    }
+    place = std::move(queued);
+    return result;
+}
+
+std::optional<BackendRegistry::AcquireResult> BackendRegistry::Place::take() {
+    std::lock_guard lock(registry_.mutex_);
+    signal_.clear();
+    AcquireResult result;
+    if (kind_ == LeaseKind::light) {
+        if (!light_waiting_) {
+            return std::nullopt;  // already served
+        }
+        if (!registry_.shutdown_) {
+            auto picked = registry_.pick_light_locked(light_avoid_);
+            if (!picked.backend) {
+                return std::nullopt;
+            }
+            result.status = AcquireStatus::ok;
+            result.lease.emplace(&registry_, std::move(picked.backend), picked.serial,
+                                 std::string(), LeaseKind::light);
+        } else {
+            result.status = AcquireStatus::shutdown;
+        }
+        light_waiting_ = false;
+        registry_.light_signals_.erase(&signal_);
+        --registry_.light_waiting_;
+        return result;
+    }
+    if (!waiter_) {
+        return std::nullopt;  // already served
+    }
+    if (waiter_->assigned) {
+        // The fair queue took the ticket back when it served it.
+        result.status = AcquireStatus::ok;
+        result.lease.emplace(&registry_, std::move(waiter_->assigned), waiter_->assigned_serial,
+                             waiter_->tenant->id);
+        waiter_.reset();
+        return result;
+    }
+    if (!registry_.shutdown_) {
+        return std::nullopt;
+    }
+    registry_.waiters_.erase(ticket_);
+    registry_.fair_.withdraw(ticket_);
+    waiter_.reset();
+    result.status = AcquireStatus::shutdown;
+    return result;
+}
+
+BackendRegistry::Place::~Place() {
+    std::shared_ptr<Backend> unclaimed;
+    std::uint64_t serial = 0;
+    std::string tenant_id;
+    {
+        std::lock_guard lock(registry_.mutex_);
+        if (light_waiting_) {
+            registry_.light_signals_.erase(&signal_);
+            --registry_.light_waiting_;
+        }
+        if (waiter_ && waiter_->assigned) {
+            unclaimed = std::move(waiter_->assigned);
+            serial = waiter_->assigned_serial;
+            tenant_id = waiter_->tenant->id;
+        } else if (waiter_) {
+            registry_.waiters_.erase(ticket_);
+            registry_.fair_.withdraw(ticket_);
+            // Our place may have been the one blocking others with different avoid sets.
+            registry_.dispatch_locked();
+        }
+    }
+    if (unclaimed) {
+        // Handed a slot it never took: giving it back (outside the lock) passes it on.
+        const Lease given_back(&registry_, std::move(unclaimed), serial, std::move(tenant_id));
+    }
 }
 
 BackendRegistry::Picked BackendRegistry::pick_light_locked(const std::set<std::string>& avoid) {
@@ -327,6 +466,9 @@ void BackendRegistry::dispatch_locked() {
         waiters_.erase(ticket);
         fair_.served(ticket);
         waiter->cv.notify_one();
+        if (waiter->signal != nullptr) {
+            waiter->signal->notify();
+        }
     }
 }
 
@@ -345,7 +487,7 @@ void BackendRegistry::release(const std::string& id, std::uint64_t serial,
         if (counted && it->second.light_inflight > 0) {
             --it->second.light_inflight;
         }
-        light_cv_.notify_all();  // few, and each may avoid different workers
+        notify_light_locked();  // few, and each may avoid different workers
     } else {
         if (counted && it->second.inflight > 0) {
             --it->second.inflight;
@@ -401,7 +543,7 @@ void BackendRegistry::worker_ready(const WorkerEndpoint& endpoint) {
     e.down_until = {};
     e.available = true;
     dispatch_locked();
-    light_cv_.notify_all();
+    notify_light_locked();
 }
 
 void BackendRegistry::worker_unavailable(const std::string& id) {
@@ -452,8 +594,11 @@ void BackendRegistry::shutdown() {
     shutdown_ = true;
     for (auto& [ticket, w] : waiters_) {
         w->cv.notify_one();
+        if (w->signal != nullptr) {
+            w->signal->notify();
+        }
     }
-    light_cv_.notify_all();
+    notify_light_locked();
     idle_cv_.notify_all();
 }
 

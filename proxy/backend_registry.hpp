@@ -14,6 +14,7 @@
 
 #include "common/clock.hpp"
 #include "common/random.hpp"
+#include "common/socket.hpp"
 #include "proxy/circuit_breaker.hpp"
 #include "proxy/fair_queue.hpp"
 #include "proxy/upstream_pool.hpp"
@@ -111,6 +112,8 @@ struct BackendSnapshot {
 // puts first: tenants share slots by weight and priority, and within a tenant the oldest
 // waiter goes first. With one tenant that is plain FIFO. Thread-safe.
 class BackendRegistry final : public WorkerListener {
+    struct Waiter;  // one queued request: below
+
   public:
     enum class AcquireStatus { ok, timeout, cancelled, shutdown, queue_full };
     struct AcquireResult {
@@ -140,6 +143,46 @@ class BackendRegistry final : public WorkerListener {
     // at all (a light request is no breaker trial).
     AcquireResult acquire_light(TimePoint deadline, const std::set<std::string>& avoid,
                                 const std::function<bool()>& cancelled);
+
+    // A request's place in the queue while it waits in an event loop instead of blocking in
+    // acquire() or acquire_light(). fd() turns readable when the place may have been served
+    // (a slot handed to it; for a light request, a connection came free) or the registry shut
+    // down; take() then says. Destroying it leaves the queue, or gives back a slot it was
+    // handed and never took. The registry must outlive it.
+    class Place {
+      public:
+        ~Place();
+        struct Key {  // only the registry makes places
+          private:
+            friend class BackendRegistry;
+            Key() = default;
+        };
+        Place(Key, BackendRegistry& registry, LeaseKind kind) : registry_(registry), kind_(kind) {}
+        Place(const Place&) = delete;
+        Place& operator=(const Place&) = delete;
+        int fd() const { return signal_.fd(); }
+        // The lease once served, `shutdown` once the registry shut down; nullopt while it
+        // waits. Never blocks.
+        std::optional<AcquireResult> take();
+
+      private:
+        friend class BackendRegistry;
+        BackendRegistry& registry_;
+        const LeaseKind kind_;
+        WakeSignal signal_;
+        FairQueue::Ticket ticket_{};
+        std::unique_ptr<Waiter> waiter_;  // a slot place's, while it is queued
+        std::set<std::string> light_avoid_;
+        bool light_waiting_ = false;  // counted in the registry's light waiters
+    };
+    // acquire() and acquire_light() for a caller that waits in an event loop: a lease at once
+    // (`ok`), a refusal at once (`queue_full`, `shutdown`), or `timeout` with `place` set: the
+    // request waits in the queue (and counts as waiting) until `place` is served or destroyed.
+    // The caller keeps its own deadline and watches its own client.
+    AcquireResult try_acquire(const std::set<std::string>& avoid, std::uint64_t affinity_key,
+                              const TenantTicket& tenant, std::unique_ptr<Place>& place);
+    AcquireResult try_acquire_light(const std::set<std::string>& avoid,
+                                    std::unique_ptr<Place>& place);
 
     struct BreakerChange {
         BreakerState before = BreakerState::closed;
@@ -206,6 +249,7 @@ class BackendRegistry final : public WorkerListener {
     };
     struct Waiter {
         std::condition_variable cv;
+        WakeSignal* signal = nullptr;  // a Place's: notified with cv
         const TenantTicket* tenant = nullptr;
         std::set<std::string> avoid;
         std::uint64_t affinity_key = 0;
@@ -224,6 +268,12 @@ class BackendRegistry final : public WorkerListener {
                                              const std::set<std::string>& avoid,
                                              std::uint64_t affinity_key);
     void dispatch_locked();
+    // A lease now, a refusal now, or nullopt: the request must queue.
+    std::optional<AcquireResult> admit_locked(const std::set<std::string>& avoid,
+                                              std::uint64_t affinity_key,
+                                              const TenantTicket& tenant);
+    FairQueue::Ticket queue_locked(Waiter& waiter);
+    void notify_light_locked();
     int inflight_total_locked() const;
 
     RandomSource& random_;
@@ -238,6 +288,7 @@ class BackendRegistry final : public WorkerListener {
     std::condition_variable light_cv_;              // a light connection came free
     mutable std::condition_variable idle_cv_;       // a worker's last request ended
     std::size_t light_waiting_ = 0;
+    std::set<WakeSignal*> light_signals_;  // waiting light Places', notified with light_cv_
     bool shutdown_ = false;
     std::function<void()> activity_hook_;
     TimePoint last_active_ = time_.now();

@@ -163,20 +163,24 @@ struct KeptReply {
 
 }  // namespace
 
-// One forward(): carries out RelayPlan's decisions. Lives on the stack of forward().
+// One forward(), as a state machine that carries out RelayPlan's decisions. step() goes as far
+// as it can without waiting and then says what it waits for (wait_fd(), deadline(), the
+// client). forward() either drives it on its own thread, or, when the exchange can defer
+// (the HTTP server's), hands it to the server's event loop while it waits: a request queued
+// for a slot or waiting for a worker's first token then holds no thread.
 class Relay::Run {
   public:
-    Run(Relay& relay, Exchange& exchange, const std::string& target, const std::string& request_id,
-        const std::set<std::string>& avoid, const OutcomeSink& sink)
+    Run(Relay& relay, Exchange& exchange, std::string target, std::string request_id,
+        const std::set<std::string>& avoid, OutcomeSink sink)
         : relay_(relay),
-          exchange_(exchange),
-          request_(exchange.request()),
-          target_(target),
-          request_id_(request_id),
-          tenant_(relay.tenants_.identify(request_.headers, exchange.remote_address())),
-          light_(slot_use(request_.method, std::string_view(target).substr(0, target.find('?'))) ==
+          exchange_(&exchange),
+          target_(std::move(target)),
+          request_id_(std::move(request_id)),
+          tenant_(relay.tenants_.identify(exchange.request().headers, exchange.remote_address())),
+          light_(slot_use(exchange.request().method,
+                          std::string_view(target_).substr(0, target_.find('?'))) ==
                  SlotUse::light),
-          sink_(sink),
+          sink_(std::move(sink)),
           tried_(avoid) {
         outcome_.tenant = tenant_.label;
         outcome_.group = relay.group_;
@@ -189,46 +193,446 @@ class Relay::Run {
     Run(const Run&) = delete;
     Run& operator=(const Run&) = delete;
 
-    RelayOutcome run();
+    // Goes on until it must wait (`wait`) or the request is answered (`done`).
+    Deferred::Step step(Exchange& exchange);
+    // What it waits for: readable, or -1 for only the deadline and the client.
+    int wait_fd() const;
+    // When to call step() again even if nothing happened, on the steady clock.
+    TimePoint deadline() const;
+    // The server stops (or an in-process requester cancelled): ends the request now, without
+    // a word to the client, whose connection the caller cuts.
+    void stop(bool client_left);
+    // After `done`: what happened. Says handed_off when the body went to the event loop, whose
+    // pump reports the final outcome to the sink.
+    const RelayOutcome& result() const { return result_; }
+    const OutcomeSink& sink() const { return sink_; }
 
   private:
+    enum class Phase { start, want_slot, queued, head, body, backoff, done };
+    enum class Flow { next, wait, done };
+
     TimePoint now() const { return relay_.registry_.time().now(); }
+    const HttpRequest& request() const { return exchange_->request(); }
+    Flow start();
+    Flow want_slot();
+    Flow queued();
+    Flow on_slot(BackendRegistry::AcquireResult acquired);
+    Flow send(bool fresh);
+    Flow head();
+    Flow body();
+    Flow decide();
+    Flow backoff();
+    Flow abandon(bool client_left);
+    Flow finish(RelayOutcome outcome);
+
     RelayDeadlines make_deadlines() const;
     bool refused_early(const RelayDeadlines& deadlines);
-    BackendRegistry::AcquireResult take_slot(std::uint64_t affinity);
-    void send(Backend& backend, Attempt& at, TimePoint total_deadline);
-    void prefetch(Backend& backend, Attempt& at, TimePoint total_deadline);
-    AttemptReport report_for(const Attempt& at, std::optional<bool>& body_is_json) const;
-    void account(const Decision& d, Backend& backend, Attempt& at);
-    RelayOutcome commit(const Decision& d, Lease lease, Attempt at);
+    AttemptReport report_for(std::optional<bool>& body_is_json) const;
+    void account(const Decision& d, Backend& backend);
+    RelayOutcome commit(const Decision& d);
     bool hand_off(const std::shared_ptr<ReplyBody>& body);
-    enum class Wait { waited, client_gone, woken };
-    Wait back_off(Duration delay);
     RelayOutcome answer();
     RelayOutcome gone(bool client_left);
     void refuse(RejectReason reason, const std::string& message);
 
     Relay& relay_;
-    Exchange& exchange_;
-    const HttpRequest& request_;
-    const std::string& target_;
-    const std::string& request_id_;
+    Exchange* exchange_;  // the one step() was called with: a deferred exchange may move
+    const std::string target_;
+    const std::string request_id_;
     const TenantTicket tenant_;
     const bool light_;  // takes no generation slot: waits only for a connection (slot_use.hpp)
-    const OutcomeSink& sink_;  // set: the body may be handed to the server's event loop
+    const OutcomeSink sink_;  // set: the body may be handed to the server's event loop
+    Phase phase_ = Phase::start;
     RelayOutcome outcome_;
+    RelayOutcome result_;
     std::unique_ptr<RelayPlan> plan_;
+    std::uint64_t affinity_ = 0;
+    std::optional<bool> body_is_json_;
     std::set<std::string> tried_;
     std::string last_error_ = "no worker available";
     std::optional<KeptReply> first_500_;
     std::optional<std::string> second_opinion_for_;  // the worker whose 500 awaits a verdict
+    // Declared after tenant_, which its queue entry points to.
+    std::unique_ptr<BackendRegistry::Place> place_;  // while queued
+    TimePoint queued_at_;
+    std::optional<Lease> lease_;  // while attempting
+    Attempt at_;
+    bool reused_ = false;  // at_.conn came from the idle pool
+    bool fresh_tried_ = false;
+    TimePoint head_deadline_;
+    TimePoint last_piece_;
+    TimePoint backoff_until_;
+};
+
+// The Run while the server's event loop holds its request.
+class Relay::Waiting final : public Deferred {
+  public:
+    explicit Waiting(std::shared_ptr<Run> run) : run_(std::move(run)) {}
+    int wait_fd() const override { return run_->wait_fd(); }
+    TimePoint deadline() const override { return run_->deadline(); }
+    Step resume(Exchange& exchange) override {
+        const auto step = run_->step(exchange);
+        if (step == Step::done) {
+            report();
+        }
+        return step;
+    }
+    // The server cuts the client's connection right after.
+    void cancel() override {
+        run_->stop(false);
+        report();
+    }
+
+  private:
+    void report() {
+        if (!run_->result().handed_off && run_->sink()) {
+            run_->sink()(run_->result());
+        }
+    }
+    std::shared_ptr<Run> run_;
 };
 
 RelayOutcome Relay::forward(Exchange& exchange, const std::string& target,
                             const std::string& request_id, const std::set<std::string>& avoid,
                             const OutcomeSink& sink) {
-    Run run(*this, exchange, target, request_id, avoid, sink);
-    return run.run();
+    auto run = std::make_shared<Run>(*this, exchange, target, request_id, avoid, sink);
+    auto step = run->step(exchange);
+    if (step == Deferred::Step::wait && sink && exchange.defer(std::make_unique<Waiting>(run))) {
+        RelayOutcome pending;
+        pending.handed_off = true;  // the Waiting reports the final outcome to the sink
+        return pending;
+    }
+    // An in-process exchange: this thread waits.
+    while (step == Deferred::Step::wait) {
+        if (wait_watch(exchange.watch(), run->deadline(), run->wait_fd()) == IoStatus::woken) {
+            run->stop(exchange.client_gone());
+            exchange.abort();
+            break;
+        }
+        step = run->step(exchange);
+    }
+    return run->result();
+}
+
+Deferred::Step Relay::Run::step(Exchange& exchange) {
+    exchange_ = &exchange;
+    auto flow = Flow::next;
+    while (flow == Flow::next) {
+        switch (phase_) {
+            case Phase::start:
+                flow = start();
+                break;
+            case Phase::want_slot:
+                flow = want_slot();
+                break;
+            case Phase::queued:
+                flow = queued();
+                break;
+            case Phase::head:
+                flow = head();
+                break;
+            case Phase::body:
+                flow = body();
+                break;
+            case Phase::backoff:
+                flow = backoff();
+                break;
+            case Phase::done:
+                throw std::logic_error("Relay::Run::step after the request was answered");
+        }
+    }
+    return flow == Flow::wait ? Deferred::Step::wait : Deferred::Step::done;
+}
+
+int Relay::Run::wait_fd() const {
+    switch (phase_) {
+        case Phase::queued:
+            return place_->fd();
+        case Phase::head:
+        case Phase::body:
+            return at_.conn.fd();
+        default:
+            return -1;
+    }
+}
+
+TimePoint Relay::Run::deadline() const {
+    TimePoint at = TimePoint::max();
+    switch (phase_) {
+        case Phase::queued:
+            at = plan_->slot_deadline();
+            break;
+        case Phase::head:
+            at = head_deadline_;
+            break;
+        case Phase::body:
+            at = std::min(plan_->deadlines().total,
+                          last_piece_ + from_seconds(relay_.config_.stream_idle_timeout));
+            break;
+        case Phase::backoff:
+            at = backoff_until_;
+            break;
+        default:
+            return at;
+    }
+    // The plan's times are on the registry's clock; whoever waits uses the steady one.
+    return Clock::now() + std::max(Duration::zero(), at - now());
+}
+
+void Relay::Run::stop(bool client_left) {
+    if (phase_ == Phase::done) {
+        return;
+    }
+    if (phase_ == Phase::head || phase_ == Phase::body) {
+        // Closing the worker connection cancels the generation; nobody learnt anything.
+        relay_.registry_.report_abandoned(lease_->backend().id);
+    }
+    at_ = Attempt();
+    lease_.reset();
+    place_.reset();
+    outcome_.client_gone = client_left;
+    result_ = outcome_;
+    phase_ = Phase::done;
+}
+
+Relay::Run::Flow Relay::Run::finish(RelayOutcome outcome) {
+    result_ = std::move(outcome);
+    phase_ = Phase::done;
+    return Flow::done;
+}
+
+Relay::Run::Flow Relay::Run::start() {
+    const auto deadlines = make_deadlines();
+    if (refused_early(deadlines)) {
+        return finish(outcome_);
+    }
+    plan_ = std::make_unique<RelayPlan>(relay_.rules_, deadlines, relay_.budget_, relay_.random_);
+    affinity_ = relay_.affinity_key_for(request());
+    phase_ = Phase::want_slot;
+    return Flow::next;
+}
+
+Relay::Run::Flow Relay::Run::want_slot() {
+    queued_at_ = now();
+    auto acquired = light_ ? relay_.registry_.try_acquire_light(tried_, place_)
+                           : relay_.registry_.try_acquire(tried_, affinity_, tenant_, place_);
+    if (place_) {
+        phase_ = Phase::queued;
+        return Flow::next;  // it may have been served at once
+    }
+    return on_slot(std::move(acquired));
+}
+
+Relay::Run::Flow Relay::Run::queued() {
+    auto acquired = place_->take();
+    if (!acquired) {
+        if (exchange_->client_gone()) {
+            acquired.emplace().status = BackendRegistry::AcquireStatus::cancelled;
+        } else if (now() >= plan_->slot_deadline()) {
+            acquired.emplace().status = BackendRegistry::AcquireStatus::timeout;
+        } else {
+            return Flow::wait;
+        }
+    }
+    place_.reset();  // leaves the queue, unless it was served
+    return on_slot(std::move(*acquired));
+}
+
+Relay::Run::Flow Relay::Run::on_slot(BackendRegistry::AcquireResult acquired) {
+    const auto waited = to_seconds(now() - queued_at_);
+    outcome_.queue_seconds += waited;
+    relay_.metrics_.queue_wait(relay_.group_, waited);
+    const auto granted =
+        acquired.status == BackendRegistry::AcquireStatus::ok && acquired.lease.has_value();
+    const auto slot =
+        acquired.status == BackendRegistry::AcquireStatus::cancelled    ? SlotResult::cancelled
+        : acquired.status == BackendRegistry::AcquireStatus::queue_full ? SlotResult::queue_full
+        : granted                                                       ? SlotResult::granted
+                                                                        : SlotResult::no_slot;
+    const bool same_as_500 =
+        granted && second_opinion_for_ && acquired.lease->backend().id == *second_opinion_for_;
+    if (plan_->on_slot(slot, same_as_500) == Next::give_up) {
+        acquired.lease.reset();  // the slot is free before the client hears why
+        return finish(answer());
+    }
+    lease_.emplace(std::move(*acquired.lease));
+    Backend& backend = lease_->backend();
+    outcome_.attempts = plan_->attempts();
+    outcome_.worker = backend.id;
+    tried_.insert(backend.id);
+    fresh_tried_ = false;
+    return send(false);
+}
+
+// Connects and sends the request; the reply is waited for in head(). A pooled connection may
+// have been closed by the worker's keep-alive timer just as we sent on it; that costs nothing
+// to retry on a fresh connection, once (`fresh`).
+Relay::Run::Flow Relay::Run::send(bool fresh) {
+    const auto& config = relay_.config_;
+    Backend& backend = lease_->backend();
+    at_ = Attempt();
+    at_.conn = backend.pool.take(now() + from_seconds(config.connect_timeout), reused_, at_.error,
+                                 !fresh);
+    if (!at_.conn.connected()) {
+        at_.connected = false;
+        at_.io = IoStatus::error;
+        at_.error = "connect: " + at_.error;
+        return decide();
+    }
+    head_deadline_ =
+        std::min(plan_->deadlines().total, now() + from_seconds(config.response_timeout));
+    const auto headers = upstream_request_headers(request(), request_id_, backend.api_key,
+                                                  exchange_->remote_address());
+    // A request body the worker does not take at once is the one write that may wait here.
+    at_.io = at_.conn.send_request(request().method, target_,
+                                   host_header_for(backend.pool.host(), backend.pool.port()),
+                                   headers, request().body, head_deadline_, exchange_->watch());
+    if (at_.io == IoStatus::peer_gone || at_.io == IoStatus::woken) {
+        return abandon(at_.io == IoStatus::peer_gone);
+    }
+    if (at_.io != IoStatus::ok) {
+        if (reused_ && !fresh && (at_.io == IoStatus::eof || at_.io == IoStatus::error)) {
+            fresh_tried_ = true;
+            return send(true);
+        }
+        return decide();
+    }
+    phase_ = Phase::head;
+    return Flow::wait;  // the reply cannot be there yet
+}
+
+Relay::Run::Flow Relay::Run::abandon(bool client_left) {
+    relay_.registry_.report_abandoned(lease_->backend().id);
+    at_ = Attempt();  // closing the worker connection cancels the generation
+    lease_.reset();
+    return finish(gone(client_left));
+}
+
+Relay::Run::Flow Relay::Run::head() {
+    if (exchange_->client_gone()) {
+        return abandon(true);
+    }
+    at_.io = at_.conn.read_head_now(at_.head, request().method == "HEAD", at_.error);
+    if (at_.io == IoStatus::timeout) {
+        if (now() < head_deadline_) {
+            at_.error.clear();
+            return Flow::wait;
+        }
+        return decide();  // `error` says whether any of the head had come
+    }
+    const bool stale_reuse = reused_ && !fresh_tried_ &&
+                             (at_.io == IoStatus::eof || at_.io == IoStatus::error) &&
+                             at_.error != "incomplete response head";
+    if (stale_reuse) {
+        fresh_tried_ = true;
+        return send(true);
+    }
+    if (at_.io != IoStatus::ok) {
+        return decide();
+    }
+    const auto content_type = at_.head.headers.get("Content-Type").value_or("");
+    const auto framing = response_framing(at_.head, request().method == "HEAD");
+    if (framing.framing.kind == BodyFraming::Kind::length ||
+        framing.framing.kind == BodyFraming::Kind::none) {
+        at_.length = framing.framing.length;
+    }
+    at_.event_stream = content_type.rfind("text/event-stream", 0) == 0;
+    at_.events = at_.event_stream && !at_.length;
+    const bool buffer_whole = !at_.events && !(at_.length && *at_.length > kMaxBufferedReply);
+    if (plan_->retries_status(at_.head.status) || !(at_.events || buffer_whole)) {
+        return decide();  // a retried status is drained in account()
+    }
+    phase_ = Phase::body;
+    last_piece_ = now();
+    return Flow::next;  // some of the body may have come with the head
+}
+
+// Reads the start of the body before anything reaches the client: a failure until then is
+// retried like one before the head. An event stream is read up to its first whole event; any
+// other body whole, when it is not too big.
+Relay::Run::Flow Relay::Run::body() {
+    if (exchange_->client_gone()) {
+        return abandon(true);
+    }
+    Backend& backend = lease_->backend();
+    while (true) {
+        std::string piece;
+        at_.io = at_.conn.read_body_now(piece, at_.done, at_.error);
+        if (at_.io == IoStatus::timeout) {
+            if (now() < std::min(plan_->deadlines().total,
+                                 last_piece_ + from_seconds(relay_.config_.stream_idle_timeout))) {
+                at_.error.clear();
+                return Flow::wait;
+            }
+            return decide();
+        }
+        if (at_.io != IoStatus::ok) {
+            if (at_.error.empty()) {
+                at_.error = "response cut off";
+            }
+            return decide();
+        }
+        last_piece_ = now();
+        backend.received.fetch_add(piece.size(), std::memory_order_relaxed);
+        if (at_.events) {
+            at_.framer.feed(piece);
+            at_.bytes = at_.framer.take();
+            if (at_.done) {
+                at_.bytes += at_.framer.pending();
+            }
+            if (!at_.bytes.empty() || at_.done) {
+                return decide();
+            }
+        } else {
+            at_.bytes += piece;
+            if (at_.done || at_.bytes.size() > kMaxBufferedReply) {
+                return decide();
+            }
+        }
+    }
+}
+
+Relay::Run::Flow Relay::Run::decide() {
+    Backend& backend = lease_->backend();
+    const auto decision = plan_->on_attempt(report_for(body_is_json_), now());
+    account(decision, backend);
+    switch (decision.next) {
+        case Next::commit:
+            return finish(commit(decision));
+        case Next::give_up:
+            at_ = Attempt();
+            lease_.reset();  // the slot is free before the client hears why
+            return finish(answer());
+        case Next::second_opinion:
+        case Next::retry:
+            outcome_.retry_reasons.push_back(*decision.retry);
+            relay_.metrics_.retry(to_string(*decision.retry));
+            break;
+        case Next::attempt:
+            throw std::logic_error("RelayPlan::on_attempt answered attempt");
+    }
+    at_ = Attempt();
+    lease_.reset();  // free the slot while we back off
+    if (decision.next == Next::retry) {
+        backoff_until_ = now() + decision.delay;
+        phase_ = Phase::backoff;
+    } else {
+        phase_ = Phase::want_slot;
+    }
+    return Flow::next;
+}
+
+// Waits before the next attempt, or until the client leaves.
+Relay::Run::Flow Relay::Run::backoff() {
+    if (exchange_->client_gone()) {
+        return finish(gone(true));
+    }
+    if (now() < backoff_until_) {
+        return Flow::wait;
+    }
+    plan_->on_backoff_over();
+    phase_ = Phase::want_slot;
+    return Flow::next;
 }
 
 RelayDeadlines Relay::Run::make_deadlines() const {
@@ -236,7 +640,7 @@ RelayDeadlines Relay::Run::make_deadlines() const {
     d.started = now();
     d.total = d.started + from_seconds(relay_.config_.total_timeout);
     d.queue = d.started + from_seconds(relay_.config_.queue_timeout);
-    if (const auto own = client_deadline(request_.headers)) {
+    if (const auto own = client_deadline(request().headers)) {
         d.total = std::min(d.total, d.started + *own);
         d.queue = std::min(d.queue, d.started + *own);
         d.client_set = true;
@@ -249,13 +653,13 @@ void Relay::Run::refuse(RejectReason reason, const std::string& message) {
     outcome_.rejected = reason;
     const auto retry_after =
         relay_.service_rate_.retry_after_seconds(relay_.registry_.waiting(), now());
-    respond_error(exchange_, 503, message, request_id_, retry_after);
+    respond_error(*exchange_, 503, message, request_id_, retry_after);
 }
 
 // Refuses now what cannot start in time, instead of after the client gave up. Only the
 // waiters the fair queue serves first count: another tenant's flood does not.
 bool Relay::Run::refused_early(const RelayDeadlines& deadlines) {
-    const auto own = client_deadline(request_.headers);
+    const auto own = client_deadline(request().headers);
     if (!own || light_) {
         return false;
     }
@@ -271,188 +675,33 @@ bool Relay::Run::refused_early(const RelayDeadlines& deadlines) {
     return true;
 }
 
-RelayOutcome Relay::Run::run() {
-    const auto deadlines = make_deadlines();
-    if (refused_early(deadlines)) {
-        return outcome_;
-    }
-    plan_ = std::make_unique<RelayPlan>(relay_.rules_, deadlines, relay_.budget_, relay_.random_);
-    const auto affinity = relay_.affinity_key_for(request_);
-    std::optional<bool> body_is_json;
-    while (true) {
-        auto acquired = take_slot(affinity);
-        const auto granted =
-            acquired.status == BackendRegistry::AcquireStatus::ok && acquired.lease.has_value();
-        const auto slot =
-            acquired.status == BackendRegistry::AcquireStatus::cancelled    ? SlotResult::cancelled
-            : acquired.status == BackendRegistry::AcquireStatus::queue_full ? SlotResult::queue_full
-            : granted                                                       ? SlotResult::granted
-                                                                            : SlotResult::no_slot;
-        const bool same_as_500 =
-            granted && second_opinion_for_ && acquired.lease->backend().id == *second_opinion_for_;
-        if (plan_->on_slot(slot, same_as_500) == Next::give_up) {
-            acquired.lease.reset();
-            return answer();
-        }
-        Backend& backend = acquired.lease->backend();
-        outcome_.attempts = plan_->attempts();
-        outcome_.worker = backend.id;
-        tried_.insert(backend.id);
-        Attempt at;
-        send(backend, at, deadlines.total);
-        if (at.io == IoStatus::ok) {
-            prefetch(backend, at, deadlines.total);
-        }
-        if (at.io == IoStatus::peer_gone || at.io == IoStatus::woken) {
-            // Closing the worker connection (at.conn goes out of scope) cancels the generation.
-            relay_.registry_.report_abandoned(backend.id);
-            return gone(at.io == IoStatus::peer_gone);
-        }
-        const auto decision = plan_->on_attempt(report_for(at, body_is_json), now());
-        account(decision, backend, at);
-        switch (decision.next) {
-            case Next::commit:
-                return commit(decision, std::move(*acquired.lease), std::move(at));
-            case Next::give_up:
-                acquired.lease.reset();  // the slot is free before the client hears why
-                return answer();
-            case Next::second_opinion:
-            case Next::retry:
-                outcome_.retry_reasons.push_back(*decision.retry);
-                relay_.metrics_.retry(to_string(*decision.retry));
-                break;
-            case Next::attempt:
-                throw std::logic_error("RelayPlan::on_attempt answered attempt");
-        }
-        acquired.lease.reset();  // free the slot while we back off
-        if (decision.next == Next::retry) {
-            if (const auto waited = back_off(decision.delay); waited != Wait::waited) {
-                return gone(waited == Wait::client_gone);
-            }
-            plan_->on_backoff_over();
-        }
-    }
-}
-
-BackendRegistry::AcquireResult Relay::Run::take_slot(std::uint64_t affinity) {
-    const auto queued_at = now();
-    const auto gone = [this] { return exchange_.client_gone(); };
-    auto acquired =
-        light_ ? relay_.registry_.acquire_light(plan_->slot_deadline(), tried_, gone)
-               : relay_.registry_.acquire(plan_->slot_deadline(), tried_, gone, affinity, tenant_);
-    const auto waited = to_seconds(now() - queued_at);
-    outcome_.queue_seconds += waited;
-    relay_.metrics_.queue_wait(relay_.group_, waited);
-    return acquired;
-}
-
-// Connects, sends the request and reads the response head. A pooled connection may have been
-// closed by the worker's keep-alive timer just as we sent on it; that costs nothing to retry
-// on a fresh connection, once.
-void Relay::Run::send(Backend& backend, Attempt& at, TimePoint total_deadline) {
-    const auto& config = relay_.config_;
-    const auto headers = upstream_request_headers(request_, request_id_, backend.api_key,
-                                                  exchange_.remote_address());
-    const auto host_header = host_header_for(backend.pool.host(), backend.pool.port());
-    for (int fresh_try = 0; fresh_try < 2; ++fresh_try) {
-        bool reused = false;
-        at.conn = backend.pool.take(now() + from_seconds(config.connect_timeout), reused, at.error,
-                                    fresh_try == 0);
-        if (!at.conn.connected()) {
-            at.connected = false;
-            at.io = IoStatus::error;
-            at.error = "connect: " + at.error;
-            return;
-        }
-        const auto head_deadline =
-            std::min(total_deadline, now() + from_seconds(config.response_timeout));
-        at.io = at.conn.send_request(request_.method, target_, host_header, headers, request_.body,
-                                     head_deadline, exchange_.watch());
-        if (at.io == IoStatus::ok) {
-            at.io = at.conn.read_head(at.head, request_.method == "HEAD", head_deadline, at.error,
-                                      exchange_.watch());
-        }
-        const bool stale_reuse = reused && (at.io == IoStatus::eof || at.io == IoStatus::error) &&
-                                 at.error != "incomplete response head";
-        if (!stale_reuse) {
-            return;
-        }
-    }
-}
-
-// Reads the start of the body before anything reaches the client: a failure until then is
-// retried like one before the head. An event stream is read up to its first whole event; any
-// other body whole, when it is not too big.
-void Relay::Run::prefetch(Backend& backend, Attempt& at, TimePoint total_deadline) {
-    const auto content_type = at.head.headers.get("Content-Type").value_or("");
-    const auto framing = response_framing(at.head, request_.method == "HEAD");
-    if (framing.framing.kind == BodyFraming::Kind::length ||
-        framing.framing.kind == BodyFraming::Kind::none) {
-        at.length = framing.framing.length;
-    }
-    at.event_stream = content_type.rfind("text/event-stream", 0) == 0;
-    at.events = at.event_stream && !at.length;
-    if (plan_->retries_status(at.head.status)) {
-        return;  // not passed on: drained in account() when retried
-    }
-    const bool buffer_whole = !at.events && !(at.length && *at.length > kMaxBufferedReply);
-    while (at.events || buffer_whole) {
-        std::string piece;
-        const auto idle_deadline =
-            std::min(total_deadline, now() + from_seconds(relay_.config_.stream_idle_timeout));
-        at.io = at.conn.read_body(piece, at.done, idle_deadline, at.error, exchange_.watch());
-        if (at.io != IoStatus::ok) {
-            if (at.error.empty() && at.io != IoStatus::peer_gone && at.io != IoStatus::woken) {
-                at.error = "response cut off";
-            }
-            return;
-        }
-        backend.received.fetch_add(piece.size(), std::memory_order_relaxed);
-        if (at.events) {
-            at.framer.feed(piece);
-            at.bytes = at.framer.take();
-            if (at.done) {
-                at.bytes += at.framer.pending();
-            }
-            if (!at.bytes.empty() || at.done) {
-                return;
-            }
-        } else {
-            at.bytes += piece;
-            if (at.done || at.bytes.size() > kMaxBufferedReply) {
-                return;
-            }
-        }
-    }
-}
-
-AttemptReport Relay::Run::report_for(const Attempt& at, std::optional<bool>& body_is_json) const {
+AttemptReport Relay::Run::report_for(std::optional<bool>& body_is_json) const {
     AttemptReport report;
-    report.io = at.io;
-    report.connected = at.connected;
-    report.status = at.head.status;
-    report.whole_reply = at.done && !at.events;
+    report.io = at_.io;
+    report.connected = at_.connected;
+    report.status = at_.head.status;
+    report.whole_reply = at_.done && !at_.events;
     report.pool_slots = relay_.registry_.configured_capacity();
-    if (at.io == IoStatus::ok && at.head.status == 500) {
+    if (at_.io == IoStatus::ok && at_.head.status == 500) {
         if (!body_is_json) {
-            body_is_json = request_.body.empty() || nlohmann::json::accept(request_.body);
+            body_is_json = request().body.empty() || nlohmann::json::accept(request().body);
         }
         report.request_is_json = *body_is_json;
         report.blames_request = report.whole_reply && report.request_is_json &&
-                                classify_worker_500(at.bytes) == Worker500::request_mistake;
+                                classify_worker_500(at_.bytes) == Worker500::request_mistake;
     }
     return report;
 }
 
 // What an attempt's decision means for the worker, the metrics and the log.
-void Relay::Run::account(const Decision& d, Backend& backend, Attempt& at) {
+void Relay::Run::account(const Decision& d, Backend& backend) {
     auto& registry = relay_.registry_;
-    if (at.io != IoStatus::ok) {
+    if (at_.io != IoStatus::ok) {
         last_error_ = fmt::format("worker {}: {} ({})", backend.id,
-                                  at.error.empty() ? to_string(at.io) : at.error, to_string(at.io));
+                                  at_.error.empty() ? to_string(at_.io) : at_.error, to_string(at_.io));
         // Nothing listens there: mark it down before reporting the failure, since the report
         // hands free slots to waiting requests and a dead worker has free slots.
-        if (at.error.find("Connection refused") != std::string::npos) {
+        if (at_.error.find("Connection refused") != std::string::npos) {
             registry.report_refused(backend.id);
         }
         registry.report(backend.id, false);
@@ -465,8 +714,8 @@ void Relay::Run::account(const Decision& d, Backend& backend, Attempt& at) {
         return;
     }
     if (d.next == Next::second_opinion) {
-        first_500_ = KeptReply{at.head.status, at.head.headers, at.bytes};
-        backend.pool.give_back(std::move(at.conn));
+        first_500_ = KeptReply{at_.head.status, at_.head.headers, at_.bytes};
+        backend.pool.give_back(std::move(at_.conn));
         last_error_ = fmt::format("worker {} answered 500", backend.id);
         relay_.metrics_.upstream(relay_.group_, backend.id, to_string(d.outcome));
         relay_.log_.warn(
@@ -482,19 +731,19 @@ void Relay::Run::account(const Decision& d, Backend& backend, Attempt& at) {
         bool done = false;
         const auto drain_deadline = now() + seconds(2);
         while (!done && discard.size() < 64 * 1024 &&
-               at.conn.read_body(discard, done, drain_deadline, at.error) == IoStatus::ok) {
+               at_.conn.read_body(discard, done, drain_deadline, at_.error) == IoStatus::ok) {
         }
         if (done) {
-            backend.pool.give_back(std::move(at.conn));
+            backend.pool.give_back(std::move(at_.conn));
         }
-        last_error_ = fmt::format("worker {} answered {}", backend.id, at.head.status);
+        last_error_ = fmt::format("worker {} answered {}", backend.id, at_.head.status);
         registry.report(backend.id, false);
         relay_.metrics_.upstream(relay_.group_, backend.id, to_string(d.outcome));
         relay_.log_.warn(kComponent, "upstream_retryable_status",
                          {{"request_id", request_id_},
                           {"worker", backend.id},
                           {"attempt", plan_->attempts()},
-                          {"status", at.head.status}});
+                          {"status", at_.head.status}});
         return;
     }
     if (d.second_opinion == SecondOpinion::skipped) {
@@ -507,30 +756,31 @@ void Relay::Run::account(const Decision& d, Backend& backend, Attempt& at) {
     }
 }
 
-RelayOutcome Relay::Run::commit(const Decision& d, Lease lease, Attempt at) {
-    outcome_.status = at.head.status;
+RelayOutcome Relay::Run::commit(const Decision& d) {
+    outcome_.status = at_.head.status;
     outcome_.retry_refused = plan_->retry_refused();
-    auto length = at.length;
-    if (at.done && !length && !at.events) {
-        length = at.bytes.size();  // a stream stays chunked, as the worker sent it
+    auto length = at_.length;
+    if (at_.done && !length && !at_.events) {
+        length = at_.bytes.size();  // a stream stays chunked, as the worker sent it
     }
-    const auto head = client_response_headers(at.head.headers, request_id_);
+    const auto head = client_response_headers(at_.head.headers, request_id_);
     auto body = std::make_shared<ReplyBody>(
         relay_,
-        ReplyBody::Start{std::move(lease), std::move(at.conn), at.events, at.event_stream,
-                         std::move(at.framer), d.blame, d.outcome, plan_->deadlines().total,
+        ReplyBody::Start{std::move(*lease_), std::move(at_.conn), at_.events, at_.event_stream,
+                         std::move(at_.framer), d.blame, d.outcome, plan_->deadlines().total,
                          request_id_},
         std::move(outcome_));
+    lease_.reset();  // moved into the body
     std::string first;
-    body->on_piece(at.bytes, at.done, first, true);  // a whole body frees the worker at once
-    if (!exchange_.begin(at.head.status, head, length)) {
+    body->on_piece(at_.bytes, at_.done, first, true);  // a whole body frees the worker at once
+    if (!exchange_->begin(at_.head.status, head, length)) {
         body->client_gone();
         return body->outcome();
     }
     body->outcome().first_byte_seconds = to_seconds(now() - plan_->deadlines().started);
-    if (!first.empty() && !exchange_.write(first)) {
+    if (!first.empty() && !exchange_->write(first)) {
         body->client_gone();
-        exchange_.abort();
+        exchange_->abort();
         return body->outcome();
     }
     if (!body->released() && sink_ && hand_off(body)) {
@@ -538,7 +788,7 @@ RelayOutcome Relay::Run::commit(const Decision& d, Lease lease, Attempt at) {
         pending.handed_off = true;
         return pending;
     }
-    return relay_body_blocking(exchange_, *body);
+    return relay_body_blocking(*exchange_, *body);
 }
 
 // Hands the rest of a streamed body to the server's event loop, so that no thread waits for
@@ -547,7 +797,7 @@ bool Relay::Run::hand_off(const std::shared_ptr<ReplyBody>& body) {
     body->keep_connection();  // the event loop watches its fd until the pump is gone
     auto pump = std::make_unique<RelayPump>(body, sink_);
     auto* const taken = pump.get();
-    if (!exchange_.hand_off(std::move(pump))) {
+    if (!exchange_->hand_off(std::move(pump))) {
         return false;  // the refused pump is gone without a word; the body is still ours
     }
     // Safe: the server calls the pump only after this handler has returned.
@@ -555,31 +805,9 @@ bool Relay::Run::hand_off(const std::shared_ptr<ReplyBody>& body) {
     return true;
 }
 
-// Waits `delay` before the next attempt, or until the client leaves or the server stops.
-Relay::Run::Wait Relay::Run::back_off(Duration delay) {
-    const auto until = now() + delay;
-    const auto watch = exchange_.watch();
-    while (true) {
-        if (exchange_.client_gone()) {
-            return Wait::client_gone;
-        }
-        const auto left = until - now();
-        if (left <= Duration::zero()) {
-            return Wait::waited;
-        }
-        const auto io = wait_watch(watch, Clock::now() + left);
-        if (io == IoStatus::peer_gone) {
-            return Wait::client_gone;
-        }
-        if (io == IoStatus::woken) {
-            return exchange_.client_gone() ? Wait::client_gone : Wait::woken;
-        }
-    }
-}
-
 RelayOutcome Relay::Run::gone(bool client_left) {
     outcome_.client_gone = client_left;
-    exchange_.abort();
+    exchange_->abort();
     return outcome_;
 }
 
@@ -606,7 +834,7 @@ RelayOutcome Relay::Run::answer() {
             relay_.metrics_.second_opinion(SecondOpinion::no_worker_free,
                                            to_seconds(now() - plan_->second_opinion_since()));
             outcome_.status = first_500_->status;
-            exchange_.respond(first_500_->status,
+            exchange_->respond(first_500_->status,
                               client_response_headers(first_500_->headers, request_id_),
                               std::move(first_500_->body));
             return outcome_;
@@ -614,7 +842,7 @@ RelayOutcome Relay::Run::answer() {
             break;
     }
     outcome_.status = plan_->final_status();
-    respond_error(exchange_, outcome_.status, last_error_, request_id_,
+    respond_error(*exchange_, outcome_.status, last_error_, request_id_,
                   relay_.service_rate_.retry_after_seconds(relay_.registry_.waiting(), now()));
     return outcome_;
 }

@@ -58,8 +58,9 @@ class Relay {
 
     // `avoid`: workers to use only when no other one has a free slot (a caller retrying
     // work that failed there).
-    // `sink`: when set, a streamed body may go on without this thread (Exchange::hand_off); the
-    // returned outcome then says handed_off, and `sink` gets the final one.
+    // `sink`: when set, the request may wait (Exchange::defer) and its streamed body go on
+    // (Exchange::hand_off) without this thread; the returned outcome then says handed_off,
+    // and `sink` gets the final one. Without it, this thread waits for every step.
     RelayOutcome forward(Exchange& exchange, const std::string& target,
                          const std::string& request_id, const std::set<std::string>& avoid = {},
                          const OutcomeSink& sink = {});
@@ -68,7 +69,8 @@ class Relay {
     const std::string& group() const { return group_; }
 
   private:
-    class Run;  // one forward(): proxy/relay.cpp
+    class Run;      // one forward(): proxy/relay.cpp
+    class Waiting;  // a Run while the server's event loop holds its request
     friend class Run;
     friend class ReplyBody;
     friend class RelayPump;

@@ -1,0 +1,139 @@
+// A request waiting in the queue from an event loop: a Place whose descriptor turns readable
+// when it is served (issue 18: no thread held per queued request).
+#include <catch2/catch.hpp>
+#include <poll.h>
+
+#include "common/random.hpp"
+#include "proxy/backend_registry.hpp"
+
+using namespace llama_pool;
+using namespace std::chrono_literals;
+
+namespace {
+
+bool readable(int fd) {
+    pollfd p{fd, POLLIN, 0};
+    return ::poll(&p, 1, 0) > 0;
+}
+
+struct Pool {
+    SeededRandom random{1};
+    SteadyTimeSource time;
+    BackendRegistry registry;
+    explicit Pool(RegistryOptions options = {}) : registry(random, time, options) {
+        registry.worker_ready({"w", "127.0.0.1", 1, 1, ""});
+    }
+};
+
+}  // namespace
+
+TEST_CASE("a free slot is taken at once, a busy pool queues a place", "[registry][place]") {
+    Pool pool;
+    const TenantTicket tenant;
+    std::unique_ptr<BackendRegistry::Place> place;
+    auto first = pool.registry.try_acquire({}, 0, tenant, place);
+    REQUIRE(first.status == BackendRegistry::AcquireStatus::ok);
+    REQUIRE(first.lease);
+    CHECK_FALSE(place);
+
+    auto second = pool.registry.try_acquire({}, 0, tenant, place);
+    CHECK_FALSE(second.lease);
+    REQUIRE(place);
+    CHECK(pool.registry.waiting() == 1);
+    CHECK_FALSE(readable(place->fd()));
+    CHECK_FALSE(place->take());
+
+    first.lease.reset();  // the slot goes to the place
+    CHECK(readable(place->fd()));
+    auto served = place->take();
+    REQUIRE(served);
+    CHECK(served->status == BackendRegistry::AcquireStatus::ok);
+    REQUIRE(served->lease);
+    CHECK(served->lease->backend().id == "w");
+    CHECK(pool.registry.waiting() == 0);
+    CHECK_FALSE(readable(place->fd()));  // take() consumed the wake-up
+    CHECK(pool.registry.worker_inflight("w") == 1);
+}
+
+TEST_CASE("a place given up leaves the queue, or passes on the slot it was handed",
+          "[registry][place]") {
+    Pool pool;
+    const TenantTicket tenant;
+    std::unique_ptr<BackendRegistry::Place> first_place;
+    std::unique_ptr<BackendRegistry::Place> second_place;
+    auto running = pool.registry.try_acquire({}, 0, tenant, first_place);
+    REQUIRE(running.lease);
+    pool.registry.try_acquire({}, 0, tenant, first_place);
+    pool.registry.try_acquire({}, 0, tenant, second_place);
+    REQUIRE(first_place);
+    REQUIRE(second_place);
+    CHECK(pool.registry.waiting() == 2);
+
+    SECTION("withdrawn before it was served") {
+        first_place.reset();
+        CHECK(pool.registry.waiting() == 1);
+        running.lease.reset();
+        CHECK(readable(second_place->fd()));
+        auto served = second_place->take();
+        REQUIRE(served);
+        CHECK(served->lease);
+    }
+    SECTION("served, then dropped without taking the slot") {
+        running.lease.reset();  // handed to the first place
+        CHECK(readable(first_place->fd()));
+        CHECK_FALSE(readable(second_place->fd()));
+        first_place.reset();  // gives the slot back: the next place gets it
+        CHECK(readable(second_place->fd()));
+        auto served = second_place->take();
+        REQUIRE(served);
+        CHECK(served->lease);
+        CHECK(pool.registry.worker_inflight("w") == 1);
+    }
+}
+
+TEST_CASE("a full queue refuses, and a shutdown ends a waiting place", "[registry][place]") {
+    RegistryOptions options;
+    options.queue_max = 1;
+    Pool pool(options);
+    const TenantTicket tenant;
+    std::unique_ptr<BackendRegistry::Place> place;
+    std::unique_ptr<BackendRegistry::Place> refused;
+    auto running = pool.registry.try_acquire({}, 0, tenant, place);
+    REQUIRE(running.lease);
+    pool.registry.try_acquire({}, 0, tenant, place);
+    REQUIRE(place);
+    auto full = pool.registry.try_acquire({}, 0, tenant, refused);
+    CHECK(full.status == BackendRegistry::AcquireStatus::queue_full);
+    CHECK_FALSE(refused);
+
+    pool.registry.shutdown();
+    CHECK(readable(place->fd()));
+    auto ended = place->take();
+    REQUIRE(ended);
+    CHECK(ended->status == BackendRegistry::AcquireStatus::shutdown);
+    CHECK_FALSE(ended->lease);
+    CHECK(pool.registry.waiting() == 0);
+}
+
+TEST_CASE("a light place waits for a connection and counts as waiting", "[registry][place]") {
+    RegistryOptions options;
+    options.light_per_worker = 1;
+    Pool pool(options);
+    std::unique_ptr<BackendRegistry::Place> place;
+    auto running = pool.registry.try_acquire_light({}, place);
+    REQUIRE(running.lease);
+    CHECK_FALSE(place);
+    pool.registry.try_acquire_light({}, place);
+    REQUIRE(place);
+    CHECK(pool.registry.waiting() == 1);
+    CHECK_FALSE(place->take());
+
+    running.lease.reset();
+    CHECK(readable(place->fd()));
+    auto served = place->take();
+    REQUIRE(served);
+    REQUIRE(served->lease);
+    CHECK(pool.registry.waiting() == 0);
+    place.reset();  // after it was served: nothing more to give back
+    CHECK(pool.registry.worker_inflight("w") == 1);
+}
