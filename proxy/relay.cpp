@@ -177,9 +177,8 @@ class Relay::Run {
           target_(std::move(target)),
           request_id_(std::move(request_id)),
           tenant_(relay.tenants_.identify(exchange.request().headers, exchange.remote_address())),
-          light_(slot_use(exchange.request().method,
-                          std::string_view(target_).substr(0, target_.find('?'))) ==
-                 SlotUse::light),
+          light_(slot_use(exchange.request().method, std::string_view(target_).substr(
+                                                         0, target_.find('?'))) == SlotUse::light),
           sink_(std::move(sink)),
           tried_(avoid) {
         outcome_.tenant = tenant_.label;
@@ -471,8 +470,8 @@ Relay::Run::Flow Relay::Run::send(bool fresh) {
     const auto& config = relay_.config_;
     Backend& backend = lease_->backend();
     at_ = Attempt();
-    at_.conn = backend.pool.take(now() + from_seconds(config.connect_timeout), reused_, at_.error,
-                                 !fresh);
+    at_.conn =
+        backend.pool.take(now() + from_seconds(config.connect_timeout), reused_, at_.error, !fresh);
     if (!at_.conn.connected()) {
         at_.connected = false;
         at_.io = IoStatus::error;
@@ -697,8 +696,9 @@ AttemptReport Relay::Run::report_for(std::optional<bool>& body_is_json) const {
 void Relay::Run::account(const Decision& d, Backend& backend) {
     auto& registry = relay_.registry_;
     if (at_.io != IoStatus::ok) {
-        last_error_ = fmt::format("worker {}: {} ({})", backend.id,
-                                  at_.error.empty() ? to_string(at_.io) : at_.error, to_string(at_.io));
+        last_error_ =
+            fmt::format("worker {}: {} ({})", backend.id,
+                        at_.error.empty() ? to_string(at_.io) : at_.error, to_string(at_.io));
         // Nothing listens there: mark it down before reporting the failure, since the report
         // hands free slots to waiting requests and a dead worker has free slots.
         if (at_.error.find("Connection refused") != std::string::npos) {
@@ -835,8 +835,8 @@ RelayOutcome Relay::Run::answer() {
                                            to_seconds(now() - plan_->second_opinion_since()));
             outcome_.status = first_500_->status;
             exchange_->respond(first_500_->status,
-                              client_response_headers(first_500_->headers, request_id_),
-                              std::move(first_500_->body));
+                               client_response_headers(first_500_->headers, request_id_),
+                               std::move(first_500_->body));
             return outcome_;
         case Answer::upstream_error:
             break;

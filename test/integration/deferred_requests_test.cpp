@@ -45,9 +45,9 @@ TEST_CASE("requests waiting for a slot or a first byte hold no thread each",
     TempDir dir;
     const auto faults = dir.file("faults");
     std::ofstream(faults) << "";
-    PoolProcess pool(fake_pool_args(
-        1, {"--parallel", "4", "--queue-max", "500", "--max-connections", "400"},
-        {"--fault-file", faults}));
+    PoolProcess pool(
+        fake_pool_args(1, {"--parallel", "4", "--queue-max", "500", "--max-connections", "400"},
+                       {"--fault-file", faults}));
     REQUIRE(pool.wait_ready(1, 20s));
     const auto worker_port = pool.status()["workers"][0]["port"].get<int>();
     // The worker takes every completion into a slot and answers nothing until released.
@@ -67,9 +67,9 @@ TEST_CASE("requests waiting for a slot or a first byte hold no thread each",
         clients.push_back(std::move(fd));
     }
     // Four wait for the worker's first byte, the rest in the queue.
-    REQUIRE(wait_until(
-        [&] { return scrape(pool, "llama_pool_requests_waiting") == kClients - kSlots; }, 30s,
-        50ms));
+    REQUIRE(
+        wait_until([&] { return scrape(pool, "llama_pool_requests_waiting") == kClients - kSlots; },
+                   30s, 50ms));
     CHECK(scrape(pool, "llama_pool_inflight_requests") == kSlots);
     const int threads = process_threads(pool.process().pid());
     INFO("threads in the pool with " << kClients << " requests waiting: " << threads);

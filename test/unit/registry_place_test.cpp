@@ -1,7 +1,8 @@
 // A request waiting in the queue from an event loop: a Place whose descriptor turns readable
 // when it is served (issue 18: no thread held per queued request).
-#include <catch2/catch.hpp>
 #include <poll.h>
+
+#include <catch2/catch.hpp>
 
 #include "common/random.hpp"
 #include "proxy/backend_registry.hpp"
