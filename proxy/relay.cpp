@@ -188,6 +188,9 @@ class Relay::Run {
         if (second_opinion_for_) {
             relay_.registry_.report_abandoned(*second_opinion_for_);
         }
+        if (phase_ == Phase::head || phase_ == Phase::body) {
+            relay_.registry_.report_abandoned(lease_->backend().id);  // ended without stop()
+        }
     }
     Run(const Run&) = delete;
     Run& operator=(const Run&) = delete;
