@@ -124,7 +124,13 @@ class TestDeferred final : public Deferred {
             probe_->own_fd = own_.get();
         }
     }
-    ~TestDeferred() override { probe_->destroyed.set(); }
+    ~TestDeferred() override {
+        {
+            const std::lock_guard lock(probe_->own_fd_mutex);  // see own_fd_mutex
+            own_.reset();
+        }
+        probe_->destroyed.set();
+    }
 
     int wait_fd() const override {
         switch (kind_) {
