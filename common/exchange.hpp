@@ -11,6 +11,8 @@
 
 namespace llama_pool {
 
+class Exchange;
+
 // The rest of a response body, produced from a non-blocking source (a worker connection)
 // without holding a thread: the server waits for the source and for the client in its
 // event loop and calls these from whichever server thread wakes. Calls on one pump never

@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "common/error_body.hpp"
 
@@ -86,7 +87,7 @@ bool HttpExchange::respond(int status, Headers headers, std::string_view body) {
 }
 
 bool HttpExchange::begin(int status, Headers headers, std::optional<std::size_t> content_length) {
-    if (head_sent_) {
+    if (head_sent_ || deferred_) {
         return false;
     }
     head_sent_ = true;
@@ -180,6 +181,14 @@ bool HttpExchange::hand_off(std::unique_ptr<BodyPump> pump) {
     return true;
 }
 
+bool HttpExchange::defer(std::unique_ptr<Deferred> deferred) {
+    if (!deferred || deferred_ || pump_ || head_sent_ || finished_ || broken_) {
+        return false;
+    }
+    deferred_ = std::move(deferred);
+    return true;
+}
+
 bool HttpExchange::write_raw(std::string_view bytes) {
     head_sent_ = true;
     return send(bytes);
@@ -196,6 +205,8 @@ struct HttpServer::Connection {
     std::string buffer;       // received and not parsed yet: the start of the next request
     bool first = true;        // nothing served yet: an idle timeout is answered with 408
     bool registered = false;  // known to epoll (re-armed with EPOLL_CTL_MOD from then on)
+    // How serve() reads first: after a deferred request's answer, the next one cannot be there.
+    ReadStart start = ReadStart::try_first;
     TimePoint idle_deadline;  // the next request's first byte must arrive by then
     std::multimap<TimePoint, std::uint64_t>::iterator deadline_entry;  // while parked
 };
@@ -230,6 +241,30 @@ struct HttpServer::Pump {
     std::uint32_t client_events = 0;
     bool paused = false;                          // the client is behind: the source is not read
     TimePoint write_deadline = TimePoint::max();  // the client must take a byte by then
+    // Guarded by the server's mutex_:
+    bool has_deadline = false;
+    std::multimap<TimePoint, std::uint64_t>::iterator deadline_entry;
+};
+
+// A deferred request (Exchange::defer): its Deferred, the exchange it answers and the connection,
+// waiting in epoll with no thread. Keys as for a pump: the connection's id for the client
+// socket (armed for hang-up only: a pipelined request stays in the socket), that id with
+// kSourceTag for wait_fd(). Any wake (wait_fd, deadline, hang-up) takes `mutex` and runs one
+// step: wait_fd() is taken out of epoll (before resume(), which may close it: a DEL after it
+// could hit another registration that reused the number), resume() runs, and then either the
+// waits are armed again (re-read) or the request ends as after a handler. A wake that finds
+// `ended` does nothing; stop() and abort() cancel() under `mutex`, so never during a resume().
+// Lock order: Deferral::mutex, then Pump::mutex (a resume() that hands a body to a pump), then
+// HttpServer::mutex_.
+struct HttpServer::Deferral {
+    std::mutex mutex;
+    std::uint64_t id = 0;  // set before it is published in deferrals_, constant after
+    // Guarded by mutex:
+    ConnectionPtr conn;
+    std::unique_ptr<HttpExchange> exchange;
+    std::unique_ptr<Deferred> deferred;
+    int wait_fd = -1;  // registered in epoll while >= 0
+    bool ended = false;
     // Guarded by the server's mutex_:
     bool has_deadline = false;
     std::multimap<TimePoint, std::uint64_t>::iterator deadline_entry;
@@ -349,10 +384,10 @@ HttpServer::ConnectionPtr HttpServer::on_event(std::uint64_t key, std::uint32_t 
             on_stop_accepting();
             return nullptr;
         case kTimerKey:
-            on_timer();
-            return nullptr;
+            return on_timer();
         case kHardWakeKey:
             end_all_pumps();  // not re-armed: abort() is final
+            end_all_deferrals();
             return nullptr;
         case kStopKey:
             return nullptr;
@@ -360,6 +395,7 @@ HttpServer::ConnectionPtr HttpServer::on_event(std::uint64_t key, std::uint32_t 
             break;
     }
     PumpPtr pump;
+    DeferralPtr deferral;
     {
         std::lock_guard lock(mutex_);
         const auto it = (key & kSourceTag) != 0 ? parked_.end() : parked_.find(key);
@@ -370,10 +406,23 @@ HttpServer::ConnectionPtr HttpServer::on_event(std::uint64_t key, std::uint32_t 
             return conn;
         }
         const auto p = pumps_.find(key & ~kSourceTag);
-        if (p == pumps_.end()) {
-            return nullptr;  // closed meanwhile (deadline, stop_accepting, pump ended)
+        const auto d = deferrals_.find(key & ~kSourceTag);
+        if (p != pumps_.end()) {
+            pump = p->second;
+        } else if (d != deferrals_.end()) {
+            deferral = d->second;
+        } else {
+            return nullptr;  // closed meanwhile (deadline, stop_accepting, pump or deferral ended)
         }
-        pump = p->second;
+    }
+    if (deferral) {
+        std::lock_guard step(deferral->mutex);
+        if (deferral->ended) {
+            return nullptr;  // another thread woke for it and finished it
+        }
+        const bool hung_up =
+            (key & kSourceTag) == 0 && (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
+        return deferral_step(*deferral, hung_up);
     }
     std::lock_guard step(pump->mutex);
     if (!pump->ended) {
@@ -486,11 +535,12 @@ void HttpServer::on_stop_accepting() {
     }
 }
 
-void HttpServer::on_timer() {
+HttpServer::ConnectionPtr HttpServer::on_timer() {
     std::uint64_t expirations = 0;
     [[maybe_unused]] const auto rc = ::read(timer_.get(), &expirations, sizeof expirations);
     std::vector<ConnectionPtr> expired;
     std::vector<PumpPtr> due;
+    std::vector<DeferralPtr> due_deferrals;
     {
         std::lock_guard lock(mutex_);
         const auto now = Clock::now();
@@ -508,6 +558,14 @@ void HttpServer::on_timer() {
                 due.push_back(it->second);
             }
         }
+        while (!deferral_deadlines_.empty() && deferral_deadlines_.begin()->first <= now) {
+            const auto it = deferrals_.find(deferral_deadlines_.begin()->second);
+            deferral_deadlines_.erase(deferral_deadlines_.begin());
+            if (it != deferrals_.end()) {
+                it->second->has_deadline = false;
+                due_deferrals.push_back(it->second);
+            }
+        }
         timer_at_ = TimePoint::min();  // set it again whatever it was
         arm_timer_locked();
         epoll_control(epoll_.get(), EPOLL_CTL_MOD, timer_.get(), EPOLLIN | EPOLLONESHOT, kTimerKey);
@@ -521,12 +579,37 @@ void HttpServer::on_timer() {
             pump_step(*pump, PumpWake::timer, 0);
         }
     }
+    // A request a resume() ended whose connection goes on: the first is served by this thread,
+    // as a handler's thread would; the others wait for their next request in epoll.
+    ConnectionPtr next;
+    for (auto& deferral : due_deferrals) {
+        std::lock_guard step(deferral->mutex);
+        if (deferral->ended) {
+            continue;
+        }
+        auto conn = deferral_step(*deferral, false);
+        if (!conn) {
+            continue;
+        }
+        if (!next) {
+            next = std::move(conn);
+            continue;
+        }
+        conn->start = ReadStart::try_first;
+        if (!park(conn)) {
+            close_connection(std::move(conn), false);
+        }
+    }
+    return next;
 }
 
 void HttpServer::arm_timer_locked() {
     auto next = deadlines_.empty() ? TimePoint::max() : deadlines_.begin()->first;
     if (!pump_deadlines_.empty()) {
         next = std::min(next, pump_deadlines_.begin()->first);
+    }
+    if (!deferral_deadlines_.empty()) {
+        next = std::min(next, deferral_deadlines_.begin()->first);
     }
     if (next != timer_at_) {
         set_timer(timer_.get(), next);
@@ -719,7 +802,7 @@ bool HttpServer::read_request(Connection& conn, HttpRequest& request, int& error
 void HttpServer::serve(ConnectionPtr conn) {
     // A new or woken connection usually has its request waiting; after a response, the
     // next request cannot be there yet.
-    auto start = ReadStart::try_first;
+    auto start = std::exchange(conn->start, ReadStart::try_first);
     while (!aborted_) {
         if (conn->buffer.empty()) {
             // Wait here a little for the next request (a back-to-back client sends it at once),
@@ -743,11 +826,12 @@ void HttpServer::serve(ConnectionPtr conn) {
             }
             conn->buffer.append(probe, n);
         }
-        HttpExchange exchange(conn->fd.get(), hard_wake_.fd(), conn->remote, options_.write_timeout,
-                              accepting_);
+        auto exchange =
+            std::make_unique<HttpExchange>(HttpExchange::Key{}, conn->fd.get(), hard_wake_.fd(),
+                                           conn->remote, options_.write_timeout, accepting_);
         int error_status = 0;
         std::string error;
-        if (!read_request(*conn, exchange.request(), error_status, error)) {
+        if (!read_request(*conn, exchange->request(), error_status, error)) {
             if (error_status != 0) {
                 send_error(conn->fd.get(), error_status, error);
             }
@@ -756,36 +840,219 @@ void HttpServer::serve(ConnectionPtr conn) {
         conn->first = false;
         ++active_requests_;
         try {
-            handler_(exchange);
+            handler_(*exchange);
         } catch (const std::exception& e) {
-            if (!exchange.responded()) {
-                Headers headers;
-                headers.add("Content-Type", "application/json; charset=utf-8");
-                exchange.respond(500, headers, make_error_body(500, e.what()));
-            } else {
-                exchange.abort();
-            }
+            fail_exchange(*exchange, e.what());
         }
-        if (exchange.pump_) {
-            // The rest of the body comes from the pump: the connection waits in epoll with it
-            // and this thread goes back to the pool. The request stays active until the end.
-            start_pump(std::move(conn), exchange);
+        if (exchange->deferred_) {
+            // The request waits in epoll with its deferred and this thread goes back to the
+            // pool. The request stays active until a resume() ends it.
+            start_deferral(std::move(conn), std::move(exchange));
             return;
         }
-        if (!exchange.responded()) {
-            Headers headers;
-            headers.add("Content-Type", "application/json; charset=utf-8");
-            exchange.respond(500, headers, make_error_body(500, "handler sent no response"));
+        conn = end_request(std::move(conn), *exchange);
+        if (!conn) {
+            return;
         }
-        const bool reusable = exchange.finish() && !exchange.close_after_;
-        request_done();
-        if (!reusable || !accepting_) {
-            break;
-        }
-        conn->idle_deadline = Clock::now() + options_.keep_alive_timeout;
         start = ReadStart::wait_first;
     }
     close_connection(std::move(conn), false);
+}
+
+void HttpServer::fail_exchange(HttpExchange& exchange, std::string_view what) {
+    if (exchange.deferred_) {
+        // Deferred, then threw: the deferred never runs, but gives back what it holds.
+        try {
+            exchange.deferred_->cancel();
+        } catch (const std::exception&) {
+            // Dropped either way.
+        }
+        exchange.deferred_.reset();
+    }
+    if (!exchange.responded()) {
+        Headers headers;
+        headers.add("Content-Type", "application/json; charset=utf-8");
+        exchange.respond(500, headers, make_error_body(500, what));
+    } else {
+        exchange.abort();
+    }
+}
+
+HttpServer::ConnectionPtr HttpServer::end_request(ConnectionPtr conn, HttpExchange& exchange) {
+    if (exchange.pump_) {
+        // The rest of the body comes from the pump: the connection waits in epoll with it
+        // and this thread goes back to the pool. The request stays active until the end.
+        start_pump(std::move(conn), exchange);
+        return nullptr;
+    }
+    if (!exchange.responded()) {
+        Headers headers;
+        headers.add("Content-Type", "application/json; charset=utf-8");
+        exchange.respond(500, headers, make_error_body(500, "handler sent no response"));
+    }
+    const bool reusable = exchange.finish() && !exchange.close_after_;
+    request_done();
+    if (!reusable || !accepting_ || aborted_) {
+        close_connection(std::move(conn), false);
+        return nullptr;
+    }
+    conn->idle_deadline = Clock::now() + options_.keep_alive_timeout;
+    return conn;
+}
+
+void HttpServer::start_deferral(ConnectionPtr conn, std::unique_ptr<HttpExchange> exchange) {
+    auto deferral = std::make_shared<Deferral>();
+    // Held until the waits are armed: a thread woken meanwhile waits for it.
+    std::lock_guard step(deferral->mutex);
+    deferral->id = conn->id;
+    deferral->deferred = std::move(exchange->deferred_);
+    deferral->exchange = std::move(exchange);
+    deferral->conn = std::move(conn);
+    ++deferral_count_;
+    bool admitted = false;
+    {
+        std::lock_guard lock(mutex_);
+        // As for pumps: abort() sets aborted_ before end_all_deferrals() takes this lock.
+        if (!aborted_ && !stopping_) {
+            deferrals_.emplace(deferral->id, deferral);
+            admitted = true;
+        }
+    }
+    if (!admitted) {
+        cancel_deferral(*deferral, false);
+    } else if (!deferral_arm(*deferral)) {
+        cancel_deferral(*deferral, true);
+    }
+}
+
+HttpServer::ConnectionPtr HttpServer::deferral_step(Deferral& deferral, bool hung_up) {
+    deferral_unwatch(deferral);  // before resume(), which may close wait_fd()
+    auto& exchange = *deferral.exchange;
+    auto step = Deferred::Step::done;
+    try {
+        step = deferral.deferred->resume(exchange);
+    } catch (const std::exception& e) {
+        fail_exchange(exchange, e.what());
+    }
+    if (exchange.deferred_) {
+        // resume() deferred the request again: the new deferred takes over from the old one
+        // (destroyed here, its wait_fd() out of epoll already) whatever resume() returned.
+        deferral.deferred = std::move(exchange.deferred_);
+        if (!deferral_arm(deferral)) {
+            cancel_deferral(deferral, true);
+        }
+        return nullptr;
+    }
+    if (step == Deferred::Step::wait) {
+        // After a hang-up, resume() must say done; waiting on would wake again at once for
+        // ever (the hang-up stays), so the deferred is cancelled instead.
+        if (hung_up) {
+            cancel_deferral(deferral, false);
+        } else if (!deferral_arm(deferral)) {
+            cancel_deferral(deferral, true);
+        }
+        return nullptr;
+    }
+    deferral.ended = true;
+    {
+        std::lock_guard lock(mutex_);
+        deferrals_.erase(deferral.id);
+    }
+    --deferral_count_;
+    deferral.deferred.reset();
+    const auto done = std::move(deferral.exchange);
+    auto conn = end_request(std::move(deferral.conn), *done);
+    if (conn) {
+        conn->start = ReadStart::wait_first;
+    }
+    return conn;
+}
+
+bool HttpServer::deferral_arm(Deferral& deferral) {
+    int fd = -1;
+    auto deadline = TimePoint::max();
+    try {
+        fd = deferral.deferred->wait_fd();
+        deadline = deferral.deferred->deadline();
+    } catch (const std::exception&) {
+        return false;
+    }
+    if (fd >= 0) {
+        if (!epoll_control(epoll_.get(), EPOLL_CTL_ADD, fd, EPOLLIN | EPOLLONESHOT,
+                           deferral.id | kSourceTag)) {
+            return false;
+        }
+        deferral.wait_fd = fd;
+    }
+    // Hang-up only: a pipelined request waits in the socket until this one is answered.
+    auto& conn = *deferral.conn;
+    if (!epoll_control(epoll_.get(), conn.registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, conn.fd.get(),
+                       EPOLLRDHUP | EPOLLONESHOT, deferral.id)) {
+        return false;
+    }
+    conn.registered = true;
+    std::lock_guard lock(mutex_);
+    if (deadline != TimePoint::max()) {
+        deferral.deadline_entry = deferral_deadlines_.emplace(deadline, deferral.id);
+        deferral.has_deadline = true;
+        if (deadline < timer_at_) {
+            arm_timer_locked();
+        }
+    }
+    return true;
+}
+
+void HttpServer::deferral_unwatch(Deferral& deferral) {
+    if (deferral.wait_fd >= 0) {
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, deferral.wait_fd, nullptr);
+        deferral.wait_fd = -1;
+    }
+    std::lock_guard lock(mutex_);
+    if (deferral.has_deadline) {
+        deferral_deadlines_.erase(deferral.deadline_entry);
+        deferral.has_deadline = false;
+    }
+}
+
+void HttpServer::cancel_deferral(Deferral& deferral, bool answer) {
+    deferral.ended = true;
+    deferral_unwatch(deferral);  // before cancel(), which may close wait_fd()
+    try {
+        deferral.deferred->cancel();
+    } catch (const std::exception&) {
+        // The connection is cut either way.
+    }
+    deferral.deferred.reset();
+    if (answer && !deferral.exchange->responded()) {
+        Headers headers;
+        headers.add("Content-Type", "application/json; charset=utf-8");
+        deferral.exchange->respond(500, headers,
+                                   make_error_body(500, "the request could not be deferred"));
+    }
+    {
+        std::lock_guard lock(mutex_);
+        deferrals_.erase(deferral.id);
+    }
+    --deferral_count_;
+    deferral.exchange.reset();
+    request_done();
+    close_connection(std::move(deferral.conn), false);
+}
+
+void HttpServer::end_all_deferrals() {
+    std::vector<DeferralPtr> all;
+    {
+        std::lock_guard lock(mutex_);
+        for (const auto& [id, deferral] : deferrals_) {
+            all.push_back(deferral);
+        }
+    }
+    for (const auto& deferral : all) {
+        std::lock_guard step(deferral->mutex);
+        if (!deferral->ended) {
+            cancel_deferral(*deferral, false);
+        }
+    }
 }
 
 namespace {
@@ -1093,8 +1360,9 @@ void HttpServer::stop() {
             t.join();
         }
     }
-    // No thread is left to take the hard wake-up: pumps still running end here.
+    // No thread is left to take the hard wake-up: pumps and deferrals still running end here.
     end_all_pumps();
+    end_all_deferrals();
     std::vector<ConnectionPtr> idle;
     {
         std::lock_guard lock(mutex_);

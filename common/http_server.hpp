@@ -60,9 +60,22 @@ struct BodyEncoder {
 
 // One request on one connection, handed to the handler. The handler answers either with
 // respond() or with begin()/write()/finish() for a streamed body. Not thread-safe: used
-// only by the connection's own thread.
+// by one thread at a time (the connection's, or the one resuming its Deferred).
 class HttpExchange final : public Exchange {
   public:
+    // Only the server makes exchanges (on the heap: a deferred one outlives serve()'s frame).
+    class Key {
+        friend class HttpServer;
+        Key() = default;
+    };
+    HttpExchange(Key /*key*/, int fd, int hard_wake_fd, std::string remote,
+                 milliseconds write_timeout, const std::atomic<bool>& accepting)
+        : fd_(fd),
+          hard_wake_fd_(hard_wake_fd),
+          remote_(std::move(remote)),
+          write_timeout_(write_timeout),
+          accepting_(accepting) {}
+
     const HttpRequest& request() const override { return request_; }
     HttpRequest& request() { return request_; }
     const std::string& remote_address() const override { return remote_; }
@@ -74,6 +87,9 @@ class HttpExchange final : public Exchange {
     bool finish() override;
     // The server takes the pump once the handler returns (see BodyPump).
     bool hand_off(std::unique_ptr<BodyPump> pump) override;
+    // The server takes the deferred once the handler (or the resume() running) returns; see
+    // Deferred and HttpServer. Refused once anything was answered.
+    bool defer(std::unique_ptr<Deferred> deferred) override;
     // The connection is closed after it, so the client sees a truncated response.
     void abort() override { broken_ = true; }
     // Raw bytes on the wire, for test doubles that must misbehave on purpose.
@@ -90,13 +106,6 @@ class HttpExchange final : public Exchange {
 
   private:
     friend class HttpServer;
-    HttpExchange(int fd, int hard_wake_fd, std::string remote, milliseconds write_timeout,
-                 const std::atomic<bool>& accepting)
-        : fd_(fd),
-          hard_wake_fd_(hard_wake_fd),
-          remote_(std::move(remote)),
-          write_timeout_(write_timeout),
-          accepting_(accepting) {}
     bool send(std::string_view bytes);
 
     int fd_;
@@ -113,6 +122,7 @@ class HttpExchange final : public Exchange {
     BodyEncoder encoder_;
     std::string pending_head_;
     std::unique_ptr<BodyPump> pump_;
+    std::unique_ptr<Deferred> deferred_;  // accepted, not taken by the server yet
 };
 
 using HttpHandler = std::function<void(HttpExchange&)>;
@@ -132,6 +142,20 @@ using HttpHandler = std::function<void(HttpExchange&)>;
 // same epoll set, a woken thread takes one non-blocking step (pull, encode, write) and goes
 // back to waiting, and a client slower than the source pauses the source (see Pump in the
 // .cpp). A pump counts as an active request until its body has ended.
+//
+// A handler may also defer the whole rest of a request (Exchange::defer, before answering): the
+// exchange (heap-allocated per request for this) and the connection move into a Deferral and
+// wait with no thread. Its wait_fd() is armed for input, the client socket for hang-up only (a
+// pipelined next request must not wake it), its deadline() joins the timer. A wake takes the
+// deferral's mutex, removes wait_fd() from epoll (before resume(), which may close it), and
+// calls resume(): wait arms the waits again (re-read); done goes on exactly as after a handler
+// (a handed-off pump starts, no answer gets the 500, a reusable connection is served on by the
+// same thread); an exception answers 500, or cuts a begun answer. Beyond the Deferred contract:
+// a defer() accepted inside resume() replaces the running deferred once resume() returns; a
+// resume() that says wait after the client hung up is cancelled (it would wake for ever); a
+// wait_fd() epoll refuses (one already registered, by another deferral) gets cancel() and a
+// 500. A deferral is an active request until done; stop()/abort() call cancel() exactly once,
+// under its mutex, then close the connection, and no resume() follows.
 class HttpServer {
   public:
     HttpServer(HttpServerOptions options, HttpHandler handler);
@@ -163,6 +187,8 @@ class HttpServer {
     // has not taken the bytes already pulled.
     std::size_t pumps() const { return pump_count_.load(); }
     std::size_t paused_pumps() const { return paused_pumps_.load(); }
+    // Requests deferred (Exchange::defer) and not done yet, a resume() running included.
+    std::size_t deferred() const { return deferral_count_.load(); }
     // Threads alive now, and threads ever started: what connections cost.
     std::size_t thread_count() const;
     std::uint64_t threads_started() const { return threads_started_.load(); }
@@ -173,13 +199,15 @@ class HttpServer {
     struct Pump;  // a handed-off body: the pump, its connection, bytes the client has not taken
     using PumpPtr = std::shared_ptr<Pump>;
     enum class PumpWake { source, client, timer };
+    struct Deferral;  // a deferred request: its Deferred, exchange and connection
+    using DeferralPtr = std::shared_ptr<Deferral>;
 
     void thread_main(std::uint64_t self);
     void spawn_thread_locked();
     ConnectionPtr on_event(std::uint64_t key, std::uint32_t events);
     ConnectionPtr accept_one();
     void on_stop_accepting();
-    void on_timer();
+    ConnectionPtr on_timer();
     void arm_timer_locked();
     void serve(ConnectionPtr conn);
     bool park(ConnectionPtr& conn);
@@ -192,6 +220,21 @@ class HttpServer {
     void refuse(int fd, std::string_view message);
     void shed_pending_connection();
     void request_done();
+    // After a handler, or a deferred's last resume(), returned: hands the body to a pump,
+    // answers for a handler that did not, ends the request. Returns the connection when it
+    // can serve the next request, else nullptr (taken by a pump, or closed).
+    ConnectionPtr end_request(ConnectionPtr conn, HttpExchange& exchange);
+    // What a handler or resume() that threw leaves: a 500 when nothing was answered, else a cut.
+    void fail_exchange(HttpExchange& exchange, std::string_view what);
+    void start_deferral(ConnectionPtr conn, std::unique_ptr<HttpExchange> exchange);
+    // Called with the deferral's mutex held and the deferral not ended. Returns the connection
+    // when the request is done and the connection goes on (served by the caller's thread).
+    ConnectionPtr deferral_step(Deferral& deferral, bool hung_up);
+    bool deferral_arm(Deferral& deferral);
+    void deferral_unwatch(Deferral& deferral);
+    // Ends a deferral without resuming it: cancel(), an optional 500, then the close.
+    void cancel_deferral(Deferral& deferral, bool answer);
+    void end_all_deferrals();
     void start_pump(ConnectionPtr conn, HttpExchange& exchange);
     // Called with the pump's mutex held and the pump not ended.
     void pump_step(Pump& pump, PumpWake wake, std::uint32_t events);
@@ -223,8 +266,10 @@ class HttpServer {
     std::multimap<TimePoint, std::uint64_t> deadlines_;       // of parked connections
     std::map<std::uint64_t, PumpPtr> pumps_;                  // by their connection's id
     std::multimap<TimePoint, std::uint64_t> pump_deadlines_;  // source stall or client write
-    TimePoint timer_at_ = TimePoint::max();                   // what timer_ is set to
-    std::size_t waiting_threads_ = 0;                         // in (or entering) epoll_wait
+    std::map<std::uint64_t, DeferralPtr> deferrals_;          // by their connection's id
+    std::multimap<TimePoint, std::uint64_t> deferral_deadlines_;
+    TimePoint timer_at_ = TimePoint::max();  // what timer_ is set to
+    std::size_t waiting_threads_ = 0;        // in (or entering) epoll_wait
     std::uint64_t next_thread_id_ = 0;
     bool stopping_ = false;
     bool stopped_ = false;
@@ -235,6 +280,7 @@ class HttpServer {
     std::atomic<std::size_t> active_requests_{0};
     std::atomic<std::size_t> pump_count_{0};
     std::atomic<std::size_t> paused_pumps_{0};
+    std::atomic<std::size_t> deferral_count_{0};
     std::atomic<std::uint64_t> threads_started_{0};
     std::atomic<bool> accepting_{false};
     std::atomic<bool> aborted_{false};
