@@ -123,12 +123,8 @@ BackendRegistry::AcquireResult BackendRegistry::acquire_light(
             break;
         }
         if (!counted) {
-            // Counted as waiting, so that a group scaled to zero starts a worker for it.
             counted = true;
-            ++light_waiting_;
-            if (activity_hook_) {
-                activity_hook_();
-            }
+            count_light_waiter_locked();
         }
         const auto now = Clock::now();
         if (now >= deadline) {
@@ -150,10 +146,28 @@ BackendRegistry::AcquireResult BackendRegistry::acquire_light(
     return result;
 }
 
-void BackendRegistry::notify_light_locked() {
-    light_cv_.notify_all();
-    for (auto* signal : light_signals_) {
-        signal->notify();
+void BackendRegistry::count_light_waiter_locked() {
+    // Counted as waiting, so that a group scaled to zero starts a worker for it. The scaler
+    // needs the poke only when the first one starts waiting: it counts the others itself.
+    if (light_waiting_++ == 0 && activity_hook_) {
+        activity_hook_();
+    }
+}
+
+void BackendRegistry::dispatch_light_locked() {
+    light_cv_.notify_all();  // blocking waiters: few (in-process callers), each picks for itself
+    while (!light_places_.empty()) {
+        auto* place = light_places_.front();
+        auto picked = pick_light_locked(place->light_avoid_);
+        if (!picked.backend) {
+            break;  // nothing free for the oldest: a connection that frees up goes to it
+        }
+        light_places_.pop_front();
+        place->light_waiting_ = false;
+        --light_waiting_;
+        place->light_backend_ = std::move(picked.backend);
+        place->light_serial_ = picked.serial;
+        place->signal_.notify();
     }
 }
 
@@ -194,11 +208,8 @@ BackendRegistry::AcquireResult BackendRegistry::try_acquire_light(
     auto queued = std::make_unique<Place>(Place::Key{}, *this, LeaseKind::light);
     queued->light_avoid_ = avoid;
     queued->light_waiting_ = true;
-    light_signals_.insert(&queued->signal_);
-    ++light_waiting_;  // counted, so that a group scaled to zero starts a worker for it
-    if (activity_hook_) {
-        activity_hook_();
-    }
+    queued->light_entry_ = light_places_.insert(light_places_.end(), queued.get());
+    count_light_waiter_locked();
     place = std::move(queued);
     return result;
 }
@@ -208,23 +219,19 @@ std::optional<BackendRegistry::AcquireResult> BackendRegistry::Place::take() {
     signal_.clear();
     AcquireResult result;
     if (kind_ == LeaseKind::light) {
-        if (!light_waiting_) {
-            return std::nullopt;  // already served
-        }
-        if (!registry_.shutdown_) {
-            auto picked = registry_.pick_light_locked(light_avoid_);
-            if (!picked.backend) {
-                return std::nullopt;
-            }
+        if (light_backend_) {
             result.status = AcquireStatus::ok;
-            result.lease.emplace(&registry_, std::move(picked.backend), picked.serial,
+            result.lease.emplace(&registry_, std::move(light_backend_), light_serial_,
                                  std::string(), LeaseKind::light);
-        } else {
-            result.status = AcquireStatus::shutdown;
+            return result;
+        }
+        if (!light_waiting_ || !registry_.shutdown_) {
+            return std::nullopt;
         }
         light_waiting_ = false;
-        registry_.light_signals_.erase(&signal_);
+        registry_.light_places_.erase(light_entry_);
         --registry_.light_waiting_;
+        result.status = AcquireStatus::shutdown;
         return result;
     }
     if (!waiter_) {
@@ -255,10 +262,13 @@ BackendRegistry::Place::~Place() {
     {
         std::lock_guard lock(registry_.mutex_);
         if (light_waiting_) {
-            registry_.light_signals_.erase(&signal_);
+            registry_.light_places_.erase(light_entry_);
             --registry_.light_waiting_;
         }
-        if (waiter_ && waiter_->assigned) {
+        if (light_backend_) {
+            unclaimed = std::move(light_backend_);
+            serial = light_serial_;
+        } else if (waiter_ && waiter_->assigned) {
             unclaimed = std::move(waiter_->assigned);
             serial = waiter_->assigned_serial;
             tenant_id = waiter_->tenant->id;
@@ -270,8 +280,10 @@ BackendRegistry::Place::~Place() {
         }
     }
     if (unclaimed) {
-        // Handed a slot it never took: giving it back (outside the lock) passes it on.
-        const Lease given_back(&registry_, std::move(unclaimed), serial, std::move(tenant_id));
+        // Handed a slot (or a light connection) it never took: giving it back, outside the
+        // lock, passes it on.
+        const Lease given_back(&registry_, std::move(unclaimed), serial, std::move(tenant_id),
+                               kind_);
     }
 }
 
@@ -487,7 +499,7 @@ void BackendRegistry::release(const std::string& id, std::uint64_t serial,
         if (counted && it->second.light_inflight > 0) {
             --it->second.light_inflight;
         }
-        notify_light_locked();  // few, and each may avoid different workers
+        dispatch_light_locked();  // few, and each may avoid different workers
     } else {
         if (counted && it->second.inflight > 0) {
             --it->second.inflight;
@@ -543,7 +555,7 @@ void BackendRegistry::worker_ready(const WorkerEndpoint& endpoint) {
     e.down_until = {};
     e.available = true;
     dispatch_locked();
-    notify_light_locked();
+    dispatch_light_locked();
 }
 
 void BackendRegistry::worker_unavailable(const std::string& id) {
@@ -598,7 +610,10 @@ void BackendRegistry::shutdown() {
             w->signal->notify();
         }
     }
-    notify_light_locked();
+    dispatch_light_locked();
+    for (auto* place : light_places_) {
+        place->signal_.notify();  // take() says shutdown
+    }
     idle_cv_.notify_all();
 }
 

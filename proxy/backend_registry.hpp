@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -172,8 +173,13 @@ class BackendRegistry final : public WorkerListener {
         WakeSignal signal_;
         FairQueue::Ticket ticket_{};
         std::unique_ptr<Waiter> waiter_;  // a slot place's, while it is queued
+        // A light place's: what it avoids, its entry in the registry's FIFO while it waits,
+        // and the connection handed to it.
         std::set<std::string> light_avoid_;
-        bool light_waiting_ = false;  // counted in the registry's light waiters
+        bool light_waiting_ = false;
+        std::list<Place*>::iterator light_entry_;
+        std::shared_ptr<Backend> light_backend_;
+        std::uint64_t light_serial_ = 0;
     };
     // acquire() and acquire_light() for a caller that waits in an event loop: a lease at once
     // (`ok`), a refusal at once (`queue_full`, `shutdown`), or `timeout` with `place` set: the
@@ -273,7 +279,10 @@ class BackendRegistry final : public WorkerListener {
                                               std::uint64_t affinity_key,
                                               const TenantTicket& tenant);
     FairQueue::Ticket queue_locked(Waiter& waiter);
-    void notify_light_locked();
+    // Hands free light connections to waiting light places, oldest first, and wakes the
+    // blocking light waiters to look.
+    void dispatch_light_locked();
+    void count_light_waiter_locked();
     int inflight_total_locked() const;
 
     RandomSource& random_;
@@ -288,7 +297,7 @@ class BackendRegistry final : public WorkerListener {
     std::condition_variable light_cv_;              // a light connection came free
     mutable std::condition_variable idle_cv_;       // a worker's last request ended
     std::size_t light_waiting_ = 0;
-    std::set<WakeSignal*> light_signals_;  // waiting light Places', notified with light_cv_
+    std::list<Place*> light_places_;  // waiting light Places, oldest first
     bool shutdown_ = false;
     std::function<void()> activity_hook_;
     TimePoint last_active_ = time_.now();

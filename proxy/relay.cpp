@@ -683,7 +683,10 @@ AttemptReport Relay::Run::report_for(std::optional<bool>& body_is_json) const {
     report.connected = at_.connected;
     report.status = at_.head.status;
     report.whole_reply = at_.done && !at_.events;
-    report.pool_slots = relay_.registry_.configured_capacity();
+    if (at_.io != IoStatus::ok || at_.head.status >= 500) {
+        // Only a failed attempt asks the retry budget; the count takes the registry's lock.
+        report.pool_slots = relay_.registry_.configured_capacity();
+    }
     if (at_.io == IoStatus::ok && at_.head.status == 500) {
         if (!body_is_json) {
             body_is_json = request().body.empty() || nlohmann::json::accept(request().body);

@@ -60,6 +60,7 @@ struct AttemptReport {
     bool request_is_json = true;
     bool blames_request = false;
     // The pool's slot count now: the retry budget's floor (see RetryBudget::try_start_retry).
+    // Needed, and so filled in, only for an attempt that failed (an IoStatus or a 5xx).
     int pool_slots = 0;
 };
 

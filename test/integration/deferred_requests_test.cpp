@@ -74,8 +74,9 @@ TEST_CASE("requests waiting for a slot or a first byte hold no thread each",
     const int threads = process_threads(pool.process().pid());
     INFO("threads in the pool with " << kClients << " requests waiting: " << threads);
     CHECK(threads > 0);
-    // The supervisor, its probes and the server's spare threads: far fewer than the requests.
-    CHECK(threads < 40);
+    // The supervisor, its probes, the server's spare threads and those a burst of 120 started:
+    // far fewer than the requests (a thread each before: 129 here).
+    CHECK(threads < kClients / 2);
 
     clients.clear();  // every client hangs up while its request waits
     CHECK(wait_until(
