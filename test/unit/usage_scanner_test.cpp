@@ -98,7 +98,7 @@ TEST_CASE("a stream far longer than the kept tail still yields its final counts"
             .found);
 }
 
-TEST_CASE("a reply without count fields reads as none; a key spelled with escapes still counts",
+TEST_CASE("a reply without count fields reads as none, and an escaped key still counts",
           "[usage]") {
     CHECK_FALSE(scan(R"({"tokens":[1,2,3,4]})", false).found);
     CHECK_FALSE(scan("data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n", true).found);
