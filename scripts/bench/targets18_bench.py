@@ -13,11 +13,14 @@ targets18; `python3 scripts/bench/bench.py --only targets18` runs it alone).
       nginx adds.
 (d) and (e) show HAProxy too, as section 1 does. Standard library only.
 """
+import statistics
+
 import bench as B
 import fanout_bench
 import tokenize_bench
 
 STREAMS_A, RATE_A = 1000, 5
+WRK_ROUNDS = 3  # (d), (e): medians of interleaved rounds
 # (a)'s window: its RSS and threads are sampled halfway, 12 s after the streams opened, when the
 # threads that carried their first events have retired (HttpServer's idle_thread_timeout,
 # 10 s): the steady state. (b) shows the peak, that burst included.
@@ -28,19 +31,23 @@ WINDOW_A = 24
 STREAMS_B, RATE_B, EVENTS_B = 10000, 0.5, 10
 
 
-def wrk_rows(seconds):
-    """(d) and (e): wrk, keep-alive, at 1 and 64 connections on each target in turn."""
+def wrk_rows(seconds, rounds):
+    """(d) and (e): wrk, keep-alive, at 1 and 64 connections on each target in turn, `rounds`
+    times over; the median of each figure, so that a burst of other load on a shared machine
+    does not decide a row alone (one connection's p50 moved 5-fold between single runs)."""
     targets = B.start_overhead_targets()
-    rows = {}
-    for conns in (1, 64):
-        for name, port in targets.items():
-            r, _ = B.wrk(port, conns, False, seconds)
-            rows[(conns, name)] = r
-            B.log(f"targets18 wrk c={conns} {name}: {r['rps']:.0f} rps p50 {r['p50_us']} us "
-                  f"p99 {r['p99_us']} us errors {r['errors']}")
+    runs = {}
+    for _ in range(rounds):
+        for conns in (1, 64):
+            for name, port in targets.items():
+                r, _ = B.wrk(port, conns, False, seconds)
+                runs.setdefault((conns, name), []).append(r)
+                B.log(f"targets18 wrk c={conns} {name}: {r['rps']:.0f} rps p50 {r['p50_us']} us "
+                      f"p99 {r['p99_us']} us errors {r['errors']}")
     B.cleanup()
     B.PROCESSES.clear()
-    return rows
+    return {key: {k: statistics.median_low(r[k] for r in rs) for k in ("rps", "p50_us", "p99_us")}
+            for key, rs in runs.items()}
 
 
 def streams_b(streams, events, build):
@@ -66,7 +73,8 @@ def run(args):
     """args: seconds (per wrk run), smoke, build, llama_server, model. Returns the markdown."""
     smoke = args.smoke
     sizes = {"a": 50 if smoke else STREAMS_A, "b": 200 if smoke else STREAMS_B}
-    wrk = wrk_rows(args.seconds)
+    wrk = wrk_rows(args.seconds if smoke else max(2, args.seconds // 2),
+                   1 if smoke else WRK_ROUNDS)
     fan = {name: fanout_bench.measure(name, sizes["a"], RATE_A, args.build,
                                       seconds=2 if smoke else WINDOW_A)
            for name in ("nginx", "llama-pool")}
@@ -82,7 +90,8 @@ def fmt(v, spec):
 
 def row(L, item, measure, pool, nginx, haproxy, ratio, goal, met):
     verdict = "—" if met is None else ("**met**" if met else "**not met**")
-    L.append(f"| {item} | {measure} | {pool} | {nginx} | {haproxy} | {ratio} | {goal} | {verdict} |")
+    L.append(f"| {item} | {measure} | {pool} | {nginx} | {haproxy} | {ratio} | {goal} "
+             f"| {verdict} |")
 
 
 def render_a(L, fan, streams):
@@ -148,21 +157,25 @@ def render(wrk, fan, big, tok, sizes, smoke):
     for name in ("nginx", "llama-pool"):
         r = fan[name]
         L.append(f"| (a) | {name} | {r['started']} delivering | — | {r['failed']} | "
-                 f"{r['events_per_s']:.0f} | {fmt(r['p50_ms'], '.2f')} | {fmt(r['p99_ms'], '.2f')} | "
+                 f"{r['events_per_s']:.0f} | {fmt(r['p50_ms'], '.2f')} | "
+                 f"{fmt(r['p99_ms'], '.2f')} | "
                  f"{r['threads']} | {fmt(r['rss_mib'], '.1f')} | {r['others_cores']:.2f} | "
                  f"{r['load_before']} → {r['load_after']} |")
     for r in big[0]:
         L.append(f"| (b) | {r['target']} | {r['streams']} (peak open {r['peak_open']}) | "
                  f"{r['completed']} | {r['failed']} | — | — | — | {r['threads']} (peak) | "
-                 f"{fmt(r['rss_mib'], '.1f')} (peak) | — | {r['load_before']} → {r['load_after']} |")
+                 f"{fmt(r['rss_mib'], '.1f')} (peak) | — | "
+                 f"{r['load_before']} → {r['load_after']} |")
     L.append(f"\n(a): {RATE_A} events/s per stream, one fake-llama-server with `--stamp-events`, "
              f"a fresh one per target, a {WINDOW_A} s window once all streams deliver; RSS and "
              f"threads sampled in its middle. (b): {EVENTS_B} events per stream at one every "
              f"{1 / RATE_B:g} s; llama-pool runs with `--max-connections` and nginx with "
-             "`worker_connections` raised to hold them, the harness raises RLIMIT_NOFILE for itself "
-             "and its children. (c): `tokenize_bench.py`, llama-server `-np 4 -t 1` on the demo "
-             "model, wrk 2 threads. (d), (e): section 1's setup (`POST /completion` to the fast fake), "
-             "keep-alive only.")
+             "`worker_connections` raised to hold them, the harness raises RLIMIT_NOFILE for "
+             "itself and its children. (c): `tokenize_bench.py`, llama-server `-np 4 -t 1` on the "
+             "demo model, wrk 2 threads. (d), (e): section 1's setup (`POST /completion` to the "
+             "fast fake), "
+             f"keep-alive only, the median of {WRK_ROUNDS} interleaved rounds (half of "
+             "`--seconds` each).")
     if big[1]:
         L.append(f"\n{big[1]}")
     if smoke:
