@@ -25,9 +25,10 @@ WRK_ROUNDS = 3  # (d), (e): medians of interleaved rounds
 # threads that carried their first events have retired (HttpServer's idle_thread_timeout,
 # 10 s): the steady state. (b) shows the peak, that burst included.
 WINDOW_A = 24
-# (b): 10,000 streams of 10 events at one event every 2 s, so that each lasts longer than the
-# ramp that opens them all (about 15 s on a loaded machine) and all are open at once, at 5000
-# events/s through the proxy.
+# (b): 10,000 streams of 10 events at one event every 2 s (5000 events/s through the proxy), so
+# that each lasts about as long as the ramp that opens them all on a loaded machine. The row shows
+# how many were open at once: in runs under load, all of them through nginx and 8600 to 9600 of
+# 9936 through llama-pool, whose ramp is slower (a thread per stream until its first event).
 STREAMS_B, RATE_B, EVENTS_B = 10000, 0.5, 10
 
 
