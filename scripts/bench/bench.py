@@ -15,6 +15,10 @@ Starts everything it measures itself, on loopback only, and stops it all at the 
   (6. summarizing, 7. model groups: summarize_bench.py and groups_bench.py;)
   8. /metrics under a 20 Hz scrape (an endpoint picker's pace) with 16 fake workers'
      metrics merged: scrape latency and the pool's CPU while it serves (scrape_bench.py).
+  (9. fairness, 10. work: fairness_bench.py and work_bench.py;)
+  targets18: issue 18's item 5, targets (a) to (e) against nginx, met or not, in a block of
+     its own in docs/BENCHMARKS.md (targets18_bench.py, reusing fanout_bench.py and
+     tokenize_bench.py).
 Results go between the markers in docs/BENCHMARKS.md (with the command and the machine);
 --smoke runs every part for a moment and writes nothing (it checks the harness, not speed).
 Standard library only.
@@ -41,7 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BENCH_DIR = os.path.join(ROOT, "scripts", "bench")
 PROCESSES = []
 SECTIONS = ("overhead", "streaming", "scaling", "memory", "affinity", "summarize", "groups",
-            "fairness", "scrape", "work")
+            "fairness", "scrape", "work", "targets18")
 LOAD_AT_START = []
 
 
@@ -73,6 +77,19 @@ def stop(p, sig=signal.SIGTERM, timeout=20):
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+
+
+def raise_nofile(want):
+    """Lifts this process's descriptor limit (its children inherit it) to `want`: the hard limit
+    too when privileged, else up to the hard limit. Returns the soft limit reached."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 @atexit.register
@@ -202,11 +219,11 @@ def start_fake(port, extra):
     wait_http(port)
 
 
-def start_pool(port, worker_args=(), extra=(), name="pool", upstream=None):
+def start_pool(port, worker_args=(), extra=(), name="pool", upstream=None, connections=4096):
     """llama-pool with one fake worker it supervises, or, given `upstream`, in front of that
     standalone server only (--workers 0), exactly like nginx and HAProxy."""
     args = [POOL, "--port", str(port), "--queue-max", "100000", "--log-level", "warn",
-            "--max-connections", "4096", *extra]
+            "--max-connections", str(connections), *extra]
     if upstream is None:
         args += ["--workers", "1", "--llama-server", FAKE, "--model", POOL, "--parallel", "256"]
         for a in worker_args:
@@ -218,10 +235,14 @@ def start_pool(port, worker_args=(), extra=(), name="pool", upstream=None):
     return p
 
 
-def start_nginx(port, upstream):
+def start_nginx(port, upstream, worker_connections=4096):
+    """nginx in front of `upstream`; `worker_connections` counts a worker's client and upstream
+    connections both."""
     d = tempfile.mkdtemp(dir=TMP, prefix="nginx-")
     conf = open(os.path.join(BENCH_DIR, "nginx.conf.in")).read()
     conf = conf.replace("@DIR@", d).replace("@PORT@", str(port)).replace("@UPSTREAM@", str(upstream))
+    conf = conf.replace("@CONNECTIONS@", str(worker_connections))
+    conf = conf.replace("@NOFILE@", str(worker_connections + 64))
     path = os.path.join(d, "nginx.conf")
     open(path, "w").write(conf)
     p = start(["nginx", "-c", path, "-p", d], f"nginx-{port}")
@@ -255,7 +276,8 @@ def wrk(port, conns, close, seconds):
     return r, " ".join(cmd)
 
 
-def bench_overhead(seconds):
+def start_overhead_targets():
+    """One fast fake and the three proxies in front of it: {target name: port}."""
     upstream = free_port()
     start_fake(upstream, ["--tokens-per-second", "1000000"])
     targets = {"direct": upstream}
@@ -265,6 +287,11 @@ def bench_overhead(seconds):
     start_nginx(targets["nginx"], upstream)
     targets["haproxy"] = free_port()
     start_haproxy(targets["haproxy"], upstream)
+    return targets
+
+
+def bench_overhead(seconds):
+    targets = start_overhead_targets()
     rows, commands = [], []
     for conns in (1, 64):
         for close in (False, True):
@@ -669,17 +696,30 @@ def render_affinity(L, affinity, args):
                  f"{r['ttft_p90_ms']:.1f} | {r['wall_s']:.1f} |")
 
 
-def render(results, args, wall_s):
-    L = []
+def run_header(L, title, args, load_at_start, wall_s):
+    """The heading of a results block: date, machine, load average, command, peers."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    L.append(f"### Run of {now}\n")
-    L.append(f"- Machine: {machine()}, load average {' '.join(LOAD_AT_START)} at the start and "
+    L.append(f"### {title} {now}\n")
+    L.append(f"- Machine: {machine()}, load average {' '.join(load_at_start)} at the start and "
              f"{' '.join(open('/proc/loadavg').read().split()[:3])} at the end (1, 5, 15 min)")
     only = f" --only {args.only}" if args.only else ""
     L.append(f"- Command: `make bench` (`python3 scripts/bench/bench.py --write "
              f"--seconds {args.seconds}{only}`), {wall_s / 60:.1f} minutes")
     L.append(f"- Peers: {'; '.join(versions())}. Their configs: `scripts/bench/nginx.conf.in`, "
              f"`scripts/bench/haproxy.cfg.in`.")
+
+
+def render_targets18(args, table, load_at_start, wall_s):
+    L = []
+    run_header(L, "Issue 18 targets, run of", args, load_at_start, wall_s)
+    L.append("")
+    L.append(table)
+    return "\n".join(L)
+
+
+def render(results, args, wall_s):
+    L = []
+    run_header(L, "Run of", args, LOAD_AT_START, wall_s)
     L.append("- Upstream: one standalone `fake-llama-server` in fast mode (one-token reply), the "
              "same process behind every target: direct, llama-pool (`--workers 0 --upstream "
              "http://127.0.0.1:<fake>`), nginx and HAProxy. Load: wrk from the same machine, so "
@@ -764,10 +804,22 @@ def bench_work(rounds, chars, inputs):
     return work_bench.run(args)
 
 
-def write_results(text):
+def bench_targets18(args):
+    """Issue 18, item 5: scripts/bench/targets18_bench.py (targets (a) to (e) against nginx).
+    Returns its table with the load average at its own start and its wall time."""
+    sys.path.insert(0, BENCH_DIR)
+    import targets18_bench
+    load, started = open("/proc/loadavg").read().split()[:3], time.time()
+    table = targets18_bench.run(argparse.Namespace(
+        seconds=args.seconds, smoke=args.smoke, build=args.build, llama_server=LLAMA_SERVER,
+        model=MODEL))
+    return table, load, time.time() - started
+
+
+def write_results(text, marker="results"):
     path = os.path.join(ROOT, "docs", "BENCHMARKS.md")
     doc = open(path).read()
-    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     head, rest = doc.split(begin, 1)
     _, tail = rest.split(end, 1)
     open(path, "w").write(head + begin + "\n" + text + end + tail)
@@ -794,6 +846,8 @@ def main():
     parser.add_argument("--only", help=f"comma-separated sections to run: {','.join(SECTIONS)} "
                                        "(with --write, only they are written)")
     args = parser.parse_args()
+    # The sections' modules import this file as `bench`: one module, one set of processes.
+    sys.modules.setdefault("bench", sys.modules[__name__])
     if args.only and not set(args.only.split(",")) <= set(SECTIONS):
         sys.exit(f"bench: --only takes sections among {','.join(SECTIONS)}")
     if args.smoke:
@@ -811,8 +865,7 @@ def main():
     dim, layers = args.large_model.split("x")
     large_model = subprocess.check_output(["bash", toolchain, "model-path", dim, layers],
                                           text=True).strip()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    raise_nofile(65536)
 
     started = time.time()
     LOAD_AT_START[:] = open("/proc/loadavg").read().split()[:3]
@@ -846,10 +899,19 @@ def main():
     # The smoke run keeps the batch small: one worker's time grows faster than its inputs.
     section("work", lambda: bench_work(1 if args.smoke else 5, 3000 if args.smoke else 20000,
                                        8 if args.smoke else 256))
-    text = render(results, args, time.time() - started)
-    print(text)
-    if args.write and not args.smoke:
-        write_results(text)
+    # Issue 18's targets have a block of their own in docs/BENCHMARKS.md, with its own start.
+    section("targets18", lambda: bench_targets18(args))
+    targets18 = results.pop("targets18", None)
+    if results:
+        text = render(results, args, time.time() - started)
+        print(text)
+        if args.write and not args.smoke:
+            write_results(text)
+    if targets18:
+        text = render_targets18(args, *targets18)
+        print(text)
+        if args.write and not args.smoke:
+            write_results(text, "targets18")
     shutil.rmtree(TMP, ignore_errors=True)
 
 

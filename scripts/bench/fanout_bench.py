@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -85,6 +84,18 @@ async def one_stream(port, body, window, stop):
         writer.close()
 
 
+def tree_rss_threads(pid):
+    """RSS bytes and threads of a process tree (nginx's master and workers)."""
+    rss, threads = 0, 0
+    for p in B.tree_pids(pid):
+        try:
+            r, t = B.rss_and_threads(p)
+            rss, threads = rss + r, threads + t
+        except OSError:
+            pass  # a process that just ended
+    return rss, threads
+
+
 async def run_streams(port, streams, rate, seconds, proc, fake_proc):
     """Opens the streams, waits until all deliver, measures a window; returns the row."""
     events_per_stream = int(rate * (seconds + 60))
@@ -105,13 +116,7 @@ async def run_streams(port, streams, rate, seconds, proc, fake_proc):
     busy0, client0 = machine_busy_seconds(), time.process_time()
     window.start = time.monotonic_ns()
     await asyncio.sleep(seconds / 2)
-    rss, threads = 0, 0
-    for p in (B.tree_pids(pids[0]) if pids else []):
-        try:
-            r, t = B.rss_and_threads(p)
-            rss, threads = rss + r, threads + t
-        except OSError:
-            pass
+    rss, threads = tree_rss_threads(pids[0]) if pids else (0, 0)
     await asyncio.sleep(seconds / 2)
     window.end = time.monotonic_ns()
     cpu = (B.tree_cpu_ns(proc.pid) - cpu0) / 1e9 if proc else None
@@ -138,20 +143,102 @@ async def run_streams(port, streams, rate, seconds, proc, fake_proc):
     }
 
 
-def start_target(name, upstream, build):
+async def complete_stream(port, body, tally):
+    """One stream read up to its last event (the fake's "stop":true); counts it in `tally`
+    as completed or failed (refused, cut, or not a 200)."""
+    req = (f"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+           f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    except OSError:
+        tally["failed"] += 1
+        return
+    tally["open"] += 1
+    tally["peak_open"] = max(tally["peak_open"], tally["open"])
+    ok = False
+    try:
+        writer.write(req)
+        head = await reader.readuntil(b"\r\n\r\n")
+        good, buf = head.startswith(b"HTTP/1.1 200"), b""
+        while good and b'"stop":true' not in buf:
+            chunk = await reader.read(65536)
+            good = bool(chunk)
+            buf = buf[-64:] + chunk  # a marker split across two reads still matches
+        ok = good  # not reached when cancelled at the deadline
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        ok = False
+    finally:
+        tally["open"] -= 1
+        tally["completed" if ok else "failed"] += 1
+        writer.close()
+
+
+async def run_complete(port, streams, rate, events, proc):
+    """`streams` streams of `events` events each, opened in a quick ramp so that all are open
+    at once, each read to its end. The proxy's peak RSS and threads are sampled every 0.5 s."""
+    body = json.dumps({"prompt": "x", "max_tokens": events, "stream": True}).encode()
+    tally = {"completed": 0, "failed": 0, "open": 0, "peak_open": 0}
+    t0 = time.monotonic()
+    tasks = []
+    for i in range(streams):
+        tasks.append(asyncio.ensure_future(complete_stream(port, body, tally)))
+        if i % 200 == 199:
+            await asyncio.sleep(0.05)  # a ramp, not a SYN flood
+    deadline = t0 + events / rate + 120
+    rss, threads, pending = 0, 0, set(tasks)
+    while pending and time.monotonic() < deadline:
+        if proc:
+            r, t = tree_rss_threads(proc.pid)
+            rss, threads = max(rss, r), max(threads, t)
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    for t in pending:
+        t.cancel()  # counted as failed by complete_stream
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {"streams": streams, "completed": tally["completed"], "failed": tally["failed"],
+            "peak_open": tally["peak_open"], "wall_s": time.monotonic() - t0,
+            "rss_mib": rss / 2**20 if proc else None, "threads": threads if proc else None}
+
+
+def start_target(name, upstream, build, streams):
+    """The proxy `name` in front of `upstream`, with room for `streams` at once."""
     if name == "direct":
         return upstream, None
     port = B.free_port()
     if name == "nginx":
-        return port, B.start_nginx(port, upstream)
+        return port, B.start_nginx(port, upstream, max(4096, 2 * streams + 64))
     if name == "llama-pool":
-        return port, B.start_pool(port, name="pool-fanout", upstream=upstream)
+        return port, B.start_pool(port, name="pool-fanout", upstream=upstream,
+                                  connections=max(4096, streams + 64))
     if name == "asio":
         p = B.start([os.path.join(build, "asio_relay_bench"), "--port", str(port), "--upstream",
                      f"127.0.0.1:{upstream}", "--threads", str(os.cpu_count() or 2)], "asio")
         B.wait_http(port)
         return port, p
     raise ValueError(name)
+
+
+def measure(name, streams, rate, build, seconds=None, events=None):
+    """One target's row, behind a fresh fake: a window of `seconds` over long streams
+    (run_streams), or, given `events`, streams of that many events read to their end
+    (run_complete). Stops what it started."""
+    load = open("/proc/loadavg").read().split()[:3]
+    upstream = B.free_port()
+    fake = B.start([B.FAKE, "--port", str(upstream), "--parallel", str(streams + 64),
+                    "--max-connections", str(streams + 64), "--tokens-per-second", str(rate),
+                    "--stamp-events"], f"fake-{upstream}")
+    B.wait_http(upstream)
+    port, proc = start_target(name, upstream, build, streams)
+    if events is None:
+        row = asyncio.run(run_streams(port, streams, rate, seconds, proc, fake))
+    else:
+        row = asyncio.run(run_complete(port, streams, rate, events, proc))
+    row.update({"target": name, "load_before": " ".join(load),
+                "load_after": " ".join(open("/proc/loadavg").read().split()[:3])})
+    B.log(f"fanout {json.dumps(row)}")
+    for p in (proc, fake):
+        if p:
+            B.stop(p)
+    return row
 
 
 def main():
@@ -166,25 +253,13 @@ def main():
     B.TMP = tempfile.mkdtemp(prefix="llama-pool-fanout-")
     B.POOL = os.path.join(args.build, "llama-pool")
     B.FAKE = os.path.join(args.build, "fake-llama-server")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    B.raise_nofile(65536)
     rows = []
     for rep in range(args.repeat):
         for name in args.targets.split(","):
-            load = open("/proc/loadavg").read().split()[:3]
-            upstream = B.free_port()
-            fake = B.start([B.FAKE, "--port", str(upstream), "--parallel", str(args.streams + 64),
-                            "--tokens-per-second", str(args.rate), "--stamp-events"],
-                           f"fake-{upstream}")
-            B.wait_http(upstream)
-            port, proc = start_target(name, upstream, args.build)
-            row = asyncio.run(run_streams(port, args.streams, args.rate, args.seconds, proc, fake))
-            row.update({"target": name, "round": rep + 1, "load_before": " ".join(load),
-                        "load_after": " ".join(open("/proc/loadavg").read().split()[:3])})
-            B.log(f"fanout {json.dumps(row)}")
+            row = measure(name, args.streams, args.rate, args.build, args.seconds)
+            row["round"] = rep + 1
             rows.append(row)
-            B.cleanup()
-            B.PROCESSES.clear()
     print(render(rows, args))
 
 

@@ -12,7 +12,6 @@ Usage: tokenize_bench.py [--build DIR] [--conns 16] [--seconds 10] [--slots 4] [
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,32 @@ def run_wrk(port, conns, seconds, script):
     return r
 
 
+def run(server, model, conns, seconds, slots=4, repeat=1):
+    """llama-server -np `slots` with nginx and llama-pool in front; wrk on each in turn, `repeat`
+    rounds. Returns the rows; stops what it started. B.TMP and B.POOL must be set."""
+    script = os.path.join(B.TMP, "tokenize.lua")
+    with open(script, "w") as f:
+        f.write(LUA)
+    upstream = B.free_port()
+    procs = [B.start([server, "--model", model, "--port", str(upstream), "-np", str(slots),
+                      "-t", "1", "--ctx-size", str(256 * slots)], "llama-server")]
+    B.wait_http(upstream, timeout=180)
+    targets = {"direct": upstream, "nginx": B.free_port(), "llama-pool": B.free_port()}
+    procs.append(B.start_nginx(targets["nginx"], upstream))
+    procs.append(B.start_pool(targets["llama-pool"], upstream=upstream))
+    rows = []
+    for rep in range(repeat):
+        for name, port in targets.items():
+            load = " ".join(open("/proc/loadavg").read().split()[:3])
+            r = run_wrk(port, conns, seconds, script)
+            r.update({"target": name, "round": rep + 1, "load": load})
+            B.log(f"tokenize {json.dumps(r)}")
+            rows.append(r)
+    for p in reversed(procs):
+        B.stop(p)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--build", default=os.path.join(B.ROOT, "build"))
@@ -58,28 +83,8 @@ def main():
     toolchain = os.path.join(B.ROOT, "scripts", "llama-toolchain.sh")
     server = subprocess.check_output(["bash", toolchain, "server-path"], text=True).strip()
     model = subprocess.check_output(["bash", toolchain, "model-path"], text=True).strip()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
-    script = os.path.join(B.TMP, "tokenize.lua")
-    with open(script, "w") as f:
-        f.write(LUA)
-
-    upstream = B.free_port()
-    B.start([server, "--model", model, "--port", str(upstream), "-np", str(args.slots),
-             "-t", "1", "--ctx-size", str(256 * args.slots)], "llama-server")
-    B.wait_http(upstream, timeout=180)
-    targets = {"direct": upstream, "nginx": B.free_port(), "llama-pool": B.free_port()}
-    B.start_nginx(targets["nginx"], upstream)
-    B.start_pool(targets["llama-pool"], upstream=upstream)
-    rows = []
-    for rep in range(args.repeat):
-        for name, port in targets.items():
-            load = " ".join(open("/proc/loadavg").read().split()[:3])
-            r = run_wrk(port, args.conns, args.seconds, script)
-            r.update({"target": name, "round": rep + 1, "load": load})
-            B.log(f"tokenize {json.dumps(r)}")
-            rows.append(r)
-    B.cleanup()
+    B.raise_nofile(65536)
+    rows = run(server, model, args.conns, args.seconds, args.slots, args.repeat)
     print(f"POST /tokenize, keep-alive, {args.conns} connections, {args.seconds} s per run; "
           f"llama-server -np {args.slots} -t 1; machine: {B.machine()}\n")
     print("| round | target | requests/s | of nginx | p50 ms | p99 ms | errors | load |")

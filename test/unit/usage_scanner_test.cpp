@@ -97,3 +97,14 @@ TEST_CASE("a stream far longer than the kept tail still yields its final counts"
         scan("{\"x\":\"" + std::string(300 * 1024, 'a') + "\",\"tokens_predicted\":1}", false, 1000)
             .found);
 }
+
+TEST_CASE("a reply without count fields reads as none, and an escaped key still counts",
+          "[usage]") {
+    CHECK_FALSE(scan(R"({"tokens":[1,2,3,4]})", false).found);
+    CHECK_FALSE(scan("data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n", true).found);
+    // "usage" with its letters escaped: the same key to a JSON parser.
+    const auto u = scan(R"({"\u0075sage":{"completion_tokens":7,"prompt_tokens":2}})", false);
+    CHECK(u.found);
+    CHECK(u.predicted == 7);
+    CHECK(u.prompt == 2);
+}
