@@ -11,8 +11,6 @@
 
 namespace llama_pool {
 
-class Exchange;
-
 // The rest of a response body, produced from a non-blocking source (a worker connection)
 // without holding a thread: the server waits for the source and for the client in its
 // event loop and calls these from whichever server thread wakes. Calls on one pump never
@@ -68,9 +66,14 @@ class Deferred {
     // in Exchange::client_gone(), and must then return done). A wake-up may be spurious. Must
     // not block for long: a small answer's write, a connect to a local worker.
     virtual Step resume(Exchange& exchange) = 0;
-    // The server is stopping: no resume() follows. Give back what is held; the server cuts
-    // the client's connection afterwards.
+    // No resume() follows: the server is stopping, or the request cannot go on (the handler
+    // threw after defer(), epoll refused wait_fd() (each deferred needs a descriptor of its
+    // own), or resume() said wait after the client hung up). Give back what is held; the
+    // server cuts the client's connection afterwards.
     virtual void cancel() = 0;
+    // After a resume() that returned done the deferred is destroyed before a pump it handed
+    // the body to starts: what the pump needs must be moved into it. A defer() called inside
+    // resume() replaces the running deferred once resume() returns.
 };
 
 // One request and the means to answer it. The HTTP server's connections implement it, and
