@@ -18,37 +18,17 @@
 
 #include "common/http_client.hpp"
 #include "common/http_server.hpp"
+#include "test/support/server_kit.hpp"
 #include "test/support/test_process.hpp"
 
 using namespace llama_pool;
 using namespace std::chrono_literals;
+using llama_pool::test::Event;
+using llama_pool::test::eventually;
+using llama_pool::test::read_until_close;
+using llama_pool::test::Started;
 
 namespace {
-
-// A one-way latch: set once, waited on by the test.
-class Event {
-  public:
-    void set() {
-        {
-            std::lock_guard lock(mutex_);
-            set_ = true;
-        }
-        cv_.notify_all();
-    }
-    bool wait(milliseconds timeout) {
-        std::unique_lock lock(mutex_);
-        return cv_.wait_for(lock, timeout, [this] { return set_; });
-    }
-    bool is_set() {
-        std::lock_guard lock(mutex_);
-        return set_;
-    }
-
-  private:
-    std::mutex mutex_;
-    std::condition_variable cv_;
-    bool set_ = false;
-};
 
 bool readable(int fd) {
     pollfd p{fd, POLLIN, 0};
@@ -315,14 +295,6 @@ HttpHandler defer_handler(Board& board) {
     };
 }
 
-struct Started {
-    HttpServer server;
-    explicit Started(HttpServerOptions o, HttpHandler h) : server(std::move(o), std::move(h)) {
-        std::string error;
-        REQUIRE(server.start(error));
-    }
-};
-
 HttpClientConnection send_get(const HttpServer& server, const std::string& target) {
     std::string error;
     auto c = HttpClientConnection::connect("127.0.0.1", server.port(), Clock::now() + 5s, error);
@@ -345,26 +317,6 @@ std::string read_response(HttpClientConnection& c, int& status, bool& done) {
     while (!done && c.read_body(body, done, Clock::now() + 10s, error) == IoStatus::ok) {
     }
     return body;
-}
-
-// Everything the server sends until it closes.
-std::string read_until_close(int fd, milliseconds timeout = 10s) {
-    std::string out;
-    const auto deadline = Clock::now() + timeout;
-    char buf[16384];
-    while (true) {
-        std::size_t n = 0;
-        if (read_some(fd, buf, sizeof buf, n, deadline) != IoStatus::ok) {
-            return out;
-        }
-        out.append(buf, n);
-    }
-}
-
-// Polls a condition the server exposes as a counter (no event to wait on there).
-template <typename F>
-bool eventually(F condition, milliseconds timeout = 10s) {
-    return test::wait_until(condition, timeout, 5ms);
 }
 
 void signal_own_fd(Probe& probe) {

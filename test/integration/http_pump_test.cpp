@@ -14,37 +14,17 @@
 
 #include "common/http_client.hpp"
 #include "common/http_server.hpp"
+#include "test/support/server_kit.hpp"
 #include "test/support/test_process.hpp"
 
 using namespace llama_pool;
 using namespace std::chrono_literals;
+using llama_pool::test::Event;
+using llama_pool::test::eventually;
+using llama_pool::test::read_until_close;
+using llama_pool::test::Started;
 
 namespace {
-
-// A one-way latch: set once, waited on by the test.
-class Event {
-  public:
-    void set() {
-        {
-            std::lock_guard lock(mutex_);
-            set_ = true;
-        }
-        cv_.notify_all();
-    }
-    bool wait(milliseconds timeout) {
-        std::unique_lock lock(mutex_);
-        return cv_.wait_for(lock, timeout, [this] { return set_; });
-    }
-    bool is_set() {
-        std::lock_guard lock(mutex_);
-        return set_;
-    }
-
-  private:
-    std::mutex mutex_;
-    std::condition_variable cv_;
-    bool set_ = false;
-};
 
 // What the test sees of one pump.
 struct Probe {
@@ -216,14 +196,6 @@ HttpHandler pump_handler(Streams& streams, Script script = {}, Event* gate = nul
     };
 }
 
-struct Started {
-    HttpServer server;
-    explicit Started(HttpServerOptions o, HttpHandler h) : server(std::move(o), std::move(h)) {
-        std::string error;
-        REQUIRE(server.start(error));
-    }
-};
-
 HttpClientConnection open_stream(const HttpServer& server, const std::string& target,
                                  HttpResponseHead& head) {
     std::string error;
@@ -257,26 +229,6 @@ std::string read_body_bytes(HttpClientConnection& c, std::size_t size, bool& don
 // The whole rest of a body; `status` says whether it ended cleanly.
 std::string read_rest(HttpClientConnection& c, bool& done, IoStatus& status) {
     return read_body_bytes(c, std::string::npos, done, status);
-}
-
-// Everything the server sends until it closes.
-std::string read_until_close(int fd, milliseconds timeout = 10s) {
-    std::string out;
-    const auto deadline = Clock::now() + timeout;
-    char buf[16384];
-    while (true) {
-        std::size_t n = 0;
-        if (read_some(fd, buf, sizeof buf, n, deadline) != IoStatus::ok) {
-            return out;
-        }
-        out.append(buf, n);
-    }
-}
-
-// Polls a condition the server exposes as a counter (no event to wait on there).
-template <typename F>
-bool eventually(F condition, milliseconds timeout = 10s) {
-    return test::wait_until(condition, timeout, 5ms);
 }
 
 }  // namespace
