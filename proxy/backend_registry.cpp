@@ -9,7 +9,6 @@ namespace llama_pool {
 
 namespace {
 // How often a queued request checks whether its client is still there.
-constexpr auto kCancelCheck = milliseconds(20);
 }  // namespace
 
 BalancerPolicy parse_balancer_policy(std::string_view name) {
@@ -56,7 +55,7 @@ FairQueue::Ticket BackendRegistry::queue_locked(Waiter& waiter) {
     const auto ticket = fair_.push(*waiter.tenant, time_.now());
     waiters_.emplace(ticket, &waiter);
     if (activity_hook_) {
-        activity_hook_();
+        activity_hook_(Activity::waiting);
     }
     // A slot may be free for this tenant while others wait (theirs are capped, or need
     // another worker).
@@ -64,98 +63,15 @@ FairQueue::Ticket BackendRegistry::queue_locked(Waiter& waiter) {
     return ticket;
 }
 
-BackendRegistry::AcquireResult BackendRegistry::acquire(TimePoint deadline,
-                                                        const std::set<std::string>& avoid,
-                                                        const std::function<bool()>& cancelled,
-                                                        std::uint64_t affinity_key,
-                                                        const TenantTicket& tenant) {
-    std::unique_lock lock(mutex_);
-    if (auto now = admit_locked(avoid, affinity_key, tenant)) {
-        return std::move(*now);
-    }
-    AcquireResult result;
-    Waiter waiter;
-    waiter.tenant = &tenant;
-    waiter.avoid = avoid;
-    waiter.affinity_key = affinity_key;
-    const auto ticket = queue_locked(waiter);
-    while (!waiter.assigned && !shutdown_) {
-        const auto now = Clock::now();
-        if (now >= deadline) {
-            result.status = AcquireStatus::timeout;
-            break;
-        }
-        waiter.cv.wait_until(lock, std::min(deadline, now + kCancelCheck));
-        if (!waiter.assigned && cancelled && cancelled()) {
-            result.status = AcquireStatus::cancelled;
-            break;
-        }
-    }
-    if (waiter.assigned) {
-        // Assigned at the last moment: the slot is ours even if time just ran out. The fair
-        // queue took the ticket back when it was served.
-        result.status = AcquireStatus::ok;
-        result.lease.emplace(this, std::move(waiter.assigned), waiter.assigned_serial, tenant.id);
-        return result;
-    }
-    waiters_.erase(ticket);
-    fair_.withdraw(ticket);
-    if (shutdown_) {
-        result.status = AcquireStatus::shutdown;
-    }
-    // Our place may have been the one blocking others with different avoid sets.
-    dispatch_locked();
-    return result;
-}
-
-BackendRegistry::AcquireResult BackendRegistry::acquire_light(
-    TimePoint deadline, const std::set<std::string>& avoid,
-    const std::function<bool()>& cancelled) {
-    std::unique_lock lock(mutex_);
-    AcquireResult result;
-    last_active_ = time_.now();
-    bool counted = false;
-    while (!shutdown_) {
-        if (auto picked = pick_light_locked(avoid); picked.backend) {
-            result.status = AcquireStatus::ok;
-            result.lease.emplace(this, std::move(picked.backend), picked.serial, std::string(),
-                                 LeaseKind::light);
-            break;
-        }
-        if (!counted) {
-            counted = true;
-            count_light_waiter_locked();
-        }
-        const auto now = Clock::now();
-        if (now >= deadline) {
-            result.status = AcquireStatus::timeout;
-            break;
-        }
-        light_cv_.wait_until(lock, std::min(deadline, now + kCancelCheck));
-        if (cancelled && cancelled()) {
-            result.status = AcquireStatus::cancelled;
-            break;
-        }
-    }
-    if (counted) {
-        --light_waiting_;
-    }
-    if (shutdown_ && !result.lease) {
-        result.status = AcquireStatus::shutdown;
-    }
-    return result;
-}
-
 void BackendRegistry::count_light_waiter_locked() {
     // Counted as waiting, so that a group scaled to zero starts a worker for it. The scaler
     // needs the poke only when the first one starts waiting: it counts the others itself.
     if (light_waiting_++ == 0 && activity_hook_) {
-        activity_hook_();
+        activity_hook_(Activity::waiting);
     }
 }
 
 void BackendRegistry::dispatch_light_locked() {
-    light_cv_.notify_all();  // blocking waiters: few (in-process callers), each picks for itself
     while (!light_places_.empty()) {
         auto* place = light_places_.front();
         auto picked = pick_light_locked(place->light_avoid_);
@@ -477,10 +393,7 @@ void BackendRegistry::dispatch_locked() {
         waiter->assigned_serial = picked.serial;
         waiters_.erase(ticket);
         fair_.served(ticket);
-        waiter->cv.notify_one();
-        if (waiter->signal != nullptr) {
-            waiter->signal->notify();
-        }
+        waiter->signal->notify();
     }
 }
 
@@ -508,7 +421,7 @@ void BackendRegistry::release(const std::string& id, std::uint64_t serial,
         dispatch_locked();
     }
     if (activity_hook_ && inflight_total_locked() == 0) {
-        activity_hook_();
+        activity_hook_(Activity::idle);
     }
 }
 
@@ -605,10 +518,7 @@ void BackendRegistry::shutdown() {
     std::lock_guard lock(mutex_);
     shutdown_ = true;
     for (auto& [ticket, w] : waiters_) {
-        w->cv.notify_one();
-        if (w->signal != nullptr) {
-            w->signal->notify();
-        }
+        w->signal->notify();
     }
     dispatch_light_locked();
     for (auto* place : light_places_) {

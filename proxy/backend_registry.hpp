@@ -128,28 +128,11 @@ class BackendRegistry final : public WorkerListener {
     // The clock its queue runs on; the relay reads time from it too.
     const TimeSource& time() const { return time_; }
 
-    // Waits until a backend has a free slot, `deadline` passes, `cancelled()` turns true (the
-    // client left; checked every few milliseconds) or the registry shuts down; refuses at
-    // once when queue_max requests already wait. Backends in `avoid` are used only when no
-    // other one has a free slot; ejected (breaker open) ones only when every available one
-    // is ejected. `affinity_key` (0 = none) steers prefix-affinity. `tenant` is who asks
-    // (default: the anonymous tenant every unidentified request shares).
-    AcquireResult acquire(TimePoint deadline, const std::set<std::string>& avoid,
-                          const std::function<bool()>& cancelled, std::uint64_t affinity_key = 0,
-                          const TenantTicket& tenant = {});
-
-    // For a request that takes no generation slot (/tokenize, /props, ...): waits only for a
-    // connection to a ready backend, at most `light_per_worker` each, never behind queued
-    // generations. Backends in `avoid` only when no other one can take it; ejected ones not
-    // at all (a light request is no breaker trial).
-    AcquireResult acquire_light(TimePoint deadline, const std::set<std::string>& avoid,
-                                const std::function<bool()>& cancelled);
-
-    // A request's place in the queue while it waits in an event loop instead of blocking in
-    // acquire() or acquire_light(). fd() turns readable when the place may have been served
-    // (a slot handed to it; for a light request, a connection came free) or the registry shut
-    // down; take() then says. Destroying it leaves the queue, or gives back a slot it was
-    // handed and never took. The registry must outlive it.
+    // A request's place in the queue, for a caller that waits in an event loop (or polls its
+    // fd()). fd() turns readable when the place may have been served (a slot handed to it; for
+    // a light request, a connection came free) or the registry shut down; take() then says.
+    // Destroying it leaves the queue, or gives back a slot it was handed and never took. The
+    // registry must outlive it.
     class Place {
       public:
         ~Place();
@@ -181,10 +164,19 @@ class BackendRegistry final : public WorkerListener {
         std::shared_ptr<Backend> light_backend_;
         std::uint64_t light_serial_ = 0;
     };
-    // acquire() and acquire_light() for a caller that waits in an event loop: a lease at once
-    // (`ok`), a refusal at once (`queue_full`, `shutdown`), or `timeout` with `place` set: the
-    // request waits in the queue (and counts as waiting) until `place` is served or destroyed.
-    // The caller keeps its own deadline and watches its own client.
+    // A slot for a generation request: a lease at once (`ok`), a refusal at once
+    // (`queue_full` when queue_max requests already wait, `shutdown`), or `timeout` with
+    // `place` set: the request waits in the fair queue (and counts as waiting) until `place`
+    // is served or destroyed. The caller keeps its own deadline and watches its own client.
+    // Backends in `avoid` are used only when no other one has a free slot; ejected (breaker
+    // open) ones only when every available one is ejected. `affinity_key` (0 = none) steers
+    // prefix-affinity. `tenant` is who asks, and must outlive `place`.
+    //
+    // try_acquire_light is the same for a request that takes no generation slot (/tokenize,
+    // /props, ...): it waits only for a connection to a ready backend, at most
+    // `light_per_worker` each, never behind queued generations, in a FIFO of its own. Backends
+    // in `avoid` only when no other one can take it; ejected ones not at all (a light request
+    // is no breaker trial).
     AcquireResult try_acquire(const std::set<std::string>& avoid, std::uint64_t affinity_key,
                               const TenantTicket& tenant, std::unique_ptr<Place>& place);
     AcquireResult try_acquire_light(const std::set<std::string>& avoid,
@@ -218,11 +210,12 @@ class BackendRegistry final : public WorkerListener {
     std::uint64_t worker_progress(const std::string& id) const override;
     void worker_removed(const std::string& id) override;
 
-    // Called when a request starts waiting in the queue and when the last request in
-    // flight ends: the moments a group scaler must look again. Called with the registry's
-    // lock held, so it must only record and wake (lock order: registry, then the hook's).
-    // Set before traffic starts.
-    void set_activity_hook(std::function<void()> hook) { activity_hook_ = std::move(hook); }
+    // The moments a group scaler may have to look again: a request starts waiting (in the
+    // queue, or as the first light waiter), or the last request in flight ends. Called with
+    // the registry's lock held, so it must only record and wake (lock order: registry, then
+    // the hook's). Set before traffic starts.
+    enum class Activity { waiting, idle };
+    void set_activity_hook(std::function<void(Activity)> hook) { activity_hook_ = std::move(hook); }
     // When a request last entered or left this registry (start: construction).
     TimePoint last_active() const;
     // Requests in flight on every backend together, light ones included.
@@ -254,8 +247,7 @@ class BackendRegistry final : public WorkerListener {
         CircuitBreaker breaker;
     };
     struct Waiter {
-        std::condition_variable cv;
-        WakeSignal* signal = nullptr;  // a Place's: notified with cv
+        WakeSignal* signal = nullptr;  // its Place's: notified when served or at shutdown
         const TenantTicket* tenant = nullptr;
         std::set<std::string> avoid;
         std::uint64_t affinity_key = 0;
@@ -294,12 +286,11 @@ class BackendRegistry final : public WorkerListener {
     std::map<std::string, Entry> entries_;
     FairQueue fair_{options_.priority_aging};
     std::map<FairQueue::Ticket, Waiter*> waiters_;  // exactly the tickets in fair_
-    std::condition_variable light_cv_;              // a light connection came free
     mutable std::condition_variable idle_cv_;       // a worker's last request ended
     std::size_t light_waiting_ = 0;
     std::list<Place*> light_places_;  // waiting light Places, oldest first
     bool shutdown_ = false;
-    std::function<void()> activity_hook_;
+    std::function<void(Activity)> activity_hook_;
     TimePoint last_active_ = time_.now();
 };
 

@@ -29,7 +29,14 @@ GroupSet::GroupSet(const PoolConfig& config, Logger& log, RandomSource& random,
     for (const auto& g : resolved) {
         groups_.push_back(std::make_unique<ModelGroup>(g, log, random, time, metrics, &budget_));
         runtime_.push_back(std::make_unique<Runtime>());
-        groups_.back()->registry().set_activity_hook([this] { poke(); });
+        groups_.back()->registry().set_activity_hook([this, rt = runtime_.back().get()](
+                                                         BackendRegistry::Activity activity) {
+            const auto& wants =
+                activity == BackendRegistry::Activity::waiting ? rt->wants_demand : rt->wants_idle;
+            if (wants.load()) {
+                poke();
+            }
+        });
         if (g.spec.is_default && default_ == 0) {
             default_ = groups_.size() - 1;
         }
@@ -221,8 +228,13 @@ void GroupSet::run_scaler() {
     while (!stopping_) {
         poked_ = false;
         lock.unlock();
+        for (auto& rt : runtime_) {
+            rt->wants_demand = true;
+            rt->wants_idle = true;
+        }
         stop_requested_groups();
-        const auto plan = plan_scaling(collect_loads(), budget_.limit(), time_.now());
+        const auto loads = collect_loads();
+        const auto plan = plan_scaling(loads, budget_.limit(), time_.now());
         bool progress = false;
         bool blocked = plan.budget_blocked;
         for (const auto& action : plan.actions) {
@@ -238,6 +250,13 @@ void GroupSet::run_scaler() {
         }
         if (plan.budget_blocked) {
             log_.debug("pool", "worker_budget_full", {{"budget", budget_.limit()}});
+        }
+        if (!progress) {
+            for (std::size_t i = 0; i < loads.size(); ++i) {
+                const auto interest = scaler_interest(loads[i], plan.budget_blocked);
+                runtime_[i]->wants_demand = interest.demand;
+                runtime_[i]->wants_idle = interest.idle;
+            }
         }
         lock.lock();
         if (stopping_ || progress) {
@@ -282,6 +301,9 @@ std::vector<std::string> GroupSet::reload(const PoolConfig& target,
             Supervisor::RolloutStart::started) {
             rolled.push_back(g.name());
         }
+    }
+    if (!rolled.empty()) {
+        poke();  // new bounds: what the scaler listens for (scaler_interest) may have changed
     }
     return rolled;
 }

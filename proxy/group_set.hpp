@@ -78,6 +78,11 @@ class GroupSet {
         std::atomic<int> min_override{-1};  // admin start/stop; -1: none
         std::atomic<bool> stop_requested{false};
         TimePoint last_scaled{};  // scaler thread only
+        // Which registry activity wakes the scaler (scaler_interest). The scaler sets both
+        // before it reads the loads, so that nothing after that read is missed, and clears
+        // what its plan says cannot matter.
+        std::atomic<bool> wants_demand{true};
+        std::atomic<bool> wants_idle{true};
     };
     AdminResult hold(std::string_view name, bool up);
     void poke();

@@ -222,6 +222,7 @@ class Relay::Run {
     Flow send(bool fresh);
     Flow head();
     Flow body();
+    Flow read_body();
     Flow decide();
     Flow backoff();
     Flow abandon(bool client_left);
@@ -546,7 +547,7 @@ Relay::Run::Flow Relay::Run::head() {
     }
     phase_ = Phase::body;
     last_piece_ = now();
-    return Flow::next;  // some of the body may have come with the head
+    return read_body();  // some of the body may have come with the head
 }
 
 // Reads the start of the body before anything reaches the client: a failure until then is
@@ -556,6 +557,11 @@ Relay::Run::Flow Relay::Run::body() {
     if (exchange_->client_gone()) {
         return abandon(true);
     }
+    return read_body();
+}
+
+// body() without the look at the client, which head() took a moment ago.
+Relay::Run::Flow Relay::Run::read_body() {
     Backend& backend = lease_->backend();
     while (true) {
         std::string piece;

@@ -104,4 +104,12 @@ ScalePlan plan_scaling(const std::vector<GroupLoad>& groups, int max_total, Time
     return plan;
 }
 
+ScalerInterest scaler_interest(const GroupLoad& group, bool budget_blocked) {
+    ScalerInterest interest;
+    interest.demand = group.workers < group.max_workers;
+    interest.idle = budget_blocked ||
+                    (group.idle_stop > 0 && !idle(group) && group.workers > group.min_workers);
+    return interest;
+}
+
 }  // namespace llama_pool

@@ -5,6 +5,7 @@
 #include "proxy/backend_registry.hpp"
 #include "proxy/balancer.hpp"
 #include "test/support/fakes.hpp"
+#include "test/support/registry_acquire.hpp"
 #include "test/support/test_process.hpp"
 
 using namespace llama_pool;
@@ -37,12 +38,12 @@ TEST_CASE("the registry never leases more than a backend's capacity", "[registry
     SteadyTimeSource time;
     BackendRegistry registry(random, time);
     registry.worker_ready({"a", "127.0.0.1", 1, 2, ""});
-    auto l1 = registry.acquire(Clock::now() + 1s, {}, {});
-    auto l2 = registry.acquire(Clock::now() + 1s, {}, {});
+    auto l1 = test::acquire(registry, Clock::now() + 1s, {}, {});
+    auto l2 = test::acquire(registry, Clock::now() + 1s, {}, {});
     REQUIRE(l1.lease);
     REQUIRE(l2.lease);
     CHECK(registry.worker_inflight("a") == 2);
-    auto l3 = registry.acquire(Clock::now() + 30ms, {}, {});
+    auto l3 = test::acquire(registry, Clock::now() + 30ms, {}, {});
     CHECK(l3.status == BackendRegistry::AcquireStatus::timeout);
     l1.lease.reset();
     CHECK(registry.worker_inflight("a") == 1);
@@ -53,12 +54,12 @@ TEST_CASE("a freed slot goes to the oldest waiter", "[registry]") {
     SteadyTimeSource time;
     BackendRegistry registry(random, time);
     registry.worker_ready({"a", "127.0.0.1", 1, 1, ""});
-    auto held = registry.acquire(Clock::now() + 1s, {}, {});
+    auto held = test::acquire(registry, Clock::now() + 1s, {}, {});
     REQUIRE(held.lease);
     std::vector<int> order;
     std::mutex order_mutex;
     auto waiter = [&](int n) {
-        auto r = registry.acquire(Clock::now() + 10s, {}, {});
+        auto r = test::acquire(registry, Clock::now() + 10s, {}, {});
         REQUIRE(r.lease);
         std::lock_guard lock(order_mutex);
         order.push_back(n);
@@ -80,7 +81,7 @@ TEST_CASE("requests wait while no backend is ready and proceed when one becomes 
     BackendRegistry registry(random, time);
     std::atomic<bool> got{false};
     std::thread t([&] {
-        auto r = registry.acquire(Clock::now() + 10s, {}, {});
+        auto r = test::acquire(registry, Clock::now() + 10s, {}, {});
         got = r.lease.has_value();
     });
     REQUIRE(test::wait_until([&] { return registry.waiting() == 1; }, 5s));
@@ -97,7 +98,8 @@ TEST_CASE("a cancelled waiter leaves the queue at once", "[registry]") {
     std::atomic<bool> cancel{false};
     BackendRegistry::AcquireStatus status{};
     std::thread t([&] {
-        status = registry.acquire(Clock::now() + 60s, {}, [&] { return cancel.load(); }).status;
+        status =
+            test::acquire(registry, Clock::now() + 60s, {}, [&] { return cancel.load(); }).status;
     });
     REQUIRE(test::wait_until([&] { return registry.waiting() == 1; }, 5s));
     cancel = true;
@@ -112,10 +114,10 @@ TEST_CASE("an unavailable backend takes no new leases while its in-flight ones f
     SteadyTimeSource time;
     BackendRegistry registry(random, time);
     registry.worker_ready({"a", "127.0.0.1", 1, 2, ""});
-    auto held = registry.acquire(Clock::now() + 1s, {}, {});
+    auto held = test::acquire(registry, Clock::now() + 1s, {}, {});
     REQUIRE(held.lease);
     registry.worker_unavailable("a");
-    CHECK(registry.acquire(Clock::now() + 20ms, {}, {}).status ==
+    CHECK(test::acquire(registry, Clock::now() + 20ms, {}, {}).status ==
           BackendRegistry::AcquireStatus::timeout);
     CHECK(registry.worker_inflight("a") == 1);
     held.lease.reset();
@@ -139,9 +141,9 @@ TEST_CASE("the queue is bounded: beyond queue_max a request is refused at once",
     RegistryWithFakeTime r(options);
     std::atomic<bool> done{false};
     std::thread waiter(
-        [&] { r.registry.acquire(Clock::now() + 5s, {}, [&] { return done.load(); }); });
+        [&] { test::acquire(r.registry, Clock::now() + 5s, {}, [&] { return done.load(); }); });
     REQUIRE(test::wait_until([&] { return r.registry.waiting() == 1; }, 5s));
-    const auto second = r.registry.acquire(Clock::now() + 5s, {}, {});
+    const auto second = test::acquire(r.registry, Clock::now() + 5s, {}, {});
     CHECK(second.status == BackendRegistry::AcquireStatus::queue_full);
     done = true;
     waiter.join();
@@ -158,7 +160,7 @@ TEST_CASE("a worker that keeps failing is ejected and traffic moves to the other
         r.registry.report("bad", false);
     }
     for (int i = 0; i < 20; ++i) {
-        auto lease = r.registry.acquire(Clock::now() + 1s, {}, {});
+        auto lease = test::acquire(r.registry, Clock::now() + 1s, {}, {});
         REQUIRE(lease.lease);
         CHECK(lease.lease->backend().id == "good");
     }
@@ -166,11 +168,11 @@ TEST_CASE("a worker that keeps failing is ejected and traffic moves to the other
     r.time.advance(10s - 1ms);
     auto busy = std::vector<BackendRegistry::AcquireResult>();
     for (int i = 0; i < 4; ++i) {
-        busy.push_back(r.registry.acquire(Clock::now() + 1s, {}, {}));
+        busy.push_back(test::acquire(r.registry, Clock::now() + 1s, {}, {}));
         CHECK(busy.back().lease->backend().id == "good");
     }
     r.time.advance(1ms);
-    const auto trial = r.registry.acquire(Clock::now() + 1s, {}, {});
+    const auto trial = test::acquire(r.registry, Clock::now() + 1s, {}, {});
     REQUIRE(trial.lease);
     CHECK(trial.lease->backend().id == "bad");
 }
@@ -185,13 +187,13 @@ TEST_CASE("a trial request abandoned by its client does not keep its worker out 
     r.registry.report("w", false);
     r.time.advance(10s);
     {
-        const auto trial = r.registry.acquire(Clock::now() + 1s, {}, {});
+        const auto trial = test::acquire(r.registry, Clock::now() + 1s, {}, {});
         REQUIRE(trial.lease);
         // While the trial runs, nothing else goes there.
-        CHECK_FALSE(r.registry.acquire(Clock::now() + 20ms, {}, {}).lease);
+        CHECK_FALSE(test::acquire(r.registry, Clock::now() + 20ms, {}, {}).lease);
         r.registry.report_abandoned("w");  // its client left before any verdict
     }
-    const auto next = r.registry.acquire(Clock::now() + 1s, {}, {});
+    const auto next = test::acquire(r.registry, Clock::now() + 1s, {}, {});
     REQUIRE(next.lease);
     CHECK(next.lease->backend().id == "w");
 }
@@ -207,7 +209,7 @@ TEST_CASE("when every worker is ejected the least bad one still serves", "[regis
     r.registry.worker_ready({"b", "127.0.0.1", 2, 1, ""});
     r.registry.report("b", false);
     // Both open; "a" is due back first.
-    const auto lease = r.registry.acquire(Clock::now() + 1s, {}, {});
+    const auto lease = test::acquire(r.registry, Clock::now() + 1s, {}, {});
     REQUIRE(lease.lease);
     CHECK(lease.lease->backend().id == "a");
 }
@@ -223,15 +225,15 @@ TEST_CASE("prefix affinity sends the same prefix to the same worker and spills w
     const std::uint64_t key = 0x1234567890abcdefULL;
     std::string preferred;
     for (int i = 0; i < 5; ++i) {
-        const auto lease = r.registry.acquire(Clock::now() + 1s, {}, {}, key);
+        const auto lease = test::acquire(r.registry, Clock::now() + 1s, {}, {}, key);
         REQUIRE(lease.lease);
         if (preferred.empty()) {
             preferred = lease.lease->backend().id;
         }
         CHECK(lease.lease->backend().id == preferred);
     }
-    const auto held = r.registry.acquire(Clock::now() + 1s, {}, {}, key);
-    const auto spilled = r.registry.acquire(Clock::now() + 1s, {}, {}, key);
+    const auto held = test::acquire(r.registry, Clock::now() + 1s, {}, {}, key);
+    const auto spilled = test::acquire(r.registry, Clock::now() + 1s, {}, {}, key);
     REQUIRE(spilled.lease);
     CHECK(spilled.lease->backend().id != preferred);
 }
@@ -244,7 +246,7 @@ TEST_CASE("round-robin takes each worker in turn", "[registry]") {
     r.registry.worker_ready({"b", "127.0.0.1", 2, 8, ""});
     std::vector<std::string> order;
     for (int i = 0; i < 4; ++i) {
-        order.push_back(r.registry.acquire(Clock::now() + 1s, {}, {}).lease->backend().id);
+        order.push_back(test::acquire(r.registry, Clock::now() + 1s, {}, {}).lease->backend().id);
     }
     CHECK(order == std::vector<std::string>{"a", "b", "a", "b"});
 }
@@ -255,15 +257,15 @@ TEST_CASE(
     RegistryWithFakeTime r;
     r.registry.worker_ready({"dead", "127.0.0.1", 1, 2, ""});
     r.registry.worker_ready({"busy", "127.0.0.1", 2, 1, ""});
-    auto held = r.registry.acquire(Clock::now() + 1s, {"dead"}, {});
+    auto held = test::acquire(r.registry, Clock::now() + 1s, {"dead"}, {});
     REQUIRE(held.lease);
     REQUIRE(held.lease->backend().id == "busy");
     // "dead" has free slots (its requests fail fast), "busy" has none: the retry waits.
-    const auto retry = r.registry.acquire(Clock::now() + 50ms, {"dead"}, {});
+    const auto retry = test::acquire(r.registry, Clock::now() + 50ms, {"dead"}, {});
     CHECK(retry.status == BackendRegistry::AcquireStatus::timeout);
     // With no other worker at all, the tried one is still better than nothing.
     r.registry.worker_unavailable("busy");
-    const auto last_resort = r.registry.acquire(Clock::now() + 50ms, {"dead"}, {});
+    const auto last_resort = test::acquire(r.registry, Clock::now() + 50ms, {"dead"}, {});
     REQUIRE(last_resort.lease);
     CHECK(last_resort.lease->backend().id == "dead");
 }
@@ -304,17 +306,17 @@ TEST_CASE("a lease on a removed upstream does not release a slot of its successo
     BackendRegistry registry(random, time);
     const std::string id = "u0/10.0.0.1";
     registry.worker_ready({id, "10.0.0.1", 8080, 2, ""});
-    auto old = registry.acquire(Clock::now() + 1s, {}, {});
+    auto old = test::acquire(registry, Clock::now() + 1s, {}, {});
     REQUIRE(old.lease);
     registry.worker_removed(id);
     registry.worker_ready({id, "10.0.0.1", 8080, 2, ""});
-    auto fresh = registry.acquire(Clock::now() + 1s, {}, {});
+    auto fresh = test::acquire(registry, Clock::now() + 1s, {}, {});
     REQUIRE(fresh.lease);
     CHECK(registry.worker_inflight(id) == 1);
     old.lease.reset();
     CHECK(registry.worker_inflight(id) == 1);
     // Its capacity is still what it says: one more request fits, not two.
-    auto second = registry.acquire(Clock::now() + 1s, {}, {});
+    auto second = test::acquire(registry, Clock::now() + 1s, {}, {});
     REQUIRE(second.lease);
     CHECK(registry.worker_inflight(id) == 2);
     fresh.lease.reset();

@@ -9,6 +9,7 @@
 #include "proxy/backend_registry.hpp"
 #include "proxy/tenant_identity.hpp"
 #include "test/support/fakes.hpp"
+#include "test/support/registry_acquire.hpp"
 #include "test/support/test_process.hpp"
 
 using namespace llama_pool;
@@ -237,14 +238,14 @@ TEST_CASE("the registry hands a freed slot to the newcomer, not to the flood", "
     BackendRegistry registry(random, time);
     registry.worker_ready({"a", "127.0.0.1", 1, 1, ""});
     const auto flood = tenant("flood");
-    auto held = registry.acquire(Clock::now() + 1s, {}, {}, 0, flood);
+    auto held = test::acquire(registry, Clock::now() + 1s, {}, {}, 0, flood);
     REQUIRE(held.lease);
     std::vector<std::string> order;
     std::mutex order_mutex;
     std::atomic<bool> stop{false};
     auto waiter = [&](TenantTicket who) {
-        auto r = registry.acquire(
-            Clock::now() + 10s, {}, [&] { return stop.load(); }, 0, who);
+        auto r = test::acquire(
+            registry, Clock::now() + 10s, {}, [&] { return stop.load(); }, 0, who);
         if (!r.lease) {
             return;
         }
@@ -273,16 +274,16 @@ TEST_CASE("the registry keeps a tenant within its concurrency cap", "[registry]"
     BackendRegistry registry(random, time);
     registry.worker_ready({"a", "127.0.0.1", 1, 4, ""});
     const auto capped = tenant("capped", 1, 0, 2);
-    auto l1 = registry.acquire(Clock::now() + 1s, {}, {}, 0, capped);
-    auto l2 = registry.acquire(Clock::now() + 1s, {}, {}, 0, capped);
+    auto l1 = test::acquire(registry, Clock::now() + 1s, {}, {}, 0, capped);
+    auto l2 = test::acquire(registry, Clock::now() + 1s, {}, {}, 0, capped);
     REQUIRE(l1.lease);
     REQUIRE(l2.lease);
     // Slots are free, but the tenant is at its cap: it waits; another tenant does not.
-    CHECK(registry.acquire(Clock::now() + 30ms, {}, {}, 0, capped).status ==
+    CHECK(test::acquire(registry, Clock::now() + 30ms, {}, {}, 0, capped).status ==
           BackendRegistry::AcquireStatus::timeout);
-    CHECK(registry.acquire(Clock::now() + 1s, {}, {}, 0, tenant("other")).lease);
+    CHECK(test::acquire(registry, Clock::now() + 1s, {}, {}, 0, tenant("other")).lease);
     l1.lease.reset();
-    CHECK(registry.acquire(Clock::now() + 1s, {}, {}, 0, capped).lease);
+    CHECK(test::acquire(registry, Clock::now() + 1s, {}, {}, 0, capped).lease);
 }
 
 TEST_CASE("tenant config errors name the tenant, the key and what is allowed", "[tenants]") {

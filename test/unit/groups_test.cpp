@@ -394,3 +394,31 @@ TEST_CASE("scaling: an idle group stops one worker per idle_stop, down to its mi
     auto never = group(2, 0, 2);
     CHECK(plan_scaling({never}, 0, t0 + 1h).actions.empty());
 }
+
+TEST_CASE("scaling: the scaler listens only for what could change its plan", "[groups][scaling]") {
+    // An always-on group at its size: no request of it is worth a wake-up (the common case,
+    // where a wake per request cost each one a futex round trip and a plan).
+    auto interest = scaler_interest(group(2, 2, 2, 1, 3), false);
+    CHECK_FALSE(interest.demand);
+    CHECK_FALSE(interest.idle);
+    // It may grow: a waiting request may start a worker.
+    interest = scaler_interest(group(1, 0, 3, 2, 0), false);
+    CHECK(interest.demand);
+    CHECK_FALSE(interest.idle);  // no idle_stop
+    // Busy with an idle_stop above its minimum: going idle starts the idle_stop clock.
+    auto g = group(2, 0, 2, 1, 0);
+    g.idle_stop = 60;
+    interest = scaler_interest(g, false);
+    CHECK_FALSE(interest.demand);
+    CHECK(interest.idle);
+    // Already idle: its stop is due at the plan's next_check, no event needed.
+    g.inflight = 0;
+    CHECK_FALSE(scaler_interest(g, false).idle);
+    // At its minimum: idleness stops nothing.
+    g.inflight = 1;
+    g.min_workers = 2;
+    CHECK_FALSE(scaler_interest(g, false).idle);
+    // The budget blocks some group: any group going idle may give way to it.
+    CHECK(scaler_interest(g, true).idle);
+    CHECK(scaler_interest(group(2, 2, 2, 1, 0), true).idle);
+}

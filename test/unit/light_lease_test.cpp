@@ -6,6 +6,7 @@
 #include "common/random.hpp"
 #include "proxy/backend_registry.hpp"
 #include "proxy/slot_use.hpp"
+#include "test/support/registry_acquire.hpp"
 
 using namespace llama_pool;
 using namespace std::chrono_literals;
@@ -56,16 +57,16 @@ TEST_CASE("a light request does not wait behind generations", "[registry][light]
     SteadyTimeSource time;
     BackendRegistry registry(random, time, light_cap(2));
     registry.worker_ready({"a", "127.0.0.1", 1, 1, ""});
-    auto held = registry.acquire(Clock::now() + 1s, {}, {});
+    auto held = test::acquire(registry, Clock::now() + 1s, {}, {});
     REQUIRE(held.lease);
     std::atomic<bool> queued_done{false};
     std::thread queued([&] {
-        auto r = registry.acquire(Clock::now() + 10s, {}, {});
+        auto r = test::acquire(registry, Clock::now() + 10s, {}, {});
         queued_done = true;
     });
     REQUIRE(eventually([&] { return registry.waiting() == 1; }));
 
-    auto light = registry.acquire_light(Clock::now(), {}, {});
+    auto light = test::acquire_light(registry, Clock::now(), {}, {});
     CHECK(light.status == BackendRegistry::AcquireStatus::ok);
     REQUIRE(light.lease);
     CHECK(light.lease->backend().id == "a");
@@ -83,18 +84,18 @@ TEST_CASE("light requests are capped per worker and wait for one another", "[reg
     SteadyTimeSource time;
     BackendRegistry registry(random, time, light_cap(2));
     registry.worker_ready({"a", "127.0.0.1", 1, 4, ""});
-    auto l1 = registry.acquire_light(Clock::now(), {}, {});
-    auto l2 = registry.acquire_light(Clock::now(), {}, {});
+    auto l1 = test::acquire_light(registry, Clock::now(), {}, {});
+    auto l2 = test::acquire_light(registry, Clock::now(), {}, {});
     REQUIRE(l1.lease);
     REQUIRE(l2.lease);
-    CHECK(registry.acquire_light(Clock::now(), {}, {}).status ==
+    CHECK(test::acquire_light(registry, Clock::now(), {}, {}).status ==
           BackendRegistry::AcquireStatus::timeout);
     // Slots are untouched by light requests.
-    CHECK(registry.acquire(Clock::now(), {}, {}).lease.has_value());
+    CHECK(test::acquire(registry, Clock::now(), {}, {}).lease.has_value());
 
     std::atomic<bool> served{false};
     std::thread waiter([&] {
-        auto r = registry.acquire_light(Clock::now() + 10s, {}, {});
+        auto r = test::acquire_light(registry, Clock::now() + 10s, {}, {});
         served = r.lease.has_value();
     });
     REQUIRE(eventually([&] { return registry.waiting() == 1; }));
@@ -110,14 +111,14 @@ TEST_CASE("a light request goes to the least busy worker it has not tried", "[re
     BackendRegistry registry(random, time, light_cap(4));
     registry.worker_ready({"a", "127.0.0.1", 1, 1, ""});
     registry.worker_ready({"b", "127.0.0.1", 2, 1, ""});
-    auto first = registry.acquire_light(Clock::now(), {}, {});
+    auto first = test::acquire_light(registry, Clock::now(), {}, {});
     REQUIRE(first.lease);
     const auto other = first.lease->backend().id == "a" ? "b" : "a";
-    auto second = registry.acquire_light(Clock::now(), {}, {});
+    auto second = test::acquire_light(registry, Clock::now(), {}, {});
     REQUIRE(second.lease);
     CHECK(second.lease->backend().id == other);
     // A retry avoids the worker that failed it while another one can take it.
-    auto retry = registry.acquire_light(Clock::now(), {other}, {});
+    auto retry = test::acquire_light(registry, Clock::now(), {other}, {});
     REQUIRE(retry.lease);
     CHECK(retry.lease->backend().id != other);
 }
@@ -128,10 +129,14 @@ TEST_CASE("a light request for a group with no worker wakes its scaler and waits
     SteadyTimeSource time;
     BackendRegistry registry(random, time, light_cap(2));
     std::atomic<int> hooks{0};
-    registry.set_activity_hook([&] { ++hooks; });
+    registry.set_activity_hook([&](BackendRegistry::Activity activity) {
+        if (activity == BackendRegistry::Activity::waiting) {
+            ++hooks;
+        }
+    });
     std::atomic<bool> served{false};
     std::thread waiter([&] {
-        auto r = registry.acquire_light(Clock::now() + 10s, {}, {});
+        auto r = test::acquire_light(registry, Clock::now() + 10s, {}, {});
         served = r.lease.has_value();
     });
     REQUIRE(eventually([&] { return registry.waiting() == 1; }));
@@ -146,11 +151,11 @@ TEST_CASE("a light lease on a removed worker does not touch its successor", "[re
     SteadyTimeSource time;
     BackendRegistry registry(random, time, light_cap(2));
     registry.worker_ready({"a", "127.0.0.1", 1, 1, ""});
-    auto old = registry.acquire_light(Clock::now(), {}, {});
+    auto old = test::acquire_light(registry, Clock::now(), {}, {});
     REQUIRE(old.lease);
     registry.worker_removed("a");
     registry.worker_ready({"a", "127.0.0.1", 2, 1, ""});
-    auto fresh = registry.acquire_light(Clock::now(), {}, {});
+    auto fresh = test::acquire_light(registry, Clock::now(), {}, {});
     REQUIRE(fresh.lease);
     old.lease.reset();
     CHECK(registry.worker_inflight("a") == 1);

@@ -6,6 +6,7 @@
 
 #include "common/random.hpp"
 #include "proxy/backend_registry.hpp"
+#include "test/support/registry_acquire.hpp"
 
 using namespace llama_pool;
 using namespace std::chrono_literals;
@@ -42,9 +43,9 @@ TEST_CASE("a drain ends when the worker's last request ends", "[registry][drain]
     BackendRegistry registry(random, time);
     registry.worker_ready({"a", "127.0.0.1", 1, 2, ""});
     registry.worker_ready({"b", "127.0.0.1", 2, 2, ""});
-    auto on_a = registry.acquire(Clock::now() + 1s, {"b"}, {});
-    auto on_a_light = registry.acquire_light(Clock::now(), {"b"}, {});
-    auto on_b = registry.acquire(Clock::now() + 1s, {"a"}, {});
+    auto on_a = test::acquire(registry, Clock::now() + 1s, {"b"}, {});
+    auto on_a_light = test::acquire_light(registry, Clock::now(), {"b"}, {});
+    auto on_b = test::acquire(registry, Clock::now() + 1s, {"a"}, {});
     REQUIRE(on_a.lease);
     REQUIRE(on_a.lease->backend().id == "a");
     REQUIRE(on_a_light.lease);
@@ -66,7 +67,7 @@ TEST_CASE("a hurried drain stops waiting for requests in flight", "[registry][dr
     SteadyTimeSource time;
     BackendRegistry registry(random, time);
     registry.worker_ready({"a", "127.0.0.1", 1, 1, ""});
-    auto held = registry.acquire(Clock::now() + 1s, {}, {});
+    auto held = test::acquire(registry, Clock::now() + 1s, {}, {});
     REQUIRE(held.lease);
     Drain drain(registry, "a", kForever);
     drain.hurried = true;
@@ -81,7 +82,7 @@ TEST_CASE("a drain gives up at its timeout", "[registry][drain]") {
     SteadyTimeSource time;
     BackendRegistry registry(random, time);
     registry.worker_ready({"a", "127.0.0.1", 1, 1, ""});
-    auto held = registry.acquire(Clock::now() + 1s, {}, {});
+    auto held = test::acquire(registry, Clock::now() + 1s, {}, {});
     REQUIRE(held.lease);
     Drain drain(registry, "a", 50ms);
     drain.thread.join();

@@ -167,3 +167,28 @@ TEST_CASE("a freed light connection goes to the oldest light place only", "[regi
     CHECK(served->lease);
     CHECK(pool.registry.worker_inflight("w") == 1);
 }
+
+TEST_CASE("the activity hook says when a request starts waiting and when the pool goes idle",
+          "[registry][place][groups]") {
+    Pool pool;
+    std::vector<BackendRegistry::Activity> seen;
+    pool.registry.set_activity_hook([&](BackendRegistry::Activity a) { seen.push_back(a); });
+    const TenantTicket tenant;
+    std::unique_ptr<BackendRegistry::Place> place;
+    auto first = pool.registry.try_acquire({}, 0, tenant, place);
+    REQUIRE(first.lease);
+    CHECK(seen.empty());  // served at once: nothing for a scaler
+    auto second = pool.registry.try_acquire({}, 0, tenant, place);
+    REQUIRE(place);
+    REQUIRE(seen.size() == 1);
+    CHECK(seen[0] == BackendRegistry::Activity::waiting);
+
+    first.lease.reset();  // handed to the place: one request still in flight
+    CHECK(seen.size() == 1);
+    auto served = place->take();
+    REQUIRE(served);
+    REQUIRE(served->lease);
+    served->lease.reset();  // the last one in flight ends
+    REQUIRE(seen.size() == 2);
+    CHECK(seen[1] == BackendRegistry::Activity::idle);
+}
