@@ -10,6 +10,7 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -271,7 +272,13 @@ struct HttpServer::Deferral {
 };
 
 HttpServer::HttpServer(HttpServerOptions options, HttpHandler handler)
-    : options_(std::move(options)), handler_(std::move(handler)) {}
+    : options_(std::move(options)),
+      handler_(std::move(handler)),
+      eager_limit_(std::max<std::size_t>(
+          options_.spare_threads,
+          options_.eager_threads > 0
+              ? options_.eager_threads
+              : std::max<std::size_t>(1, std::thread::hardware_concurrency()))) {}
 
 HttpServer::~HttpServer() {
     stop();
@@ -313,7 +320,26 @@ bool HttpServer::start(std::string& error) {
         error = "cannot start a server thread";
         return false;
     }
+    monitor_ = std::thread([this] { monitor_main(); });
     return true;
+}
+
+void HttpServer::monitor_main() {
+    std::unique_lock lock(mutex_);
+    while (!stopping_) {
+        monitor_cv_.wait(lock, [this] { return stopping_ || starving_; });
+        // Threads that keep coming back to epoll are busy, not stuck: nothing to start.
+        // Checked for as long as none waits, since a stuck thread takes no event that could
+        // set starving_ again.
+        while (!stopping_ && waiting_threads_ == 0) {
+            const auto seen = returns_;
+            monitor_cv_.wait_for(lock, options_.busy_grace, [this] { return stopping_; });
+            if (!stopping_ && waiting_threads_ == 0 && returns_ == seen) {
+                spawn_thread_locked();
+            }
+        }
+        starving_ = false;
+    }
 }
 
 void HttpServer::spawn_thread_locked() {
@@ -343,6 +369,7 @@ void HttpServer::thread_main(std::uint64_t self) {
         std::vector<std::thread> retired;
         retired.swap(retired_);
         ++waiting_threads_;
+        ++returns_;
         lock.unlock();
         for (auto& t : retired) {
             t.join();
@@ -365,9 +392,15 @@ void HttpServer::thread_main(std::uint64_t self) {
         if (!conn) {
             continue;
         }
-        // Someone must wait for the next event while this thread serves.
+        // Someone must wait for the next event while this thread serves: a new thread at
+        // once up to eager_threads, beyond them only if this one turns out to block.
         if (waiting_threads_ == 0) {
-            spawn_thread_locked();
+            if (threads_.size() < eager_limit_) {
+                spawn_thread_locked();
+            } else if (!starving_) {
+                starving_ = true;
+                monitor_cv_.notify_one();
+            }
         }
         lock.unlock();
         serve(std::move(conn));
@@ -805,14 +838,19 @@ void HttpServer::serve(ConnectionPtr conn) {
     auto start = std::exchange(conn->start, ReadStart::try_first);
     while (!aborted_) {
         if (conn->buffer.empty()) {
-            // Wait here a little for the next request (a back-to-back client sends it at once),
-            // then leave the idle connection to epoll and free this thread.
+            // Wait here keep_alive_linger for the next request, then leave the idle connection
+            // to epoll and free this thread. Without a linger, a connection just answered is
+            // parked at once: its next request cannot be there yet, and if it is, epoll says so
+            // as soon as the connection is armed.
             const auto until =
                 std::min(conn->idle_deadline, Clock::now() + options_.keep_alive_linger);
             char probe[8192];
             std::size_t n = 0;
-            const auto status = read_some(conn->fd.get(), probe, sizeof probe, n, until,
-                                          {idle_wake_.fd(), -1}, start);
+            const bool park_now =
+                start == ReadStart::wait_first && options_.keep_alive_linger <= Duration::zero();
+            const auto status = park_now ? IoStatus::timeout
+                                         : read_some(conn->fd.get(), probe, sizeof probe, n, until,
+                                                     {idle_wake_.fd(), -1}, start);
             if (status == IoStatus::timeout) {
                 const bool expired = Clock::now() >= conn->idle_deadline;
                 if (!expired && park(conn)) {
@@ -1336,6 +1374,10 @@ void HttpServer::stop() {
         }
         stopped_ = true;
         stopping_ = true;
+    }
+    monitor_cv_.notify_one();
+    if (monitor_.joinable()) {
+        monitor_.join();  // before the pool threads: it may start one until it sees stopping_
     }
     abort();
     stop_wake_.notify();

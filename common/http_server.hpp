@@ -35,13 +35,23 @@ struct HttpServerOptions {
     // Connections held at once (idle keep-alive ones included); one more gets a 503.
     std::size_t max_connections = 1024;
     // After a response, the connection's thread waits this long for the next request before
-    // handing the idle connection to the poller. Back-to-back requests then cost no hand-off,
-    // and a connection idle longer than this holds no thread.
-    milliseconds keep_alive_linger{5};
+    // handing the idle connection to the poller. 0 (the default): at once. A linger holds a
+    // thread per busy keep-alive connection, and at 64 connections those threads cost a
+    // context switch per request: measured 2026-11-30, p99 9 ms with 5 ms against 5 ms with
+    // none, at one connection no difference (docs/BENCHMARKS.md).
+    milliseconds keep_alive_linger{0};
     // A thread idle this long exits, unless it would leave fewer than `spare_threads` idle.
     // Taking only pump steps (BodyPump), which last microseconds, counts as idle.
     milliseconds idle_thread_timeout{10'000};
     std::size_t spare_threads = 4;
+    // When a thread takes work and none is left waiting in epoll, another is started at once
+    // while there are fewer than this many (0: the machine's cores, and at least
+    // spare_threads). Beyond that, one is started only when no thread has come back to epoll
+    // for `busy_grace`: a handler that blocks (a slow client's body, an in-process wait) still
+    // gets company, while event steps of microseconds share a few threads instead of waking a
+    // new one for each event.
+    std::size_t eager_threads = 0;
+    milliseconds busy_grace{2};
     // Bytes of a handed-off body (BodyPump) the client has not taken yet, over which its source
     // is no longer read: a slow reader cannot make the server buffer a whole generation.
     std::size_t pump_buffer_bytes = 64 * 1024;
@@ -204,6 +214,8 @@ class HttpServer {
 
     void thread_main(std::uint64_t self);
     void spawn_thread_locked();
+    // Starts a thread when every thread stayed busy for busy_grace (see eager_threads).
+    void monitor_main();
     ConnectionPtr on_event(std::uint64_t key, std::uint32_t events);
     ConnectionPtr accept_one();
     void on_stop_accepting();
@@ -246,6 +258,7 @@ class HttpServer {
 
     HttpServerOptions options_;
     HttpHandler handler_;
+    const std::size_t eager_limit_;  // threads started at once (see eager_threads)
     Fd epoll_;
     Fd timer_;  // a timerfd set to the earliest deadline of a parked connection
     std::uint16_t port_ = 0;
@@ -260,6 +273,8 @@ class HttpServer {
     mutable std::mutex mutex_;
     std::condition_variable idle_cv_;  // drain(): active_requests_ reached 0
     // Guarded by mutex_:
+    std::condition_variable monitor_cv_;  // starving_ set, or stopping_
+    std::thread monitor_;                 // monitor_main; started by start(), joined by stop()
     std::map<std::uint64_t, std::thread> threads_;
     std::vector<std::thread> retired_;                        // exited idle threads, to be joined
     std::map<std::uint64_t, ConnectionPtr> parked_;           // idle, armed in epoll
@@ -270,6 +285,8 @@ class HttpServer {
     std::multimap<TimePoint, std::uint64_t> deferral_deadlines_;
     TimePoint timer_at_ = TimePoint::max();  // what timer_ is set to
     std::size_t waiting_threads_ = 0;        // in (or entering) epoll_wait
+    std::uint64_t returns_ = 0;              // times a thread came back to epoll_wait
+    bool starving_ = false;                  // no thread waits and no eager one may start
     std::uint64_t next_thread_id_ = 0;
     bool stopping_ = false;
     bool stopped_ = false;

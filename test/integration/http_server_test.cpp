@@ -8,11 +8,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <condition_variable>
 #include <filesystem>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "common/http_client.hpp"
 
@@ -338,4 +340,77 @@ TEST_CASE("RFC 9110 §8.6: a 204 carries no Content-Length and keeps the connect
     CHECK(first.find("Transfer-Encoding") == std::string::npos);
     CHECK(first.find("Connection: keep-alive") != std::string::npos);
     CHECK(raw.find("hello /after") != std::string::npos);
+}
+
+TEST_CASE("a handler that blocks every eager thread does not stop the server", "[http_server]") {
+    auto o = test_options();
+    o.spare_threads = 1;
+    o.eager_threads = 1;  // the first thread that takes work leaves nobody in epoll
+    o.busy_grace = 2ms;
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool entered = false;
+    bool released = false;
+    Started s(o, [&](HttpExchange& ex) {
+        if (ex.request().target == "/block") {
+            std::unique_lock lock(mutex);
+            entered = true;
+            cv.notify_all();
+            cv.wait_for(lock, 10s, [&] { return released; });
+        }
+        hello(ex);
+    });
+    Reply blocked;
+    std::thread client([&] {
+        auto c = connect_to(s.server);
+        blocked = get(c, "/block");
+    });
+    {
+        std::unique_lock lock(mutex);
+        REQUIRE(cv.wait_for(lock, 5s, [&] { return entered; }));
+    }
+    // The only eager thread is stuck in the handler: the next connection is served by a
+    // thread started after busy_grace, while the first request still blocks.
+    auto c = connect_to(s.server);
+    const auto r = get(c, "/next");
+    CHECK(r.status == 200);
+    CHECK(r.body == "hello /next");
+    {
+        std::lock_guard lock(mutex);
+        CHECK_FALSE(released);
+        released = true;
+    }
+    cv.notify_all();
+    client.join();
+    CHECK(blocked.status == 200);
+    CHECK(s.server.threads_started() >= 2);
+}
+
+TEST_CASE("many keep-alive clients with quick requests share a few threads", "[http_server]") {
+    auto o = test_options();
+    o.eager_threads = 2;
+    constexpr int kClients = 32;
+    constexpr int kRequests = 50;
+    Started s(o);
+    std::atomic<int> answered{0};
+    std::vector<std::thread> clients;
+    for (int i = 0; i < kClients; ++i) {
+        clients.emplace_back([&] {
+            auto c = connect_to(s.server);
+            for (int k = 0; k < kRequests; ++k) {
+                if (get(c, "/q").status == 200) {
+                    ++answered;
+                }
+            }
+        });
+    }
+    for (auto& t : clients) {
+        t.join();
+    }
+    CHECK(answered == kClients * kRequests);
+    // A thread per busy connection would have started about one per client. Threads beyond
+    // the two eager ones start only when both stay busy for busy_grace, which a loaded
+    // machine makes happen now and then.
+    INFO("threads started: " << s.server.threads_started());
+    CHECK(s.server.threads_started() <= kClients / 2);
 }
