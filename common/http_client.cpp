@@ -36,6 +36,9 @@ IoStatus HttpClientConnection::send_request(std::string_view method, std::string
 }
 
 IoStatus HttpClientConnection::fill(TimePoint deadline, const IoWatch& watch) {
+    if (drained_ && deadline <= Clock::now()) {
+        return IoStatus::timeout;  // the last read emptied the socket, and this one may not wait
+    }
     char chunk[16384];
     std::size_t n = 0;
     const auto st = read_some(fd_.get(), chunk, sizeof chunk, n, deadline, watch,
@@ -181,6 +184,10 @@ IoStatus HttpClientConnection::read_body(std::string& out, bool& done, TimePoint
 
 IoStatus HttpClientConnection::read_body_now(std::string& out, bool& done, std::string& error) {
     drained_ = false;  // try the socket before waiting, and with this deadline do not wait
+    return read_body(out, done, Clock::now(), error);
+}
+
+IoStatus HttpClientConnection::read_body_more(std::string& out, bool& done, std::string& error) {
     return read_body(out, done, Clock::now(), error);
 }
 

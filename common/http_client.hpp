@@ -40,6 +40,10 @@ class HttpClientConnection {
     // read_body() without waiting, for a socket the caller knows to be readable (an event
     // loop): IoStatus::timeout when no further piece can be decoded from what has arrived.
     IoStatus read_body_now(std::string& out, bool& done, std::string& error);
+    // The next piece after read_body_now() in the same wake-up: a read shorter than the buffer
+    // emptied the socket, so once what arrived is decoded this says timeout without another
+    // system call (the event loop's level-triggered re-arm reports bytes that come later).
+    IoStatus read_body_more(std::string& out, bool& done, std::string& error);
     // read_head() likewise: IoStatus::timeout while the head is not whole yet (what arrived
     // is kept for the next call; `error` then says what a deadline passing now would mean).
     IoStatus read_head_now(HttpResponseHead& head, bool request_was_head, std::string& error);

@@ -1267,7 +1267,10 @@ bool HttpServer::pump_rearm(Pump& pump, PumpWake wake) {
     }
     std::lock_guard lock(mutex_);
     if (pump.has_deadline) {
-        if (pump.deadline_entry->first == deadline) {
+        // An entry no later than the new deadline stays: a stream's stall deadline moves with
+        // every event, and moving the entry each time cost a tree erase and insert. A timer
+        // that fires early only re-arms, since pump_step() checks the real deadlines.
+        if (pump.deadline_entry->first <= deadline) {
             return true;
         }
         pump_deadlines_.erase(pump.deadline_entry);

@@ -135,6 +135,9 @@ IoStatus read_some(int fd, char* buf, std::size_t cap, std::size_t& n, TimePoint
         if (errno != EAGAIN && errno != EWOULDBLOCK) {
             return IoStatus::error;
         }
+        if (deadline <= Clock::now()) {
+            return IoStatus::timeout;  // a read that may not wait: no poll() to learn it
+        }
         const auto ready = wait_ready(fd, POLLIN, deadline, watch);
         if (ready != IoStatus::ok) {
             return ready;

@@ -222,7 +222,7 @@ class Relay::Run {
     Flow send(bool fresh);
     Flow head();
     Flow body();
-    Flow read_body();
+    Flow read_body(bool woken);
     Flow decide();
     Flow backoff();
     Flow abandon(bool client_left);
@@ -547,7 +547,7 @@ Relay::Run::Flow Relay::Run::head() {
     }
     phase_ = Phase::body;
     last_piece_ = now();
-    return read_body();  // some of the body may have come with the head
+    return read_body(false);  // some of the body may have come with the head
 }
 
 // Reads the start of the body before anything reaches the client: a failure until then is
@@ -557,15 +557,17 @@ Relay::Run::Flow Relay::Run::body() {
     if (exchange_->client_gone()) {
         return abandon(true);
     }
-    return read_body();
+    return read_body(true);
 }
 
-// body() without the look at the client, which head() took a moment ago.
-Relay::Run::Flow Relay::Run::read_body() {
+// body() without the look at the client, which head() took a moment ago. `woken`: the socket
+// was reported readable, so the first read tries it even if the last one emptied it.
+Relay::Run::Flow Relay::Run::read_body(bool woken) {
     Backend& backend = lease_->backend();
-    while (true) {
+    for (bool first = woken;; first = false) {
         std::string piece;
-        at_.io = at_.conn.read_body_now(piece, at_.done, at_.error);
+        at_.io = first ? at_.conn.read_body_now(piece, at_.done, at_.error)
+                       : at_.conn.read_body_more(piece, at_.done, at_.error);
         if (at_.io == IoStatus::timeout) {
             if (now() < std::min(plan_->deadlines().total,
                                  last_piece_ + from_seconds(relay_.config_.stream_idle_timeout))) {

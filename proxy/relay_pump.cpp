@@ -19,10 +19,14 @@ BodyPump::Step RelayPump::pull(std::string& out) {
     std::string error;
     // Everything the socket holds now: the server waits for it to become readable again,
     // so nothing may stay in the connection's buffer.
-    while (true) {
+    for (bool first = true;; first = false) {
         piece.clear();
         bool done = false;
-        const auto io = body_->connection().read_body_now(piece, done, error);
+        auto& conn = body_->connection();
+        // The first read tries the socket epoll said is readable; later ones stop once a
+        // short read emptied it (the server re-arms the source level-triggered).
+        const auto io = first ? conn.read_body_now(piece, done, error)
+                              : conn.read_body_more(piece, done, error);
         if (io == IoStatus::timeout) {
             return Step::more;  // nothing more for now
         }

@@ -190,16 +190,31 @@ def tree_cpu(pid):
 
 
 def tree_cpu_ns(pid):
-    """On-CPU nanoseconds of a process tree's live threads (schedstat), for short intervals
-    where clock ticks (10 ms) are too coarse."""
+    """On-CPU nanoseconds of a process tree (schedstat), for short intervals where clock ticks
+    (10 ms) are too coarse. Live threads count to the nanosecond; threads that already exited
+    count too, in ticks (the process's utime+stime minus its live threads'): summing only the
+    live threads made a thread that retired inside a window take its whole CPU time out of it,
+    and the pool, whose idle threads retire, looked cheaper than it was."""
+    tick = 1e9 / os.sysconf("SC_CLK_TCK")
     total = 0
     for p in tree_pids(pid):
         try:
+            live_ns, live_ticks = 0, 0
             for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
+                try:
+                    with open(f"/proc/{p}/task/{tid}/schedstat") as f:
+                        live_ns += int(f.read().split()[0])
+                    with open(f"/proc/{p}/task/{tid}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                    live_ticks += int(fields[11]) + int(fields[12])
+                except OSError:
+                    pass  # a thread that just ended: the process's total has it
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            exited_ticks = max(0, int(fields[11]) + int(fields[12]) - live_ticks)
+            total += live_ns + int(exited_ticks * tick)
         except OSError:
-            pass  # a thread or process that just ended
+            pass  # a process that just ended
     return total
 
 
