@@ -474,6 +474,19 @@ HttpServer::ConnectionPtr HttpServer::accept_one() {
     Fd client(
         ::accept4(listener_.get(), reinterpret_cast<sockaddr*>(&addr), &addr_len, SOCK_CLOEXEC));
     const int accept_errno = errno;
+    // Counted (or refused) under the listener's lock, so in accept order: two threads that
+    // accepted one after the other could otherwise check the count the other way round, and
+    // at the limit a connection accepted later took the place of one accepted earlier, which
+    // was refused instead.
+    const bool admitted = client.valid() && open_connections_.load() < options_.max_connections;
+    if (admitted) {
+        ++open_connections_;
+    } else if (client.valid()) {
+        // Over the connection limit: a clean 503 is better than a silent backlog. Sent before
+        // the next accept (a few hundred bytes into a fresh socket's buffer: no wait), so that
+        // refusals reach their clients in accept order as well.
+        refuse(client.get(), "too many open connections");
+    }
     // Re-armed at once: the next connection goes to another thread while this one serves.
     epoll_control(epoll_.get(), EPOLL_CTL_MOD, listener_.get(), EPOLLIN | EPOLLONESHOT,
                   kListenerKey);
@@ -487,12 +500,9 @@ HttpServer::ConnectionPtr HttpServer::accept_one() {
         }
         return nullptr;
     }
-    if (open_connections_.load() >= options_.max_connections) {
-        // Over the connection limit: a clean 503 is better than a silent backlog.
-        refuse(client.get(), "too many open connections");
-        return nullptr;
+    if (!admitted) {
+        return nullptr;  // refused above
     }
-    ++open_connections_;
     auto conn = std::make_unique<Connection>();
     conn->remote = address_text(addr);
     conn->fd = std::move(client);
@@ -697,9 +707,12 @@ void HttpServer::close_connection(ConnectionPtr conn, bool timed_out) {
         // forgets a socket only when its last copy is closed.
         ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, conn->fd.get(), nullptr);
     }
+    // Uncounted before the client can see the close: a client that reconnects the moment it
+    // reads the end of a Connection: close answer must not find its old place still taken
+    // (at max_connections it got a 503, when this thread was preempted in between).
+    --open_connections_;
     ::shutdown(conn->fd.get(), SHUT_RDWR);
     conn->fd.reset();
-    --open_connections_;
 }
 
 void HttpServer::send_error(int fd, int status, std::string_view message) {
