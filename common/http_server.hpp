@@ -36,9 +36,10 @@ struct HttpServerOptions {
     std::size_t max_connections = 1024;
     // After a response, the connection's thread waits this long for the next request before
     // handing the idle connection to the poller. 0 (the default): at once. A linger holds a
-    // thread per busy keep-alive connection, and at 64 connections those threads cost a
-    // context switch per request: measured 2026-11-30, p99 9 ms with 5 ms against 5 ms with
-    // none, at one connection no difference (docs/BENCHMARKS.md).
+    // thread per busy keep-alive connection, which eager_threads (below) would then have to
+    // start beyond the cores. The two together, measured 2026-11-30 at 64 connections: p99
+    // 4.7 ms instead of 8 to 10 (docs/ARCHITECTURE.md, "How many threads"); at one
+    // connection no difference.
     milliseconds keep_alive_linger{0};
     // A thread idle this long exits, unless it would leave fewer than `spare_threads` idle.
     // Taking only pump steps (BodyPump), which last microseconds, counts as idle.
