@@ -474,8 +474,8 @@ Relay::Run::Flow Relay::Run::send(bool fresh) {
     const auto& config = relay_.config_;
     Backend& backend = lease_->backend();
     at_ = Attempt();
-    at_.conn =
-        backend.pool.take(now() + from_seconds(config.connect_timeout), reused_, at_.error, !fresh);
+    at_.conn = backend.pool.take(now(), now() + from_seconds(config.connect_timeout), reused_,
+                                 at_.error, !fresh);
     if (!at_.conn.connected()) {
         at_.connected = false;
         at_.io = IoStatus::error;
@@ -729,7 +729,7 @@ void Relay::Run::account(const Decision& d, Backend& backend) {
     }
     if (d.next == Next::second_opinion) {
         first_500_ = KeptReply{at_.head.status, at_.head.headers, at_.bytes};
-        backend.pool.give_back(std::move(at_.conn));
+        backend.pool.give_back(std::move(at_.conn), now());
         last_error_ = fmt::format("worker {} answered 500", backend.id);
         relay_.metrics_.upstream(relay_.group_, backend.id, to_string(d.outcome));
         relay_.log_.warn(
@@ -748,7 +748,7 @@ void Relay::Run::account(const Decision& d, Backend& backend) {
                at_.conn.read_body(discard, done, drain_deadline, at_.error) == IoStatus::ok) {
         }
         if (done) {
-            backend.pool.give_back(std::move(at_.conn));
+            backend.pool.give_back(std::move(at_.conn), now());
         }
         last_error_ = fmt::format("worker {} answered {}", backend.id, at_.head.status);
         registry.report(backend.id, false);

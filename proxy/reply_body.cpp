@@ -25,7 +25,8 @@ ReplyBody::~ReplyBody() {
         relay_.registry_.report_abandoned(worker_);
     }
     if (released()) {
-        backend_->pool.give_back(std::move(conn_));  // only if the worker's reply was whole
+        // Kept only if the worker's reply was whole.
+        backend_->pool.give_back(std::move(conn_), relay_.registry_.time().now());
     }
 }
 
@@ -58,7 +59,7 @@ void ReplyBody::release_worker() {
     relay_.registry_.report(worker_, blame_ != Blame::worker_fault);
     relay_.metrics_.upstream(relay_.group_, worker_, to_string(ok_outcome_));
     if (!keep_connection_) {
-        backend_->pool.give_back(std::move(conn_));
+        backend_->pool.give_back(std::move(conn_), relay_.registry_.time().now());
     }
     lease_.reset();
 }

@@ -2,24 +2,24 @@
 
 namespace llama_pool {
 
-HttpClientConnection UpstreamPool::take(TimePoint connect_deadline, bool& reused,
+HttpClientConnection UpstreamPool::take(TimePoint now, TimePoint connect_deadline, bool& reused,
                                         std::string& error, bool reuse) {
     while (reuse) {
-        HttpClientConnection conn;
+        Idle idle;
         {
             std::lock_guard lock(mutex_);
             if (idle_.empty()) {
                 break;
             }
-            conn = std::move(idle_.back());
+            idle = std::move(idle_.back());
             idle_.pop_back();
         }
         // The staleness check is a poll(): outside the lock, or every request to this worker
         // queues behind it (the profile at 64 connections put 40% of the proxy's futex calls
         // here when it was inside).
-        if (!conn.stale()) {
+        if (now - idle.since < kTrustedIdle || !idle.conn.stale()) {
             reused = true;
-            return conn;
+            return std::move(idle.conn);
         }
     }
     reused = false;
@@ -30,13 +30,13 @@ HttpClientConnection UpstreamPool::take(TimePoint connect_deadline, bool& reused
     return conn;
 }
 
-void UpstreamPool::give_back(HttpClientConnection connection) {
+void UpstreamPool::give_back(HttpClientConnection connection, TimePoint now) {
     if (!connection.connected() || !connection.reusable()) {
         return;
     }
     std::lock_guard lock(mutex_);
     if (idle_.size() < max_idle_) {
-        idle_.push_back(std::move(connection));
+        idle_.push_back({std::move(connection), now});
     }
 }
 
