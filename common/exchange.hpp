@@ -56,8 +56,9 @@ class Deferred {
     virtual ~Deferred() = default;
     // Readable when there is something to resume for; -1 when only the deadline and the
     // client can wake it. Re-read after each resume(). It must stay open until the next
-    // resume() starts or the deferred is destroyed: the server takes it out of its epoll set
-    // before each resume() and before destroying the deferred, so resume() may close it.
+    // resume() starts or the deferred is destroyed, and no other waiting deferred may use it:
+    // the server stops watching it before each resume() and before destroying the deferred,
+    // so resume() may close it.
     virtual int wait_fd() const = 0;
     // When to resume even if nothing happened; TimePoint::max() for never. Re-read after each
     // resume().

@@ -51,6 +51,16 @@ bool epoll_control(int epoll_fd, int op, int fd, std::uint32_t events, std::uint
     return ::epoll_ctl(epoll_fd, op, fd, &event) == 0;
 }
 
+// Arms a descriptor that may still be registered from an earlier wait: a worker connection a
+// deferral or pump waited on before is left registered, disarmed, when its one-shot wake came
+// (see deferral_unwatch), so that the next request on it costs one MOD instead of a DEL and
+// an ADD. epoll knows a registration by descriptor and open file together, so a number reused
+// by a new socket is not found and gets an ADD.
+bool epoll_arm(int epoll_fd, int fd, std::uint32_t events, std::uint64_t key) {
+    return epoll_control(epoll_fd, EPOLL_CTL_MOD, fd, events, key) ||
+           (errno == ENOENT && epoll_control(epoll_fd, EPOLL_CTL_ADD, fd, events, key));
+}
+
 // Sets `timer` to fire at `deadline` (steady_clock is CLOCK_MONOTONIC), or disarms it.
 void set_timer(int timer, TimePoint deadline) {
     itimerspec spec{};
@@ -196,6 +206,14 @@ bool HttpExchange::write_raw(std::string_view bytes) {
 }
 
 bool HttpExchange::client_gone() const {
+    switch (hang_up_) {
+        case HangUp::seen:
+            return true;
+        case HangUp::watched:
+            return false;
+        case HangUp::unknown:
+            break;
+    }
     return peer_closed(fd_);
 }
 
@@ -314,7 +332,7 @@ bool HttpServer::start(std::string& error) {
         return false;
     }
     accepting_ = true;
-    std::lock_guard lock(mutex_);
+    std::lock_guard lock(threads_mutex_);
     spawn_thread_locked();
     if (threads_.empty()) {
         error = "cannot start a server thread";
@@ -325,15 +343,15 @@ bool HttpServer::start(std::string& error) {
 }
 
 void HttpServer::monitor_main() {
-    std::unique_lock lock(mutex_);
+    std::unique_lock lock(threads_mutex_);
     while (!stopping_) {
         monitor_cv_.wait(lock, [this] { return stopping_ || starving_; });
         // Threads that keep coming back to epoll are busy, not stuck: nothing to start.
         // Checked for as long as none waits, since a stuck thread takes no event that could
         // set starving_ again.
         while (!stopping_ && waiting_threads_ == 0) {
-            const auto seen = returns_;
-            monitor_cv_.wait_for(lock, options_.busy_grace, [this] { return stopping_; });
+            const auto seen = returns_.load();
+            monitor_cv_.wait_for(lock, options_.busy_grace, [this] { return stopping_.load(); });
             if (!stopping_ && waiting_threads_ == 0 && returns_ == seen) {
                 spawn_thread_locked();
             }
@@ -359,53 +377,63 @@ void HttpServer::spawn_thread_locked() {
 void HttpServer::thread_main(std::uint64_t self) {
     const auto idle_ms = static_cast<int>(std::min<long long>(
         std::max<long long>(1, options_.idle_thread_timeout.count()), 3'600'000));
+    const auto spares = std::max<std::size_t>(1, options_.spare_threads);
     // When this thread last served a connection. Pump steps are not counted: they take
     // microseconds, and under steady streams every waiting thread is woken in turn (epoll
     // wakes its waiters in order), so none would ever see a whole idle timeout pass and the
     // threads a burst of connections started would stay for good.
     auto served_at = Clock::now();
-    std::unique_lock lock(mutex_);
+    // The counts are atomics and threads_mutex_ is taken only to start, retire or join a
+    // thread: taken around every epoll_wait, it was the server's most contended lock.
     while (!stopping_) {
-        std::vector<std::thread> retired;
-        retired.swap(retired_);
+        if (has_retired_) {
+            std::vector<std::thread> retired;
+            {
+                std::lock_guard lock(threads_mutex_);
+                retired.swap(retired_);
+                has_retired_ = false;
+            }
+            for (auto& t : retired) {
+                t.join();
+            }
+        }
         ++waiting_threads_;
         ++returns_;
-        lock.unlock();
-        for (auto& t : retired) {
-            t.join();
-        }
         epoll_event event{};
         const int n = ::epoll_wait(epoll_.get(), &event, 1, idle_ms);
         auto conn = n == 1 ? on_event(event.data.u64, event.events) : nullptr;
-        lock.lock();
-        --waiting_threads_;
+        const auto others_waiting = --waiting_threads_;
         const bool idle =
             n == 0 || (!conn && Clock::now() - served_at >= options_.idle_thread_timeout);
-        if (idle && !stopping_ &&
-            waiting_threads_ >= std::max<std::size_t>(1, options_.spare_threads)) {
+        if (idle && others_waiting >= spares) {
+            std::lock_guard lock(threads_mutex_);
             // Enough threads wait without this one; another thread joins it.
-            const auto it = threads_.find(self);
-            retired_.push_back(std::move(it->second));
-            threads_.erase(it);
-            return;
+            if (!stopping_ && waiting_threads_ >= spares) {
+                const auto it = threads_.find(self);
+                retired_.push_back(std::move(it->second));
+                threads_.erase(it);
+                has_retired_ = true;
+                return;
+            }
         }
         if (!conn) {
             continue;
         }
         // Someone must wait for the next event while this thread serves: a new thread at
         // once up to eager_threads, beyond them only if this one turns out to block.
-        if (waiting_threads_ == 0) {
-            if (threads_.size() < eager_limit_) {
-                spawn_thread_locked();
-            } else if (!starving_) {
-                starving_ = true;
-                monitor_cv_.notify_one();
+        if (others_waiting == 0) {
+            std::lock_guard lock(threads_mutex_);
+            if (waiting_threads_ == 0) {
+                if (threads_.size() < eager_limit_) {
+                    spawn_thread_locked();
+                } else if (!starving_) {
+                    starving_ = true;
+                    monitor_cv_.notify_one();
+                }
             }
         }
-        lock.unlock();
         serve(std::move(conn));
         served_at = Clock::now();
-        lock.lock();
     }
 }
 
@@ -455,7 +483,9 @@ HttpServer::ConnectionPtr HttpServer::on_event(std::uint64_t key, std::uint32_t 
         }
         const bool hung_up =
             (key & kSourceTag) == 0 && (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
-        return deferral_step(*deferral, hung_up);
+        return deferral_step(*deferral, (key & kSourceTag) != 0 ? DeferralWake::source
+                                        : hung_up               ? DeferralWake::hang_up
+                                                                : DeferralWake::other);
     }
     std::lock_guard step(pump->mutex);
     if (!pump->ended) {
@@ -630,7 +660,7 @@ HttpServer::ConnectionPtr HttpServer::on_timer() {
         if (deferral->ended) {
             continue;
         }
-        auto conn = deferral_step(*deferral, false);
+        auto conn = deferral_step(*deferral, DeferralWake::other);
         if (!conn) {
             continue;
         }
@@ -976,15 +1006,21 @@ void HttpServer::start_deferral(ConnectionPtr conn, std::unique_ptr<HttpExchange
     }
 }
 
-HttpServer::ConnectionPtr HttpServer::deferral_step(Deferral& deferral, bool hung_up) {
-    deferral_unwatch(deferral);  // before resume(), which may close wait_fd()
+HttpServer::ConnectionPtr HttpServer::deferral_step(Deferral& deferral, DeferralWake wake) {
+    // Before resume(), which may close wait_fd().
+    deferral_unwatch(deferral, wake == DeferralWake::source);
+    const bool hung_up = wake == DeferralWake::hang_up;
     auto& exchange = *deferral.exchange;
     auto step = Deferred::Step::done;
+    // Whether the client left is known without asking the socket: its hang-up registration
+    // is armed, and would have woken this deferral instead (see HttpExchange::client_gone).
+    exchange.hang_up_ = hung_up ? HttpExchange::HangUp::seen : HttpExchange::HangUp::watched;
     try {
         step = deferral.deferred->resume(exchange);
     } catch (const std::exception& e) {
         fail_exchange(exchange, e.what());
     }
+    exchange.hang_up_ = HttpExchange::HangUp::unknown;
     if (exchange.deferred_) {
         // resume() deferred the request again: the new deferred takes over from the old one
         // (destroyed here, its wait_fd() out of epoll already) whatever resume() returned.
@@ -1029,8 +1065,7 @@ bool HttpServer::deferral_arm(Deferral& deferral) {
         return false;
     }
     if (fd >= 0) {
-        if (!epoll_control(epoll_.get(), EPOLL_CTL_ADD, fd, EPOLLIN | EPOLLONESHOT,
-                           deferral.id | kSourceTag)) {
+        if (!epoll_arm(epoll_.get(), fd, EPOLLIN | EPOLLONESHOT, deferral.id | kSourceTag)) {
             return false;
         }
         deferral.wait_fd = fd;
@@ -1053,11 +1088,15 @@ bool HttpServer::deferral_arm(Deferral& deferral) {
     return true;
 }
 
-void HttpServer::deferral_unwatch(Deferral& deferral) {
-    if (deferral.wait_fd >= 0) {
+void HttpServer::deferral_unwatch(Deferral& deferral, bool fired) {
+    // A registration that just fired is disarmed (one-shot) and wakes no one again; it stays
+    // registered for the next wait on the descriptor (epoll_arm), and the kernel forgets it
+    // when the descriptor closes. Any other is removed here, while the descriptor is open:
+    // a removal after resume() could hit a new socket that reused the number.
+    if (deferral.wait_fd >= 0 && !fired) {
         ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, deferral.wait_fd, nullptr);
-        deferral.wait_fd = -1;
     }
+    deferral.wait_fd = -1;
     std::lock_guard lock(mutex_);
     if (deferral.has_deadline) {
         deferral_deadlines_.erase(deferral.deadline_entry);
@@ -1067,7 +1106,7 @@ void HttpServer::deferral_unwatch(Deferral& deferral) {
 
 void HttpServer::cancel_deferral(Deferral& deferral, bool answer) {
     deferral.ended = true;
-    deferral_unwatch(deferral);  // before cancel(), which may close wait_fd()
+    deferral_unwatch(deferral, false);  // before cancel(), which may close wait_fd()
     try {
         deferral.deferred->cancel();
     } catch (const std::exception&) {
@@ -1140,8 +1179,9 @@ void HttpServer::start_pump(ConnectionPtr conn, HttpExchange& exchange) {
         }
     }
     if (admitted) {
-        pump->source_registered = epoll_control(epoll_.get(), EPOLL_CTL_ADD, pump->source_fd,
-                                                EPOLLONESHOT, pump->id | kSourceTag);
+        // Usually the worker connection the deferral before it waited on: registered still.
+        pump->source_registered =
+            epoll_arm(epoll_.get(), pump->source_fd, EPOLLONESHOT, pump->id | kSourceTag);
     }
     if (!pump->source_registered) {
         end_pump(*pump, true);
@@ -1391,6 +1431,9 @@ void HttpServer::stop() {
         stopped_ = true;
         stopping_ = true;
     }
+    // The monitor tests stopping_ under threads_mutex_: taking it here means it either sees
+    // the flag or already waits for this notification.
+    { const std::lock_guard lock(threads_mutex_); }
     monitor_cv_.notify_one();
     if (monitor_.joinable()) {
         monitor_.join();  // before the pool threads: it may start one until it sees stopping_
@@ -1401,7 +1444,7 @@ void HttpServer::stop() {
     while (true) {
         std::vector<std::thread> threads;
         {
-            std::lock_guard lock(mutex_);
+            std::lock_guard lock(threads_mutex_);
             for (auto& [id, t] : threads_) {
                 threads.push_back(std::move(t));
             }
@@ -1433,7 +1476,7 @@ void HttpServer::stop() {
 }
 
 std::size_t HttpServer::thread_count() const {
-    std::lock_guard lock(mutex_);
+    std::lock_guard lock(threads_mutex_);
     return threads_.size();
 }
 

@@ -119,6 +119,13 @@ class HttpExchange final : public Exchange {
     friend class HttpServer;
     bool send(std::string_view bytes);
 
+    // What client_gone() knows without asking the socket. While a deferred request's resume()
+    // runs, the client's hang-up is watched in epoll: a hang-up would have been the wake-up
+    // (seen), and otherwise the client is taken as there (watched); a hang-up racing the
+    // wake-up is met by the next write, or by the pump's own hang-up watch. Outside resume():
+    // unknown, and client_gone() polls the socket.
+    enum class HangUp { unknown, watched, seen };
+
     int fd_;
     int hard_wake_fd_;
     std::string remote_;
@@ -130,6 +137,7 @@ class HttpExchange final : public Exchange {
     bool finished_ = false;
     bool broken_ = false;
     bool close_after_ = false;
+    HangUp hang_up_ = HangUp::unknown;
     BodyEncoder encoder_;
     std::string pending_head_;
     std::unique_ptr<BodyPump> pump_;
@@ -158,15 +166,18 @@ using HttpHandler = std::function<void(HttpExchange&)>;
 // exchange (heap-allocated per request for this) and the connection move into a Deferral and
 // wait with no thread. Its wait_fd() is armed for input, the client socket for hang-up only (a
 // pipelined next request must not wake it), its deadline() joins the timer. A wake takes the
-// deferral's mutex, removes wait_fd() from epoll (before resume(), which may close it), and
-// calls resume(): wait arms the waits again (re-read); done goes on exactly as after a handler
-// (a handed-off pump starts, no answer gets the 500, a reusable connection is served on by the
-// same thread); an exception answers 500, or cuts a begun answer. Beyond the Deferred contract:
-// a defer() accepted inside resume() replaces the running deferred once resume() returns; a
-// resume() that says wait after the client hung up is cancelled (it would wake for ever); a
-// wait_fd() epoll refuses (one already registered, by another deferral) gets cancel() and a
-// 500. A deferral is an active request until done; stop()/abort() call cancel() exactly once,
-// under its mutex, then close the connection, and no resume() follows.
+// deferral's mutex, stops watching wait_fd() (before resume(), which may close it: a
+// registration that fired stays, disarmed, for the next wait on that descriptor; any other is
+// removed), and calls resume(): wait arms the waits again (re-read); done goes on exactly as
+// after a handler (a handed-off pump starts, no answer gets the 500, a reusable connection is
+// served on by the same thread); an exception answers 500, or cuts a begun answer. Beyond the
+// Deferred contract: a defer() accepted inside resume() replaces the running deferred once
+// resume() returns; a resume() that says wait after the client hung up is cancelled (it would
+// wake for ever); a wait_fd() epoll refuses gets cancel() and a 500. Each waiting deferral
+// needs a wait_fd() of its own: arming one that another deferral waits on takes its
+// registration over, and the other then wakes only at its deadline. A deferral is an active
+// request until done; stop()/abort() call cancel() exactly once, under its mutex, then close
+// the connection, and no resume() follows.
 class HttpServer {
   public:
     HttpServer(HttpServerOptions options, HttpHandler handler);
@@ -242,9 +253,11 @@ class HttpServer {
     void start_deferral(ConnectionPtr conn, std::unique_ptr<HttpExchange> exchange);
     // Called with the deferral's mutex held and the deferral not ended. Returns the connection
     // when the request is done and the connection goes on (served by the caller's thread).
-    ConnectionPtr deferral_step(Deferral& deferral, bool hung_up);
+    enum class DeferralWake { source, hang_up, other };  // other: its deadline, or spurious
+    ConnectionPtr deferral_step(Deferral& deferral, DeferralWake wake);
     bool deferral_arm(Deferral& deferral);
-    void deferral_unwatch(Deferral& deferral);
+    // Takes wait_fd() out of epoll, unless its registration `fired` (see the .cpp).
+    void deferral_unwatch(Deferral& deferral, bool fired);
     // Ends a deferral without resuming it: cancel(), an optional 500, then the close.
     void cancel_deferral(Deferral& deferral, bool answer);
     void end_all_deferrals();
@@ -271,13 +284,22 @@ class HttpServer {
     Fd listener_;                // guarded by listener_mutex_ while threads run
     Fd reserve_fd_;              // listener_mutex_; given up for a moment when out of descriptors
 
-    mutable std::mutex mutex_;
-    std::condition_variable idle_cv_;  // drain(): active_requests_ reached 0
-    // Guarded by mutex_:
+    // The threads. Never held with mutex_ or listener_mutex_.
+    mutable std::mutex threads_mutex_;
+    // Guarded by threads_mutex_:
     std::condition_variable monitor_cv_;  // starving_ set, or stopping_
     std::thread monitor_;                 // monitor_main; started by start(), joined by stop()
     std::map<std::uint64_t, std::thread> threads_;
-    std::vector<std::thread> retired_;                        // exited idle threads, to be joined
+    std::vector<std::thread> retired_;  // exited idle threads, to be joined
+    bool starving_ = false;             // no thread waits and no eager one may start
+    std::uint64_t next_thread_id_ = 0;
+    std::atomic<bool> has_retired_{false};         // retired_ is not empty
+    std::atomic<std::size_t> waiting_threads_{0};  // in (or entering) epoll_wait
+    std::atomic<std::uint64_t> returns_{0};        // times a thread came back to epoll_wait
+
+    mutable std::mutex mutex_;
+    std::condition_variable idle_cv_;  // drain(): active_requests_ reached 0
+    // Guarded by mutex_:
     std::map<std::uint64_t, ConnectionPtr> parked_;           // idle, armed in epoll
     std::multimap<TimePoint, std::uint64_t> deadlines_;       // of parked connections
     std::map<std::uint64_t, PumpPtr> pumps_;                  // by their connection's id
@@ -285,12 +307,10 @@ class HttpServer {
     std::map<std::uint64_t, DeferralPtr> deferrals_;          // by their connection's id
     std::multimap<TimePoint, std::uint64_t> deferral_deadlines_;
     TimePoint timer_at_ = TimePoint::max();  // what timer_ is set to
-    std::size_t waiting_threads_ = 0;        // in (or entering) epoll_wait
-    std::uint64_t returns_ = 0;              // times a thread came back to epoll_wait
-    bool starving_ = false;                  // no thread waits and no eager one may start
-    std::uint64_t next_thread_id_ = 0;
-    bool stopping_ = false;
     bool stopped_ = false;
+    // Set once under mutex_ (tables refuse new entries from then on); read by the threads
+    // without it.
+    std::atomic<bool> stopping_{false};
 
     std::atomic<std::uint64_t> next_connection_id_{0};
     std::atomic<std::size_t> open_connections_{0};

@@ -92,13 +92,15 @@ class OncePump final : public BodyPump {
 // signal: answers once probe.signal is set; deadline: answers once its deadline passed, with
 // no wait fd; hangup: waits for the client to go; switch: waits on `signal`, then on `second`;
 // reuse: waits on an eventfd of its own, which the first resume replaces by a new one with the
-// same number; pump: hands a body to a pump; throws: resume() throws; forever: never answers.
-enum class Kind { signal, deadline, hangup, switch_fd, reuse_fd, pump, throws, forever };
+// same number; shared: waits on a descriptor that outlives the request (a worker connection's,
+// which the next request waits on again), clearing it when woken; pump: hands a body to a pump;
+// throws: resume() throws; forever: never answers.
+enum class Kind { signal, deadline, hangup, switch_fd, reuse_fd, shared, pump, throws, forever };
 
 class TestDeferred final : public Deferred {
   public:
-    TestDeferred(Kind kind, std::string target, std::shared_ptr<Probe> probe)
-        : kind_(kind), target_(std::move(target)), probe_(std::move(probe)) {
+    TestDeferred(Kind kind, std::string target, std::shared_ptr<Probe> probe, WakeSignal& shared)
+        : kind_(kind), target_(std::move(target)), probe_(std::move(probe)), shared_(shared) {
         if (kind_ == Kind::reuse_fd) {
             own_ = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
             probe_->own_fd = own_.get();
@@ -120,6 +122,8 @@ class TestDeferred final : public Deferred {
                 return stage_ == 0 ? probe_->signal.fd() : probe_->second.fd();
             case Kind::reuse_fd:
                 return own_.get();
+            case Kind::shared:
+                return shared_.fd();
             default:
                 return probe_->signal.fd();
         }
@@ -160,6 +164,12 @@ class TestDeferred final : public Deferred {
                 return probe_->second.notified() ? answer(exchange, "switched") : Step::wait;
             case Kind::reuse_fd:
                 return resume_reuse(exchange);
+            case Kind::shared:
+                if (!shared_.notified()) {
+                    return Step::wait;
+                }
+                shared_.clear();
+                return answer(exchange, "woken " + target_);
             default:
                 break;
         }
@@ -230,11 +240,14 @@ class TestDeferred final : public Deferred {
     TimePoint deadline_ = Clock::now() + 50ms;
     int stage_ = 0;
     Fd own_;
+    WakeSignal& shared_;
 };
 
 // The probes by request target.
 class Board {
   public:
+    WakeSignal shared;  // the wait fd of every `shared` deferred
+
     void add(const std::string& target, std::shared_ptr<Probe> probe) {
         {
             std::lock_guard lock(mutex_);
@@ -275,8 +288,8 @@ HttpServerOptions test_options() {
 HttpHandler defer_handler(Board& board) {
     static const std::map<std::string, Kind> kinds = {
         {"signal", Kind::signal},    {"deadline", Kind::deadline}, {"hangup", Kind::hangup},
-        {"switch", Kind::switch_fd}, {"reuse", Kind::reuse_fd},    {"pump", Kind::pump},
-        {"throws", Kind::throws},    {"forever", Kind::forever}};
+        {"switch", Kind::switch_fd}, {"reuse", Kind::reuse_fd},    {"shared", Kind::shared},
+        {"pump", Kind::pump},        {"throws", Kind::throws},     {"forever", Kind::forever}};
     return [&board](HttpExchange& ex) {
         const auto& target = ex.request().target;
         const auto slash = target.find('/', 1);
@@ -287,7 +300,7 @@ HttpHandler defer_handler(Board& board) {
             return;
         }
         auto probe = std::make_shared<Probe>();
-        auto deferred = std::make_unique<TestDeferred>(kind->second, target, probe);
+        auto deferred = std::make_unique<TestDeferred>(kind->second, target, probe, board.shared);
         board.add(target, probe);
         if (!ex.defer(std::move(deferred))) {
             ex.respond(500, Headers{}, "defer refused");
@@ -449,6 +462,41 @@ TEST_CASE("a deferred request's resume can wait on another fd, even one with a c
         CHECK(status == 200);
         CHECK(probe->resumes == 2);
     }
+    CHECK(eventually([&] { return server_idle(s.server); }));
+    check_calls(board);
+}
+
+// A worker connection's descriptor stays registered, disarmed, after the wake-up it gave; the
+// next request that waits on it must be woken all the same.
+TEST_CASE("requests one after another can wait on the same descriptor", "[http_defer]") {
+    Board board;
+    Started s(test_options(), defer_handler(board));
+    auto c = send_get(s.server, "/shared/1");
+    for (int i = 1; i <= 3; ++i) {
+        const auto target = "/shared/" + std::to_string(i);
+        INFO(target);
+        if (i > 1) {
+            REQUIRE(c.send_request("GET", target, "x", Headers{}, "", Clock::now() + 5s) ==
+                    IoStatus::ok);
+        }
+        const auto probe = board.probe(target);
+        REQUIRE(eventually([&] { return s.server.deferred() == 1; }));
+        board.shared.notify();
+        int status = 0;
+        bool done = false;
+        CHECK(read_response(c, status, done) == "woken " + target);
+        CHECK(status == 200);
+        REQUIRE(c.reusable());
+        CHECK(probe->destroyed.wait(10s));
+        CHECK(probe->resumes == 1);
+    }
+    // Another connection's request, on the same descriptor again.
+    auto other = send_get(s.server, "/shared/other");
+    REQUIRE(eventually([&] { return s.server.deferred() == 1; }));
+    board.shared.notify();
+    int status = 0;
+    bool done = false;
+    CHECK(read_response(other, status, done) == "woken /shared/other");
     CHECK(eventually([&] { return server_idle(s.server); }));
     check_calls(board);
 }
