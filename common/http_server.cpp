@@ -292,11 +292,9 @@ struct HttpServer::Deferral {
 HttpServer::HttpServer(HttpServerOptions options, HttpHandler handler)
     : options_(std::move(options)),
       handler_(std::move(handler)),
-      eager_limit_(std::max<std::size_t>(
-          options_.spare_threads,
-          options_.eager_threads > 0
-              ? options_.eager_threads
-              : std::max<std::size_t>(1, std::thread::hardware_concurrency()))) {}
+      eager_limit_(options_.eager_threads > 0
+                       ? options_.eager_threads
+                       : std::max<std::size_t>(1, std::thread::hardware_concurrency())) {}
 
 HttpServer::~HttpServer() {
     stop();
