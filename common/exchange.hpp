@@ -27,9 +27,10 @@ class BodyPump {
     // Reads what is available without blocking and appends bytes for the client to `out`.
     // more: wait for the source again; finished: send `out`, then end the body cleanly;
     // aborted: send `out`, then cut the connection (the client sees a truncated response).
-    // Called once right after the hand-off, then whenever source_fd() is readable, so it must
-    // leave nothing it could give now in a buffer of its own (read until the source would
-    // block). May find nothing to read (a wake-up can be spurious): it then returns more.
+    // Called once right after the hand-off, then whenever new bytes reach source_fd(): the
+    // server waits edge-triggered, so it must read until the source would block (bytes left
+    // in the socket are not reported again) and leave nothing it could give now in a buffer
+    // of its own. May find nothing to read (a wake-up can be spurious): it then returns more.
     virtual Step pull(std::string& out) = 0;
     // When the source counts as stalled if it has not become readable (re-read after each pull).
     // TimePoint::max() for none. Watched only while the source is: a client too slow to take

@@ -232,14 +232,18 @@ struct HttpServer::Connection {
 
 // A handed-off body (Exchange::hand_off) and the connection it goes to. Threads find it in
 // pumps_ (under mutex_) by either of its epoll keys: the connection's id for the client socket,
-// that id with kSourceTag for the source. Both registrations are one-shot yet both can fire at
-// once, so two threads may wake for one pump: `mutex` serialises their steps. A step never
-// blocks (a non-blocking pull and a non-blocking write), so a second thread waits for it
-// microseconds at most; that was simpler, and no slower, than handing events between threads.
-// Each wake re-arms the registration it consumed, and a step re-arms the other one only when
-// what it waits for changed. A wake that finds `ended` set does nothing, and no descriptor is
-// touched after `ended`, so a closed descriptor's number, reused by a new connection, is never
-// re-armed by mistake. Lock order: Pump::mutex, then HttpServer::mutex_.
+// that id with kSourceTag for the source. Several wakes can come at once (the client's and the
+// source's; the source's again when bytes arrive during a step), so two threads may wake for
+// one pump: `mutex` serialises their steps. A step never blocks (a non-blocking pull and a
+// non-blocking write), so a second thread waits for it microseconds at most; that was simpler,
+// and no slower, than handing events between threads. The client's registration is one-shot:
+// a client wake re-arms it, and a step re-arms it only when what it waits for changed. The
+// source's is edge-triggered, so a stream event costs no re-arm (3 system calls instead of 4):
+// pull() reads until the source would block (the BodyPump contract), and any byte that comes
+// later is a new edge. It is changed only to pause or resume the source; asking for input
+// again reports bytes already waiting. A wake that finds `ended` set does nothing, and no
+// descriptor is touched after `ended`, so a closed descriptor's number, reused by a new
+// connection, is never re-armed by mistake. Lock order: Pump::mutex, then HttpServer::mutex_.
 struct HttpServer::Pump {
     std::mutex mutex;
     // Set before the pump is published in pumps_, constant after:
@@ -1178,8 +1182,9 @@ void HttpServer::start_pump(ConnectionPtr conn, HttpExchange& exchange) {
     }
     if (admitted) {
         // Usually the worker connection the deferral before it waited on: registered still.
+        // Interested in nothing yet: pump_rearm() asks for input once the first pull is done.
         pump->source_registered =
-            epoll_arm(epoll_.get(), pump->source_fd, EPOLLONESHOT, pump->id | kSourceTag);
+            epoll_arm(epoll_.get(), pump->source_fd, EPOLLET, pump->id | kSourceTag);
     }
     if (!pump->source_registered) {
         end_pump(*pump, true);
@@ -1287,13 +1292,13 @@ bool HttpServer::pump_flush(Pump& pump) {
 bool HttpServer::pump_rearm(Pump& pump, PumpWake wake) {
     const bool polling =
         pump.end == BodyPump::Step::more && pump.pending.size() < options_.pump_buffer_bytes;
-    if (pump.source_registered) {
-        const std::uint32_t want = polling ? std::uint32_t{EPOLLIN} : 0u;
-        if (wake == PumpWake::source ? want != 0 : want != pump.source_events) {
-            epoll_control(epoll_.get(), EPOLL_CTL_MOD, pump.source_fd, want | EPOLLONESHOT,
-                          pump.id | kSourceTag);
-        }
-        pump.source_events = want;
+    const std::uint32_t want_source = polling ? std::uint32_t{EPOLLIN} : 0u;
+    if (pump.source_registered && want_source != pump.source_events) {
+        // A MOD that asks for input reports bytes already there, so none are missed while
+        // the source was paused.
+        epoll_control(epoll_.get(), EPOLL_CTL_MOD, pump.source_fd, want_source | EPOLLET,
+                      pump.id | kSourceTag);
+        pump.source_events = want_source;
     }
     const bool paused = pump.end == BodyPump::Step::more && !polling;
     if (paused != pump.paused) {

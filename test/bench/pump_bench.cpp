@@ -42,16 +42,22 @@ class SourcePump final : public BodyPump {
     explicit SourcePump(Fd source) : source_(std::move(source)) {}
     int source_fd() const override { return source_.get(); }
     Step pull(std::string& out) override {
+        // Until the source would block, as the BodyPump contract asks.
         char buf[16384];
-        const auto n = ::recv(source_.get(), buf, sizeof buf, MSG_DONTWAIT);
-        if (n > 0) {
-            out.append(buf, static_cast<std::size_t>(n));
-            return Step::more;
+        while (true) {
+            const auto n = ::recv(source_.get(), buf, sizeof buf, MSG_DONTWAIT);
+            if (n > 0) {
+                out.append(buf, static_cast<std::size_t>(n));
+                continue;
+            }
+            if (n == 0) {
+                return Step::finished;
+            }
+            if (errno == EINTR) {
+                continue;
+            }
+            return errno == EAGAIN ? Step::more : Step::aborted;
         }
-        if (n == 0) {
-            return Step::finished;
-        }
-        return errno == EAGAIN || errno == EINTR ? Step::more : Step::aborted;
     }
     TimePoint deadline() const override { return TimePoint::max(); }
     Step on_timeout(std::string&) override { return Step::aborted; }
