@@ -199,6 +199,8 @@ class Relay::Run {
     Deferred::Step step(Exchange& exchange);
     // What it waits for: readable, or -1 for only the deadline and the client.
     int wait_fd() const;
+    // The worker connection's, which outlives the request; a queue place's does not.
+    bool wait_fd_kept() const { return phase_ == Phase::head || phase_ == Phase::body; }
     // When to call step() again even if nothing happened, on the steady clock.
     TimePoint deadline() const;
     // The server stops (or an in-process requester cancelled): ends the request now, without
@@ -272,6 +274,7 @@ class Relay::Waiting final : public Deferred {
   public:
     explicit Waiting(std::shared_ptr<Run> run) : run_(std::move(run)) {}
     int wait_fd() const override { return run_->wait_fd(); }
+    bool wait_fd_kept() const override { return run_->wait_fd_kept(); }
     TimePoint deadline() const override { return run_->deadline(); }
     Step resume(Exchange& exchange) override {
         const auto step = run_->step(exchange);
