@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/http_server.hpp"
+#include "test/support/drain_source.hpp"
 
 using namespace llama_pool;
 
@@ -41,24 +42,7 @@ class SourcePump final : public BodyPump {
   public:
     explicit SourcePump(Fd source) : source_(std::move(source)) {}
     int source_fd() const override { return source_.get(); }
-    Step pull(std::string& out) override {
-        // Until the source would block, as the BodyPump contract asks.
-        char buf[16384];
-        while (true) {
-            const auto n = ::recv(source_.get(), buf, sizeof buf, MSG_DONTWAIT);
-            if (n > 0) {
-                out.append(buf, static_cast<std::size_t>(n));
-                continue;
-            }
-            if (n == 0) {
-                return Step::finished;
-            }
-            if (errno == EINTR) {
-                continue;
-            }
-            return errno == EAGAIN ? Step::more : Step::aborted;
-        }
-    }
+    Step pull(std::string& out) override { return test::drain_source(source_.get(), out); }
     TimePoint deadline() const override { return TimePoint::max(); }
     Step on_timeout(std::string&) override { return Step::aborted; }
     void on_client_gone() override {}

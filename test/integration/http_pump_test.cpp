@@ -14,6 +14,7 @@
 
 #include "common/http_client.hpp"
 #include "common/http_server.hpp"
+#include "test/support/drain_source.hpp"
 #include "test/support/server_kit.hpp"
 #include "test/support/test_process.hpp"
 
@@ -59,25 +60,13 @@ class SocketPump final : public BodyPump {
     Step pull(std::string& out) override {
         const Call call(*probe_);
         out += std::exchange(script_.preloaded, {});
-        // Until the source would block: the server waits for bytes that come later, not for
-        // bytes left in the socket.
-        char buf[16384];
-        while (true) {
-            const auto n = ::recv(source_.get(), buf, sizeof buf, MSG_DONTWAIT);
-            if (n > 0) {
-                out.append(buf, static_cast<std::size_t>(n));
-                probe_->pulled += static_cast<std::size_t>(n);
-                last_ = Clock::now();
-                continue;
-            }
-            if (n == 0) {
-                return Step::finished;
-            }
-            if (errno == EINTR) {
-                continue;
-            }
-            return errno == EAGAIN ? Step::more : Step::aborted;
+        const auto before = out.size();
+        const auto step = test::drain_source(source_.get(), out);
+        if (out.size() > before) {
+            probe_->pulled += out.size() - before;
+            last_ = Clock::now();
         }
+        return step;
     }
     TimePoint deadline() const override {
         return script_.stall.count() == 0 ? TimePoint::max() : last_ + script_.stall;
