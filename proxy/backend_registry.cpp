@@ -95,7 +95,7 @@ BackendRegistry::AcquireResult BackendRegistry::try_acquire(const std::set<std::
     if (auto now = admit_locked(avoid, affinity_key, tenant)) {
         return std::move(*now);
     }
-    auto queued = std::make_unique<Place>(Place::Key{}, *this, LeaseKind::slot);
+    auto queued = std::make_unique<Place>(Place::Key{}, *this, LeaseKind::slot, signal_locked());
     queued->waiter_ = std::make_unique<Waiter>();
     queued->waiter_->signal = &queued->signal_;
     queued->waiter_->tenant = &tenant;
@@ -121,7 +121,7 @@ BackendRegistry::AcquireResult BackendRegistry::try_acquire_light(
                              LeaseKind::light);
         return result;
     }
-    auto queued = std::make_unique<Place>(Place::Key{}, *this, LeaseKind::light);
+    auto queued = std::make_unique<Place>(Place::Key{}, *this, LeaseKind::light, signal_locked());
     queued->light_avoid_ = avoid;
     queued->light_waiting_ = true;
     queued->light_entry_ = light_places_.insert(light_places_.end(), queued.get());
@@ -130,9 +130,20 @@ BackendRegistry::AcquireResult BackendRegistry::try_acquire_light(
     return result;
 }
 
+WakeSignal BackendRegistry::signal_locked() {
+    if (spare_signals_.empty()) {
+        return WakeSignal();
+    }
+    auto signal = std::move(spare_signals_.back());
+    spare_signals_.pop_back();
+    return signal;
+}
+
 std::optional<BackendRegistry::AcquireResult> BackendRegistry::Place::take() {
-    std::lock_guard lock(registry_.mutex_);
+    // Cleared before the state is read, and outside the lock: a wake-up after this is either
+    // seen below or left readable for the next take(), never lost.
     signal_.clear();
+    std::lock_guard lock(registry_.mutex_);
     AcquireResult result;
     if (kind_ == LeaseKind::light) {
         if (light_backend_) {
@@ -193,6 +204,10 @@ BackendRegistry::Place::~Place() {
             registry_.fair_.withdraw(ticket_);
             // Our place may have been the one blocking others with different avoid sets.
             registry_.dispatch_locked();
+        }
+        // Nothing refers to the descriptor any more (the registry's queues are left).
+        if (registry_.spare_signals_.size() < kSpareSignals) {
+            registry_.spare_signals_.push_back(std::move(signal_));
         }
     }
     if (unclaimed) {

@@ -141,7 +141,8 @@ class BackendRegistry final : public WorkerListener {
             friend class BackendRegistry;
             Key() = default;
         };
-        Place(Key, BackendRegistry& registry, LeaseKind kind) : registry_(registry), kind_(kind) {}
+        Place(Key, BackendRegistry& registry, LeaseKind kind, WakeSignal signal)
+            : registry_(registry), kind_(kind), signal_(std::move(signal)) {}
         Place(const Place&) = delete;
         Place& operator=(const Place&) = delete;
         int fd() const { return signal_.fd(); }
@@ -275,6 +276,8 @@ class BackendRegistry final : public WorkerListener {
     // blocking light waiters to look.
     void dispatch_light_locked();
     void count_light_waiter_locked();
+    // A place's descriptor: a spare one when there is one.
+    WakeSignal signal_locked();
     int inflight_total_locked() const;
 
     RandomSource& random_;
@@ -282,6 +285,9 @@ class BackendRegistry final : public WorkerListener {
     RegistryOptions options_;
     std::size_t round_robin_next_ = 0;
     std::uint64_t next_serial_ = 1;
+    // Spare place descriptors kept at most: more places than this at once are rare.
+    static constexpr std::size_t kSpareSignals = 256;
+
     mutable std::mutex mutex_;
     std::map<std::string, Entry> entries_;
     FairQueue fair_{options_.priority_aging};
@@ -289,6 +295,12 @@ class BackendRegistry final : public WorkerListener {
     mutable std::condition_variable idle_cv_;       // a worker's last request ended
     std::size_t light_waiting_ = 0;
     std::list<Place*> light_places_;  // waiting light Places, oldest first
+    // Descriptors of places gone, for the next ones: a new eventfd for each queued request,
+    // and its close, were two system calls under this lock, and the server re-arms a
+    // descriptor it knows with one MOD instead of an ADD. A recycled one may still hold a
+    // wake-up (a place destroyed unserved after it was handed a slot): its next place then
+    // wakes once for nothing, which take() (it clears first) tells.
+    std::vector<WakeSignal> spare_signals_;
     bool shutdown_ = false;
     std::function<void(Activity)> activity_hook_;
     TimePoint last_active_ = time_.now();

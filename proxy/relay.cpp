@@ -199,8 +199,9 @@ class Relay::Run {
     Deferred::Step step(Exchange& exchange);
     // What it waits for: readable, or -1 for only the deadline and the client.
     int wait_fd() const;
-    // The worker connection's, which outlives the request; a queue place's does not.
-    bool wait_fd_kept() const { return phase_ == Phase::head || phase_ == Phase::body; }
+    // Both outlive the wait: the worker connection goes back to its pool, and the registry
+    // keeps a queue place's descriptor for the next place.
+    bool wait_fd_kept() const { return true; }
     // When to call step() again even if nothing happened, on the steady clock.
     TimePoint deadline() const;
     // The server stops (or an in-process requester cancelled): ends the request now, without

@@ -1,6 +1,7 @@
 // A request waiting in the queue from an event loop: a Place whose descriptor turns readable
 // when it is served (issue 18: no thread held per queued request).
 #include <poll.h>
+#include <sys/eventfd.h>
 
 #include <catch2/catch.hpp>
 
@@ -89,6 +90,56 @@ TEST_CASE("a place given up leaves the queue, or passes on the slot it was hande
         REQUIRE(served);
         CHECK(served->lease);
         CHECK(pool.registry.worker_inflight("w") == 1);
+    }
+}
+
+TEST_CASE("a place's descriptor serves the next place, a wake-up left on it costs one empty take",
+          "[registry][place]") {
+    Pool pool;
+    const TenantTicket tenant;
+    std::unique_ptr<BackendRegistry::Place> first;
+    auto running = pool.registry.try_acquire({}, 0, tenant, first);
+    REQUIRE(running.lease);
+    pool.registry.try_acquire({}, 0, tenant, first);
+    REQUIRE(first);
+    const int fd = first->fd();
+
+    SECTION("a place served and taken") {
+        running.lease.reset();
+        auto served = first->take();
+        REQUIRE(served);
+        REQUIRE(served->lease);
+        first.reset();
+        // Had the descriptor been closed, this would take its number.
+        const Fd other(::eventfd(0, EFD_CLOEXEC));
+        CHECK(other.get() != fd);
+        std::unique_ptr<BackendRegistry::Place> next;
+        pool.registry.try_acquire({}, 0, tenant, next);
+        REQUIRE(next);
+        CHECK(next->fd() == fd);  // the same eventfd, kept by the registry
+        CHECK_FALSE(readable(next->fd()));
+        served->lease.reset();
+        CHECK(readable(next->fd()));
+        CHECK(next->take());
+    }
+    SECTION("a place handed a slot and dropped before taking it") {
+        running.lease.reset();  // handed to `first`, whose descriptor now says so
+        first.reset();          // the slot comes back free; the descriptor is kept, readable
+        auto again = pool.registry.try_acquire({}, 0, tenant, first);
+        REQUIRE(again.lease);  // the free slot
+        std::unique_ptr<BackendRegistry::Place> next;
+        pool.registry.try_acquire({}, 0, tenant, next);
+        REQUIRE(next);
+        CHECK(next->fd() == fd);
+        // The old wake-up: one take() that finds nothing, and clears it.
+        CHECK(readable(next->fd()));
+        CHECK_FALSE(next->take());
+        CHECK_FALSE(readable(next->fd()));
+        again.lease.reset();  // now it is served for real
+        CHECK(readable(next->fd()));
+        auto served = next->take();
+        REQUIRE(served);
+        CHECK(served->lease);
     }
 }
 
