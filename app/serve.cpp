@@ -126,8 +126,11 @@ int serve(const PoolConfig& config, Logger& log, const sigset_t& signals,
                 // Jobs are not requests a client waits on: they end now, as interrupted
                 // (the record says so after the restart), while requests get the grace.
                 workloads.stop();
-                proxy.shutdown(Clock::now() + from_seconds(config.shutdown_grace));
+                const auto cut = proxy.shutdown(Clock::now() + from_seconds(config.shutdown_grace));
+                // One line per step, so that a slow stop shows which step took the time.
+                log.info("pool", "requests_ended", {{"cut", cut}});
                 groups.stop(Duration::zero());
+                log.info("pool", "workers_stopped", {});
                 shutdown_done = true;
             });
         } else {

@@ -83,12 +83,14 @@ bool ProxyServer::start(std::string& error) {
     return true;
 }
 
-void ProxyServer::shutdown(TimePoint deadline) {
+std::size_t ProxyServer::shutdown(TimePoint deadline) {
     server_->stop_accepting();
     console_->stop();  // open event streams end now instead of holding the drain
     server_->drain(deadline);
+    const auto cut = server_->active_requests();
     groups_.shutdown_registries();
     server_->stop();
+    return cut;
 }
 
 void ProxyServer::handle(Exchange& exchange) {

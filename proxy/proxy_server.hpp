@@ -32,8 +32,9 @@ class ProxyServer {
 
     bool start(std::string& error);
     std::uint16_t port() const { return server_->port(); }
-    // Graceful: stop accepting, let requests finish until `deadline`, then stop.
-    void shutdown(TimePoint deadline);
+    // Graceful: stop accepting, let requests finish until `deadline`, then stop. Returns how
+    // many requests were still running at the deadline (and were cut).
+    std::size_t shutdown(TimePoint deadline);
     // Cuts every running request short (second signal); shutdown() then returns at once.
     void abort() {
         console_->stop();
