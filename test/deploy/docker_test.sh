@@ -208,7 +208,7 @@ stop_during_requests() {
   echo "docker stop took ${elapsed} ms, exit code $rc"
   # The pool's own timeline of the stop (its log stamps each step), for a stop near the 10 s.
   "$docker" logs "$name" 2>&1 |
-    grep -aE 'event=(shutdown_requested|requests_ended|workers_stopped|stopped) ' |
+    grep -aE 'event=(shutdown_requested|requests_ended|workers_stopped|stopped)( |$)' |
     sed 's/^/    /'
   for i in 1 2 3 4; do
     echo "stream $i: $(grep -c '^data: ' "$scratch/stream$i") events, last: $(tail -c 160 "$scratch/stream$i" | tr '\n' ' ')"

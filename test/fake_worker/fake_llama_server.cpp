@@ -837,6 +837,10 @@ int main(int argc, char** argv) {
     options.host = o.host;
     options.port = static_cast<std::uint16_t>(o.port);
     options.max_connections = static_cast<std::size_t>(std::max(1, o.max_connections));
+    // Its handlers block for a whole generation (a thread per request, as llama-server's HTTP
+    // threads do), so it starts a thread at once for each: with the server's default, one
+    // more every busy_grace (2 ms), it could take at most 500 new streams a second.
+    options.eager_threads = options.max_connections;
     HttpServer server(options, [&](HttpExchange& ex) { fake.handle(ex); });
     std::string error;
     if (!server.start(error)) {
