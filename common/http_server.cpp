@@ -1031,7 +1031,7 @@ HttpServer::ConnectionPtr HttpServer::deferral_step(Deferral& deferral, Deferral
     exchange.hang_up_ = HttpExchange::HangUp::unknown;
     if (exchange.deferred_) {
         // resume() deferred the request again: the new deferred takes over from the old one
-        // (destroyed here, its wait_fd() out of epoll already) whatever resume() returned.
+        // (destroyed here, its wait_fd() unwatched already) whatever resume() returned.
         deferral.deferred = std::move(exchange.deferred_);
         if (!deferral_arm(deferral)) {
             cancel_deferral(deferral, true);
