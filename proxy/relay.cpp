@@ -199,9 +199,6 @@ class Relay::Run {
     Deferred::Step step(Exchange& exchange);
     // What it waits for: readable, or -1 for only the deadline and the client.
     int wait_fd() const;
-    // Both outlive the wait: the worker connection goes back to its pool, and the registry
-    // keeps a queue place's descriptor for the next place.
-    bool wait_fd_kept() const { return true; }
     // When to call step() again even if nothing happened, on the steady clock.
     TimePoint deadline() const;
     // The server stops (or an in-process requester cancelled): ends the request now, without
@@ -275,7 +272,9 @@ class Relay::Waiting final : public Deferred {
   public:
     explicit Waiting(std::shared_ptr<Run> run) : run_(std::move(run)) {}
     int wait_fd() const override { return run_->wait_fd(); }
-    bool wait_fd_kept() const override { return run_->wait_fd_kept(); }
+    // Both of the Run's wait descriptors outlive the wait: the worker connection goes back to
+    // its pool, and the registry keeps a queue place's descriptor for the next place.
+    bool wait_fd_kept() const override { return true; }
     TimePoint deadline() const override { return run_->deadline(); }
     Step resume(Exchange& exchange) override {
         const auto step = run_->step(exchange);
