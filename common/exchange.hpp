@@ -61,10 +61,6 @@ class Deferred {
     // the server stops watching it before each resume() and before destroying the deferred,
     // so resume() may close it.
     virtual int wait_fd() const = 0;
-    // Whether wait_fd() is a descriptor that outlives its waits (a pooled worker connection),
-    // which an earlier wait may have left registered: the server then re-arms it with one
-    // EPOLL_CTL_MOD, and otherwise adds it. A wrong answer costs one failed epoll_ctl, no more.
-    virtual bool wait_fd_kept() const { return false; }
     // When to resume even if nothing happened; TimePoint::max() for never. Re-read after each
     // resume().
     virtual TimePoint deadline() const = 0;

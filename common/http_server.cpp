@@ -51,20 +51,16 @@ bool epoll_control(int epoll_fd, int op, int fd, std::uint32_t events, std::uint
     return ::epoll_ctl(epoll_fd, op, fd, &event) == 0;
 }
 
-// Arms a descriptor that may still be registered from an earlier wait: a worker connection a
-// deferral or pump waited on before is left registered, disarmed, when its one-shot wake came
-// (see deferral_unwatch), so that the next request on it costs one MOD instead of a DEL and
-// an ADD. `likely_registered` says which to try first; the other follows when the kernel says
-// the first was wrong. epoll knows a registration by descriptor and open file together, so a
-// number reused by a new socket is not found and gets an ADD.
-bool epoll_arm(int epoll_fd, int fd, std::uint32_t events, std::uint64_t key,
-               bool likely_registered) {
-    if (likely_registered) {
-        return epoll_control(epoll_fd, EPOLL_CTL_MOD, fd, events, key) ||
-               (errno == ENOENT && epoll_control(epoll_fd, EPOLL_CTL_ADD, fd, events, key));
-    }
-    return epoll_control(epoll_fd, EPOLL_CTL_ADD, fd, events, key) ||
-           (errno == EEXIST && epoll_control(epoll_fd, EPOLL_CTL_MOD, fd, events, key));
+// Arms a descriptor that may still be registered from an earlier wait: one a deferral or
+// pump waited on before is left registered, disarmed, when its one-shot wake came (see
+// deferral_unwatch), so that the next wait on it costs one MOD instead of a DEL and an ADD.
+// The relay's waits are all on such descriptors (a pooled worker connection, a queue place's
+// eventfd the registry reuses); one the kernel does not know (a new connection) gets an ADD
+// after the MOD fails. epoll knows a registration by descriptor and open file together, so a
+// number reused by a new socket is not found either.
+bool epoll_arm(int epoll_fd, int fd, std::uint32_t events, std::uint64_t key) {
+    return epoll_control(epoll_fd, EPOLL_CTL_MOD, fd, events, key) ||
+           (errno == ENOENT && epoll_control(epoll_fd, EPOLL_CTL_ADD, fd, events, key));
 }
 
 // Sets `timer` to fire at `deadline` (steady_clock is CLOCK_MONOTONIC), or disarms it.
@@ -1065,17 +1061,15 @@ HttpServer::ConnectionPtr HttpServer::deferral_step(Deferral& deferral, Deferral
 
 bool HttpServer::deferral_arm(Deferral& deferral) {
     int fd = -1;
-    bool kept = false;
     auto deadline = TimePoint::max();
     try {
         fd = deferral.deferred->wait_fd();
-        kept = deferral.deferred->wait_fd_kept();
         deadline = deferral.deferred->deadline();
     } catch (const std::exception&) {
         return false;
     }
     if (fd >= 0) {
-        if (!epoll_arm(epoll_.get(), fd, EPOLLIN | EPOLLONESHOT, deferral.id | kSourceTag, kept)) {
+        if (!epoll_arm(epoll_.get(), fd, EPOLLIN | EPOLLONESHOT, deferral.id | kSourceTag)) {
             return false;
         }
         deferral.wait_fd = fd;
@@ -1192,7 +1186,7 @@ void HttpServer::start_pump(ConnectionPtr conn, HttpExchange& exchange) {
         // Usually the worker connection the deferral before it waited on: registered still.
         // Interested in nothing yet: pump_rearm() asks for input once the first pull is done.
         pump->source_registered =
-            epoll_arm(epoll_.get(), pump->source_fd, EPOLLET, pump->id | kSourceTag, true);
+            epoll_arm(epoll_.get(), pump->source_fd, EPOLLET, pump->id | kSourceTag);
     }
     if (!pump->source_registered) {
         end_pump(*pump, true);

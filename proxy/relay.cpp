@@ -272,9 +272,6 @@ class Relay::Waiting final : public Deferred {
   public:
     explicit Waiting(std::shared_ptr<Run> run) : run_(std::move(run)) {}
     int wait_fd() const override { return run_->wait_fd(); }
-    // Both of the Run's wait descriptors outlive the wait: the worker connection goes back to
-    // its pool, and the registry keeps a queue place's descriptor for the next place.
-    bool wait_fd_kept() const override { return true; }
     TimePoint deadline() const override { return run_->deadline(); }
     Step resume(Exchange& exchange) override {
         const auto step = run_->step(exchange);
