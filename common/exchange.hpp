@@ -29,9 +29,14 @@ class BodyPump {
     // aborted: send `out`, then cut the connection (the client sees a truncated response).
     // Called once right after the hand-off, then whenever new bytes reach source_fd(): the
     // server waits edge-triggered, so it must read until the source would block (bytes left
-    // in the socket are not reported again) and leave nothing it could give now in a buffer
-    // of its own. May find nothing to read (a wake-up can be spurious): it then returns more.
+    // in the socket are not reported again), or until it appended kPullBytes (the server then
+    // asks the source again), and leave nothing it could give now in a buffer of its own. May
+    // find nothing to read (a wake-up can be spurious): it then returns more.
     virtual Step pull(std::string& out) = 0;
+    // What one pull() takes at most: a source that writes as fast as it is read would
+    // otherwise keep one pull going, and its bytes in memory, past the server's bound for a
+    // client that is behind (HttpServerOptions::pump_buffer_bytes).
+    static constexpr std::size_t kPullBytes = 64 * 1024;
     // When the source counts as stalled if it has not become readable (re-read after each pull).
     // TimePoint::max() for none. Watched only while the source is: a client too slow to take
     // the bytes already pulled pauses the source and its deadline alike.

@@ -264,7 +264,8 @@ struct HttpServer::Pump {
     bool source_registered = false;
     std::uint32_t source_events = 0;  // interest last armed; 0 while paused or done
     std::uint32_t client_events = 0;
-    bool paused = false;                          // the client is behind: the source is not read
+    bool paused = false;     // the client is behind: the source is not read
+    bool full_pull = false;  // the last pull() stopped at kPullBytes: the source may hold more
     TimePoint write_deadline = TimePoint::max();  // the client must take a byte by then
     // Guarded by the server's mutex_:
     bool has_deadline = false;
@@ -1246,6 +1247,7 @@ void HttpServer::pump_pull(Pump& pump, bool timed_out) {
     } catch (const std::exception&) {
         // As for a handler that throws mid-body: the client sees a truncated response.
     }
+    pump.full_pull = pump.piece.size() >= BodyPump::kPullBytes;
     pump.encoder.encode(pump.piece, pump.pending);
     if (timed_out && step == BodyPump::Step::more && pump.body->deadline() <= Clock::now()) {
         step = BodyPump::Step::aborted;  // "wait more" with no later deadline would spin
@@ -1295,9 +1297,10 @@ bool HttpServer::pump_rearm(Pump& pump, PumpWake wake) {
     const bool polling =
         pump.end == BodyPump::Step::more && pump.pending.size() < options_.pump_buffer_bytes;
     const std::uint32_t want_source = polling ? std::uint32_t{EPOLLIN} : 0u;
-    if (pump.source_registered && want_source != pump.source_events) {
+    if (pump.source_registered &&
+        (want_source != pump.source_events || (want_source != 0 && pump.full_pull))) {
         // A MOD that asks for input reports bytes already there, so none are missed while
-        // the source was paused.
+        // the source was paused, or after a pull that stopped at kPullBytes.
         epoll_control(epoll_.get(), EPOLL_CTL_MOD, pump.source_fd, want_source | EPOLLET,
                       pump.id | kSourceTag);
         pump.source_events = want_source;

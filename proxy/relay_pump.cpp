@@ -17,6 +17,7 @@ RelayPump::~RelayPump() {
 BodyPump::Step RelayPump::pull(std::string& out) {
     std::string piece;
     std::string error;
+    const auto before = out.size();
     // Everything the socket holds now: the server waits for it to become readable again,
     // so nothing may stay in the connection's buffer.
     for (bool first = true;; first = false) {
@@ -37,6 +38,9 @@ BodyPump::Step RelayPump::pull(std::string& out) {
         if (done) {
             body_->completed();
             return Step::finished;
+        }
+        if (out.size() - before >= kPullBytes) {
+            return Step::more;  // the server asks again (see BodyPump::kPullBytes)
         }
     }
 }
